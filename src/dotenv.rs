@@ -1,0 +1,1 @@
+//! dotenv: (in progress)

@@ -1,0 +1,76 @@
+//! The `dynostat` command line. Only argument parsing and dispatch live here;
+//! everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A DogStatsD listener for Heroku dynos that forwards to Datadog and loses
+/// nothing on SIGTERM, plus a foreman-style local runner.
+#[derive(Debug, Parser)]
+#[command(name = "dynostat", version, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the DogStatsD listener, aggregator and forwarder in the foreground.
+    Serve,
+    /// Supervise `serve` beside a dyno's app (what the boot script runs).
+    Agent,
+    /// Run the Procfile's processes, foreman-style, with the listener beside them.
+    Start(dynostat::runner::StartArgs),
+    /// Run one command with the env files loaded and the listener beside it.
+    Run(dynostat::runner::RunArgs),
+    /// Validate the Procfile and env files and print what would run.
+    Check(dynostat::runner::CheckArgs),
+    /// Print the version and build information.
+    Version,
+    /// CNB exec.d program: start the agent detached, write env TOML to fd 3, exit.
+    #[command(name = "exec-d", hide = true)]
+    ExecD,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => {
+            let config = match dynostat::config::Config::from_env() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dynostat: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            dynostat::listen::init_logging(config.log_level);
+            match dynostat::listen::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dynostat: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Agent => exit(dynostat::agent::main()),
+        Command::Start(args) => exit(dynostat::runner::start(&args)),
+        Command::Run(args) => exit(dynostat::runner::run(&args)),
+        Command::Check(args) => exit(dynostat::runner::check(&args)),
+        Command::ExecD => exit(dynostat::agent::exec_d()),
+        Command::Version => {
+            println!(
+                "dynostat {} ({} {})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Maps a process exit code (0-255) to an [`ExitCode`].
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}

@@ -1,0 +1,1 @@
+//! procfile: (in progress)

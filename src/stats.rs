@@ -1,0 +1,104 @@
+//! Self-telemetry: counters shared by the listener and the forwarder,
+//! reported every flush as `dynostat.*` series.
+//!
+//! Must never: lock on the hot path. Counters are relaxed atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::aggregate::{Series, SeriesKind};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident => $name:literal, $kind:ident;)*) => {
+        /// The listener's and forwarder's counters.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $field: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// Takes the counters' values since the last call (gauges are read, not reset)
+            /// as series stamped `timestamp`, RATEs over `interval_secs`.
+            pub fn drain_series(&self, timestamp: i64, interval_secs: u64) -> Vec<Series> {
+                let mut out = Vec::new();
+                $(
+                    let v = match SeriesKind::$kind {
+                        SeriesKind::Gauge => self.$field.load(Ordering::Relaxed),
+                        _ => self.$field.swap(0, Ordering::Relaxed),
+                    };
+                    #[allow(clippy::cast_precision_loss)]
+                    out.push(stat_series($name, SeriesKind::$kind, timestamp, v as f64, interval_secs));
+                )*
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams received (UDP and Unix).
+    packets => "dynostat.packets", Rate;
+    /// Datagrams that filled the whole buffer and were probably truncated.
+    packets_truncated => "dynostat.packets.truncated", Rate;
+    /// Lines parsed, good or bad.
+    lines => "dynostat.lines", Rate;
+    /// Metric samples accepted.
+    metrics => "dynostat.metrics", Rate;
+    /// Events accepted.
+    events => "dynostat.events", Rate;
+    /// Service checks accepted.
+    service_checks => "dynostat.service_checks", Rate;
+    /// Lines rejected by the parser.
+    parse_errors => "dynostat.parse_errors", Rate;
+    /// Samples dropped (NaN, `|T` histograms, ...).
+    samples_discarded => "dynostat.samples.discarded", Rate;
+    /// Live contexts at the last flush.
+    contexts => "dynostat.contexts", Gauge;
+    /// New contexts dropped at the context limit.
+    contexts_dropped => "dynostat.contexts.dropped", Rate;
+    /// Payloads sent and accepted.
+    payloads => "dynostat.forwarder.payloads", Rate;
+    /// Compressed bytes sent and accepted.
+    bytes => "dynostat.forwarder.bytes", Rate;
+    /// Retried send attempts.
+    retries => "dynostat.forwarder.retries", Rate;
+    /// Payloads given up on (rejected, or dropped at the queue limit).
+    failures => "dynostat.forwarder.failures", Rate;
+    /// Payloads dropped because the retry queue was full.
+    queue_dropped => "dynostat.forwarder.queue_dropped", Rate;
+    /// Bytes waiting in the retry queue.
+    queue_bytes => "dynostat.forwarder.queue_bytes", Gauge;
+    /// Milliseconds the last flush took to build.
+    flush_ms => "dynostat.flush.duration_ms", Gauge;
+}
+
+fn stat_series(
+    name: &str,
+    kind: SeriesKind,
+    timestamp: i64,
+    value: f64,
+    interval_secs: u64,
+) -> Series {
+    #[allow(clippy::cast_precision_loss)]
+    let value = if kind == SeriesKind::Rate {
+        value / interval_secs.max(1) as f64
+    } else {
+        value
+    };
+    Series {
+        metric: name.to_owned(),
+        kind,
+        points: vec![(timestamp, value)],
+        tags: Vec::new(),
+        host: None,
+        interval: (kind == SeriesKind::Rate).then_some(interval_secs),
+        unit: None,
+    }
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
