@@ -62,7 +62,7 @@ impl<'a> Metric<'a> {
         };
         raw.split(':')
             .filter(|s| !s.is_empty())
-            .filter_map(|s| s.parse::<f64>().ok())
+            .filter_map(parse_value)
     }
 
     /// For sets: the member, with colons kept (`daemon:abc:def|s` is `abc:def`).
@@ -179,51 +179,72 @@ pub enum Parsed<'a> {
 }
 
 /// Why a line was rejected. Small and cheap: the hot path returns it by value.
+/// The listener counts these and logs a rate-limited sample with the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// No `:` between name and value.
-    #[error("missing ':' between name and value")]
+    #[error("missing ':' between name and value (expected name:value|type)")]
     MissingColon,
     /// No `|type`.
-    #[error("missing '|' and metric type")]
+    #[error("missing '|' and metric type (expected name:value|type, type one of c g h ms s d)")]
     MissingType,
     /// Empty metric name.
-    #[error("empty metric name")]
+    #[error("empty metric name (expected name:value|type)")]
     EmptyName,
     /// No value at all.
-    #[error("empty value")]
+    #[error("empty value (expected name:value|type, e.g. requests:1|c)")]
     EmptyValue,
     /// A value that is not a number.
-    #[error("value is not a number")]
+    #[error("value is not a number (values are floats, several may be joined with ':')")]
     BadValue,
     /// An unknown type letter.
-    #[error("unknown metric type")]
+    #[error("unknown metric type (expected one of c g h ms s d)")]
     UnknownType,
     /// A sample rate that does not parse or is outside (0, 1].
-    #[error("sample rate must be in (0, 1]")]
+    #[error("sample rate must be a number in (0, 1], e.g. |@0.5")]
     BadSampleRate,
     /// A `|T` timestamp that does not parse.
-    #[error("bad timestamp")]
+    #[error("bad timestamp (|T takes positive integer unix seconds, e.g. |T1700000000)")]
     BadTimestamp,
     /// Not valid UTF-8.
     #[error("not valid UTF-8")]
     InvalidUtf8,
     /// Longer than the limit.
-    #[error("line too long")]
+    #[error("line too long (limit is 65536 bytes)")]
     TooLong,
     /// A malformed event.
-    #[error("malformed event")]
+    #[error("malformed event (expected _e{{title_len,text_len}}:title|text with lengths in bytes and title_len > 0)")]
     BadEvent,
     /// A malformed service check.
-    #[error("malformed service check")]
+    #[error("malformed service check (expected _sc|name|status with status 0-3)")]
     BadServiceCheck,
+}
+
+impl ParseError {
+    /// A short, stable, snake_case name, e.g. for a telemetry tag `reason:bad_value`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ParseError::MissingColon => "missing_colon",
+            ParseError::MissingType => "missing_type",
+            ParseError::EmptyName => "empty_name",
+            ParseError::EmptyValue => "empty_value",
+            ParseError::BadValue => "bad_value",
+            ParseError::UnknownType => "unknown_type",
+            ParseError::BadSampleRate => "bad_sample_rate",
+            ParseError::BadTimestamp => "bad_timestamp",
+            ParseError::InvalidUtf8 => "invalid_utf8",
+            ParseError::TooLong => "too_long",
+            ParseError::BadEvent => "bad_event",
+            ParseError::BadServiceCheck => "bad_service_check",
+        }
+    }
 }
 
 /// The longest line accepted; longer lines are [`ParseError::TooLong`].
 pub const MAX_LINE_LEN: usize = 65_536;
 
 /// Splits a datagram into lines: on `\n`, dropping a trailing `\r`, skipping
-/// empty lines; an unterminated last line counts.
+/// empty lines; an unterminated last line counts (as the Agent's scanner does).
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
     datagram
         .split(|&b| b == b'\n')
@@ -232,7 +253,323 @@ pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Parses one line (without its newline).
+///
+/// The line's UTF-8 is checked once, up front; every field after that is a
+/// `&str` slice cut at an ASCII delimiter (`:`, `|`, `,`), so no field is
+/// re-validated and no slice can land inside a character. Metric lines
+/// allocate nothing. Lines starting `_e{` are events and lines starting
+/// `_sc|` are service checks; everything else is a metric.
 pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
-    let _ = line;
-    Err(ParseError::MissingType)
+    if line.len() > MAX_LINE_LEN {
+        return Err(ParseError::TooLong);
+    }
+    let s = std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?;
+    if s.starts_with('_') {
+        if s.starts_with("_e{") {
+            return parse_event(s).map(Parsed::Event);
+        }
+        // The Agent matches the bare prefix `_sc`, which also swallows
+        // metrics such as `_scale:1|c`; we require the `|` so those stay metrics.
+        if let Some(body) = s.strip_prefix("_sc|") {
+            return parse_service_check(body).map(Parsed::ServiceCheck);
+        }
+    }
+    parse_metric(s).map(Parsed::Metric)
+}
+
+/// Parses one numeric value the way the Agent does (Go `ParseFloat`): `1`,
+/// `-2.5`, `1e3`, `nan`, `inf` all parse; whitespace does not.
+///
+/// Plain decimals of at most 15 significant digits (`42`, `-0.25`, nearly
+/// every value a client sends) take an exact fast path: the digits fit in a
+/// u64 below 2^53 and the divisor is an exact power of ten, so one IEEE
+/// division gives the correctly rounded result, bit-identical to
+/// `str::parse::<f64>` (a property test checks this). Everything else falls
+/// back to `str::parse`. See `benches/parser.rs` (`value/*`) for the gain.
+#[inline]
+pub fn parse_value(s: &str) -> Option<f64> {
+    // Exact powers of ten representable as f64.
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let b = s.as_bytes();
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    let mut mantissa: u64 = 0;
+    let mut ndigits = 0usize;
+    let mut frac_digits = 0usize;
+    let mut dot_at = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                ndigits += 1;
+                if ndigits > 15 {
+                    return parse_value_slow(s);
+                }
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                if dot_at.is_some() {
+                    frac_digits += 1;
+                }
+            }
+            b'.' if dot_at.is_none() => dot_at = Some(i),
+            _ => return parse_value_slow(s),
+        }
+    }
+    // Require digits on both sides of a dot; `5.` and `.5` take the slow path.
+    match dot_at {
+        Some(i) if i == 0 || frac_digits == 0 => return parse_value_slow(s),
+        None if ndigits == 0 => return parse_value_slow(s),
+        _ => {}
+    }
+    let Some(&scale) = POW10.get(frac_digits) else {
+        return parse_value_slow(s);
+    };
+    // mantissa < 10^15 < 2^53: exact as f64.
+    let v = mantissa as f64 / scale;
+    Some(if neg { -v } else { v })
+}
+
+#[cold]
+#[inline(never)]
+fn parse_value_slow(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok()
+}
+
+/// Splits at the first `sep` (ASCII): the part before and, if found, after.
+#[inline]
+fn split_field(s: &str, sep: char) -> (&str, Option<&str>) {
+    match s.split_once(sep) {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    }
+}
+
+/// `name:value[:value…]|type[|@rate][|#tags][|T<ts>][|c:…][|e:…][|card:…]`,
+/// read as the Agent does: fields split on `|`, name and value at the first
+/// `:`, no trimming of whitespace anywhere (`a:1|c ` has type `c `).
+fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
+    let (head, rest) = split_field(s, '|');
+    let (name, raw_values) = head.split_once(':').ok_or(ParseError::MissingColon)?;
+    if name.is_empty() {
+        return Err(ParseError::EmptyName);
+    }
+    if raw_values.is_empty() {
+        return Err(ParseError::EmptyValue);
+    }
+    let rest = rest.ok_or(ParseError::MissingType)?;
+    let (ty, fields) = split_field(rest, '|');
+    let kind = match ty.as_bytes() {
+        b"c" => MetricType::Counter,
+        b"g" => MetricType::Gauge,
+        b"h" => MetricType::Histogram,
+        b"ms" => MetricType::Timer,
+        b"s" => MetricType::Set,
+        b"d" => MetricType::Distribution,
+        b"" => return Err(ParseError::MissingType),
+        _ => return Err(ParseError::UnknownType),
+    };
+    // A set keeps its raw member, colons and all; anything else must be a
+    // list of numbers with empty items skipped (`1::2`), as in the Agent.
+    if kind != MetricType::Set {
+        let mut any = false;
+        for item in raw_values.split(':') {
+            if item.is_empty() {
+                continue;
+            }
+            parse_value(item).ok_or(ParseError::BadValue)?;
+            any = true;
+        }
+        if !any {
+            return Err(ParseError::EmptyValue);
+        }
+    }
+
+    let mut metric = Metric {
+        name,
+        raw_values,
+        kind,
+        sample_rate: 1.0,
+        tags: Tags::default(),
+        timestamp: None,
+    };
+    let Some(fields) = fields else {
+        return Ok(metric);
+    };
+    // Optional fields in any order; a repeated one: the last wins. Unknown
+    // fields (`c:` container id, `e:`, `card:`, anything else, even empty)
+    // are ignored, as the Agent does.
+    for field in fields.split('|') {
+        let Some((&first, _)) = field.as_bytes().split_first() else {
+            continue;
+        };
+        // `first` is ASCII in every arm, so `field[1..]` is a char boundary.
+        match first {
+            b'#' => metric.tags = Tags(field.get(1..).unwrap_or_default()),
+            b'@' => {
+                let rate = field
+                    .get(1..)
+                    .and_then(parse_value)
+                    .ok_or(ParseError::BadSampleRate)?;
+                // NaN fails both comparisons.
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return Err(ParseError::BadSampleRate);
+                }
+                metric.sample_rate = rate;
+            }
+            b'T' => {
+                let ts = field
+                    .get(1..)
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or(ParseError::BadTimestamp)?;
+                // The Agent rejects timestamps below 1 too.
+                if ts < 1 {
+                    return Err(ParseError::BadTimestamp);
+                }
+                metric.timestamp = Some(ts);
+            }
+            _ => {}
+        }
+    }
+    Ok(metric)
+}
+
+/// The non-empty tags of a `#a,b:c` field body, owned (events and checks are rare).
+fn owned_tags(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `Some(v)` unless empty: an empty `h:` means "no host", as in the Agent.
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+/// `_e{title_len,text_len}:title|text|d:|h:|k:|p:|s:|t:|#tags`.
+///
+/// Lengths are in bytes. Stricter than the Agent on one point: the bytes
+/// right after the title and after the text must be `|` (or the end of the
+/// line), so lengths that do not match the content are [`ParseError::BadEvent`]
+/// instead of silently cutting the title or text. This also guarantees every
+/// cut is on a character boundary. A bad optional field is ignored.
+fn parse_event(s: &str) -> Result<Event, ParseError> {
+    let (header, body) = s.split_once(':').ok_or(ParseError::BadEvent)?;
+    let lens = header
+        .strip_prefix("_e{")
+        .and_then(|h| h.strip_suffix('}'))
+        .ok_or(ParseError::BadEvent)?;
+    let (title_len, text_len) = lens.split_once(',').ok_or(ParseError::BadEvent)?;
+    // usize parsing rejects negatives and overflow; huge values fail the
+    // length check below through checked arithmetic, never a slice panic.
+    let title_len: usize = title_len.parse().map_err(|_| ParseError::BadEvent)?;
+    let text_len: usize = text_len.parse().map_err(|_| ParseError::BadEvent)?;
+    if title_len == 0 {
+        return Err(ParseError::BadEvent);
+    }
+    let text_start = title_len.checked_add(1).ok_or(ParseError::BadEvent)?;
+    let text_end = text_start
+        .checked_add(text_len)
+        .ok_or(ParseError::BadEvent)?;
+    let bytes = body.as_bytes();
+    if bytes.get(title_len) != Some(&b'|') {
+        return Err(ParseError::BadEvent);
+    }
+    let fields = match bytes.len().cmp(&text_end) {
+        std::cmp::Ordering::Less => return Err(ParseError::BadEvent),
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Greater if bytes.get(text_end) == Some(&b'|') => {
+            body.get(text_end + 1..)
+        }
+        std::cmp::Ordering::Greater => return Err(ParseError::BadEvent),
+    };
+    let title = body.get(..title_len).ok_or(ParseError::BadEvent)?;
+    let text = body.get(text_start..text_end).ok_or(ParseError::BadEvent)?;
+
+    // The Agent unescapes `\n` in both title and text.
+    let mut event = Event {
+        title: title.replace("\\n", "\n"),
+        text: text.replace("\\n", "\n"),
+        timestamp: None,
+        host: None,
+        aggregation_key: None,
+        priority: Priority::Normal,
+        source_type: None,
+        alert_type: AlertType::Info,
+        tags: Vec::new(),
+    };
+    for field in fields.into_iter().flat_map(|f| f.split('|')) {
+        if let Some(v) = field.strip_prefix("d:") {
+            if let Ok(ts) = v.parse::<i64>() {
+                event.timestamp = Some(ts);
+            }
+        } else if let Some(v) = field.strip_prefix("h:") {
+            event.host = non_empty(v);
+        } else if let Some(v) = field.strip_prefix("k:") {
+            event.aggregation_key = non_empty(v);
+        } else if let Some(v) = field.strip_prefix("p:") {
+            match v {
+                "normal" => event.priority = Priority::Normal,
+                "low" => event.priority = Priority::Low,
+                _ => {}
+            }
+        } else if let Some(v) = field.strip_prefix("s:") {
+            event.source_type = non_empty(v);
+        } else if let Some(v) = field.strip_prefix("t:") {
+            match v {
+                "info" => event.alert_type = AlertType::Info,
+                "warning" => event.alert_type = AlertType::Warning,
+                "error" => event.alert_type = AlertType::Error,
+                "success" => event.alert_type = AlertType::Success,
+                _ => {}
+            }
+        } else if let Some(v) = field.strip_prefix('#') {
+            event.tags = owned_tags(v);
+        }
+    }
+    Ok(event)
+}
+
+/// `_sc|name|status|d:|h:|#tags|m:message` (the `_sc|` already stripped).
+/// Status is exactly `0`..`3`. Optional fields in any order, the last of a
+/// kind wins, a bad one is ignored. As in the Agent, `m:` is an ordinary
+/// field: a `|` inside the message ends it.
+fn parse_service_check(body: &str) -> Result<ServiceCheck, ParseError> {
+    let (name, rest) = split_field(body, '|');
+    if name.is_empty() {
+        return Err(ParseError::BadServiceCheck);
+    }
+    let rest = rest.ok_or(ParseError::BadServiceCheck)?;
+    let (status, fields) = split_field(rest, '|');
+    let status = match status {
+        "0" => CheckStatus::Ok,
+        "1" => CheckStatus::Warning,
+        "2" => CheckStatus::Critical,
+        "3" => CheckStatus::Unknown,
+        _ => return Err(ParseError::BadServiceCheck),
+    };
+    let mut check = ServiceCheck {
+        name: name.to_owned(),
+        status,
+        timestamp: None,
+        host: None,
+        tags: Vec::new(),
+        message: None,
+    };
+    for field in fields.into_iter().flat_map(|f| f.split('|')) {
+        if let Some(v) = field.strip_prefix("d:") {
+            if let Ok(ts) = v.parse::<i64>() {
+                check.timestamp = Some(ts);
+            }
+        } else if let Some(v) = field.strip_prefix("h:") {
+            check.host = non_empty(v);
+        } else if let Some(v) = field.strip_prefix('#') {
+            check.tags = owned_tags(v);
+        } else if let Some(v) = field.strip_prefix("m:") {
+            check.message = Some(v.to_owned());
+        }
+    }
+    Ok(check)
 }
