@@ -1,0 +1,477 @@
+//! Shared integration-test harness: a real HTTP server on 127.0.0.1 that
+//! stands in for the Datadog intake, and a builder that spawns the real
+//! `dynostat` binary.
+//!
+//! Use from a test file with `mod common;`. Not every test file uses every
+//! helper, hence the `dead_code` allowance.
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// One request the intake received, with its body decompressed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `POST`, ...
+    pub method: String,
+    /// e.g. `/api/v2/series`.
+    pub path: String,
+    /// Header (lower-case name, value) pairs.
+    pub headers: Vec<(String, String)>,
+    /// The `Content-Encoding` header, if any.
+    pub encoding: Option<String>,
+    /// The body after decompression.
+    pub body: Vec<u8>,
+    /// Bytes on the wire (compressed).
+    pub wire_len: usize,
+    /// The status the intake answered.
+    pub status: u16,
+}
+
+impl Request {
+    /// A header by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body is not JSON ({e}): {}",
+                self.path,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Whether the intake accepted it.
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Request>,
+    script: VecDeque<u16>,
+    delay: Duration,
+}
+
+/// A loopback stand-in for the Datadog intake.
+pub struct Intake {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    state: Arc<Mutex<State>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Intake {
+    /// Starts on a free port.
+    pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// Starts on `port` (0 = any free port). Used to bring an intake up late.
+    pub fn start_on(port: u16) -> Self {
+        let server =
+            Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("bind the test intake"));
+        let addr = server.server_addr().to_ip().expect("an IP listener");
+        let state = Arc::new(Mutex::new(State::default()));
+        let threads = (0..2)
+            .map(|_| {
+                let server = Arc::clone(&server);
+                let state = Arc::clone(&state);
+                thread::spawn(move || {
+                    while let Ok(req) = server.recv() {
+                        handle(req, &state);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            addr,
+            server,
+            state,
+            threads,
+        }
+    }
+
+    /// The base URL to put in `DD_DD_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next requests get these statuses, in order; then 202 again.
+    pub fn respond_next(&self, statuses: &[u16]) {
+        self.state.lock().unwrap().script.extend(statuses);
+    }
+
+    /// Every request gets this status until changed (e.g. 403 for a wrong key).
+    pub fn respond_always(&self, status: u16) {
+        let mut s = self.state.lock().unwrap();
+        s.script.clear();
+        s.script.extend(std::iter::repeat_n(status, 100_000));
+    }
+
+    /// Each answer waits this long first (a slow intake).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every series object in accepted `/api/v2/series` payloads.
+    pub fn series(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| r.accepted() && r.path == "/api/v2/series")
+            .flat_map(|r| r.json()["series"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Accepted series named `metric`.
+    pub fn series_named(&self, metric: &str) -> Vec<Value> {
+        self.series()
+            .into_iter()
+            .filter(|s| s["metric"] == metric)
+            .collect()
+    }
+
+    /// The sum of the point values of all accepted series named `metric`
+    /// whose tags include every tag in `tags`, multiplied by each series'
+    /// interval when it is a RATE (type 2), so counters add up to their count.
+    pub fn total(&self, metric: &str, tags: &[&str]) -> f64 {
+        self.series_named(metric)
+            .iter()
+            .filter(|s| has_tags(s, tags))
+            .map(|s| {
+                let scale = if s["type"] == 2 {
+                    s["interval"].as_f64().unwrap_or(1.0)
+                } else {
+                    1.0
+                };
+                s["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["value"].as_f64().unwrap() * scale)
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
+    /// Polls until `pred` holds for the requests so far, or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&Intake) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if pred(self) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        pred(self)
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.server.unblock();
+        self.server.unblock();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether a series JSON object carries every tag in `tags`.
+pub fn has_tags(series: &Value, tags: &[&str]) -> bool {
+    let have: Vec<&str> = series["tags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    tags.iter().all(|t| have.contains(t))
+}
+
+fn handle(mut req: tiny_http::Request, state: &Mutex<State>) {
+    let mut raw = Vec::new();
+    let _ = req.as_reader().read_to_end(&mut raw);
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_owned(),
+            )
+        })
+        .collect();
+    let encoding = headers
+        .iter()
+        .find(|(k, _)| k == "content-encoding")
+        .map(|(_, v)| v.clone());
+    let body = decode(encoding.as_deref(), &raw);
+    let (status, delay) = {
+        let mut s = state.lock().unwrap();
+        (s.script.pop_front().unwrap_or(202), s.delay)
+    };
+    if !delay.is_zero() {
+        thread::sleep(delay);
+    }
+    let record = Request {
+        method: req.method().as_str().to_owned(),
+        path: req.url().split('?').next().unwrap_or("").to_owned(),
+        headers,
+        encoding,
+        body,
+        wire_len: raw.len(),
+        status,
+    };
+    let answer = if (200..300).contains(&status) {
+        r#"{"errors":[]}"#
+    } else {
+        r#"{"errors":["test intake says no"]}"#
+    };
+    // Record before answering, so a client that sees the answer sees the record.
+    state.lock().unwrap().requests.push(record);
+    let _ = req.respond(tiny_http::Response::from_string(answer).with_status_code(status));
+}
+
+fn decode(encoding: Option<&str>, raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ok = match encoding {
+        Some("gzip") => flate2::read::GzDecoder::new(raw)
+            .read_to_end(&mut out)
+            .is_ok(),
+        Some("deflate") => flate2::read::ZlibDecoder::new(raw)
+            .read_to_end(&mut out)
+            .is_ok(),
+        Some(other) => panic!("the intake does not know Content-Encoding {other}"),
+        None => {
+            out.extend_from_slice(raw);
+            true
+        }
+    };
+    assert!(ok, "body does not decode as {encoding:?}");
+    out
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of the real binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dynostat")
+}
+
+/// Builds a `dynostat serve` process with a clean DD_* environment.
+pub struct ServeBuilder {
+    envs: Vec<(String, String)>,
+    port: u16,
+}
+
+impl ServeBuilder {
+    /// Sets a variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Forwards to `intake` with a test key.
+    pub fn intake(self, intake: &Intake) -> Self {
+        self.env("DD_DD_URL", &intake.url())
+            .env("DD_API_KEY", "test-key-0123456789abcdef")
+    }
+
+    /// Spawns and waits until it says it is listening.
+    pub fn start(self) -> Serve {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DD_")
+                || k.starts_with("DYNOSTAT_")
+                || k == "DYNO"
+                || k == "HEROKU_APP_NAME"
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("DD_DOGSTATSD_PORT", self.port.to_string())
+            .env("DYNOSTAT_FLUSH_INTERVAL", "1")
+            .env("DYNOSTAT_SHUTDOWN_GRACE", "0.3");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn dynostat serve");
+        Serve::attach(child, self.port)
+    }
+}
+
+/// A running `dynostat serve` (or any dynostat process whose output we read).
+pub struct Serve {
+    /// The child.
+    pub child: Child,
+    /// Its UDP port.
+    pub port: u16,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    sender: UdpSocket,
+}
+
+impl Serve {
+    /// A builder on a fresh port.
+    pub fn builder() -> ServeBuilder {
+        ServeBuilder {
+            envs: Vec::new(),
+            port: free_udp_port(),
+        }
+    }
+
+    /// Wraps a spawned child with piped stdout/stderr and waits for "listening".
+    pub fn attach(mut child: Child, port: u16) -> Self {
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        pump(
+            child.stdout.take().expect("piped stdout"),
+            Arc::clone(&stdout),
+        );
+        pump(
+            child.stderr.take().expect("piped stderr"),
+            Arc::clone(&stderr),
+        );
+        let s = Self {
+            child,
+            port,
+            stdout,
+            stderr,
+            sender: UdpSocket::bind("127.0.0.1:0").unwrap(),
+        };
+        assert!(
+            s.wait_stderr(Duration::from_secs(20), "listening"),
+            "dynostat did not start listening; stderr:\n{}",
+            s.stderr()
+        );
+        s
+    }
+
+    /// Sends one datagram to the listener.
+    pub fn send(&self, datagram: &[u8]) {
+        self.sender
+            .send_to(datagram, ("127.0.0.1", self.port))
+            .expect("send UDP");
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Polls stderr for `needle`.
+    pub fn wait_stderr(&self, timeout: Duration, needle: &str) -> bool {
+        wait(timeout, || self.stderr().contains(needle))
+    }
+
+    /// Polls stdout for `needle`.
+    pub fn wait_stdout(&self, timeout: Duration, needle: &str) -> bool {
+        wait(timeout, || self.stdout().contains(needle))
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let pid = i32::try_from(self.child.id()).unwrap();
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the pumps catch the last output.
+                thread::sleep(Duration::from_millis(100));
+                return Some(st);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn pump(reader: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        let mut r = BufReader::new(reader);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => into.lock().unwrap().push_str(&line),
+            }
+        }
+    });
+}
