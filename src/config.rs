@@ -464,22 +464,23 @@ fn parse_aggregates(list: &str) -> Result<Vec<HistogramAggregate>, ConfigError> 
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
     {
-        let agg =
-            match item.to_ascii_lowercase().as_str() {
-                "max" => HistogramAggregate::Max,
-                "min" => HistogramAggregate::Min,
-                "median" => HistogramAggregate::Median,
-                "avg" => HistogramAggregate::Avg,
-                "sum" => HistogramAggregate::Sum,
-                "count" => HistogramAggregate::Count,
-                _ => return Err(ConfigError::new(
+        let agg = match item.to_ascii_lowercase().as_str() {
+            "max" => HistogramAggregate::Max,
+            "min" => HistogramAggregate::Min,
+            "median" => HistogramAggregate::Median,
+            "avg" => HistogramAggregate::Avg,
+            "sum" => HistogramAggregate::Sum,
+            "count" => HistogramAggregate::Count,
+            _ => {
+                return Err(ConfigError::new(
                     "DD_HISTOGRAM_AGGREGATES",
                     list,
                     format!(
                         "unknown aggregate {item:?}; use any of max, min, median, avg, sum, count"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if !out.contains(&agg) {
             out.push(agg);
         }
