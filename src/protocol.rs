@@ -573,3 +573,475 @@ fn parse_service_check(body: &str) -> Result<ServiceCheck, ParseError> {
     }
     Ok(check)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(line: &str) -> Metric<'_> {
+        match parse_line(line.as_bytes()) {
+            Ok(Parsed::Metric(m)) => m,
+            other => panic!("{line:?}: expected a metric, got {other:?}"),
+        }
+    }
+
+    fn event(line: &str) -> Event {
+        match parse_line(line.as_bytes()) {
+            Ok(Parsed::Event(e)) => e,
+            other => panic!("{line:?}: expected an event, got {other:?}"),
+        }
+    }
+
+    fn check(line: &str) -> ServiceCheck {
+        match parse_line(line.as_bytes()) {
+            Ok(Parsed::ServiceCheck(c)) => c,
+            other => panic!("{line:?}: expected a service check, got {other:?}"),
+        }
+    }
+
+    struct Case {
+        line: &'static str,
+        name: &'static str,
+        kind: MetricType,
+        values: &'static [f64],
+        rate: f64,
+        tags: &'static [&'static str],
+        ts: Option<i64>,
+    }
+
+    const fn case(
+        line: &'static str,
+        name: &'static str,
+        kind: MetricType,
+        values: &'static [f64],
+    ) -> Case {
+        Case {
+            line,
+            name,
+            kind,
+            values,
+            rate: 1.0,
+            tags: &[],
+            ts: None,
+        }
+    }
+
+    #[test]
+    fn valid_metric_lines() {
+        use MetricType::*;
+        let cases = [
+            case("page.views:1|c", "page.views", Counter, &[1.0]),
+            case("temp:-3.5|g", "temp", Gauge, &[-3.5]),
+            case("lat:12|h", "lat", Histogram, &[12.0]),
+            case("req.time:320|ms", "req.time", Timer, &[320.0]),
+            case("size:1.25|d", "size", Distribution, &[1.25]),
+            // several values per line, empty items skipped (Agent)
+            case("name:1:2:3|h", "name", Histogram, &[1.0, 2.0, 3.0]),
+            case("name:1::2|d", "name", Distribution, &[1.0, 2.0]),
+            case("name:1:|ms", "name", Timer, &[1.0]),
+            case("name::7|c", "name", Counter, &[7.0]),
+            // float syntax accepted by the Agent's ParseFloat
+            case("a:1e3|c", "a", Counter, &[1000.0]),
+            case("a:+1|c", "a", Counter, &[1.0]),
+            case("a:.5|c", "a", Counter, &[0.5]),
+            case("a:5.|c", "a", Counter, &[5.0]),
+            case("a:-0|g", "a", Gauge, &[-0.0]),
+            case("a:0.1|g", "a", Gauge, &[0.1]),
+            case(
+                "a:1234567890123456789|g",
+                "a",
+                Gauge,
+                &[1234567890123456789.0],
+            ),
+            // names are not trimmed, and may be any UTF-8
+            case("name with space:1|c", "name with space", Counter, &[1.0]),
+            case(" lead:1|c", " lead", Counter, &[1.0]),
+            case("métrique.é:1|c", "métrique.é", Counter, &[1.0]),
+            // `_sc`/`_e` prefixes without the full marker stay metrics
+            case("_scale:1|c", "_scale", Counter, &[1.0]),
+            case("_e:1|c", "_e", Counter, &[1.0]),
+            Case {
+                rate: 0.5,
+                ..case("a:2|c|@0.5", "a", Counter, &[2.0])
+            },
+            Case {
+                rate: 1.0,
+                ..case("a:2|c|@1", "a", Counter, &[2.0])
+            },
+            Case {
+                rate: 1.0,
+                ..case("a:2|c|@0.5|@1", "a", Counter, &[2.0])
+            },
+            Case {
+                ts: Some(1_700_000_000),
+                ..case("a:1|g|T1700000000", "a", Gauge, &[1.0])
+            },
+            Case {
+                tags: &["env:prod", "service:web"],
+                ..case("a:1|c|#env:prod,service:web", "a", Counter, &[1.0])
+            },
+            Case {
+                tags: &["host:box", "a"],
+                ..case("a:1|h|#host:box,a", "a", Histogram, &[1.0])
+            },
+            // python `datadog` client: `|c:` container id
+            case("a:1|c|c:abc123", "a", Counter, &[1.0]),
+            Case {
+                tags: &["x"],
+                ..case("a:1|c|#x|c:abc123", "a", Counter, &[1.0])
+            },
+            // any order
+            Case {
+                rate: 0.5,
+                tags: &["a:b"],
+                ts: Some(1_700_000_000),
+                ..case("a:1|c|#a:b|c:abc123|@0.5|T1700000000", "a", Counter, &[1.0])
+            },
+            Case {
+                rate: 0.25,
+                tags: &["x"],
+                ts: Some(1_700_000_000),
+                ..case("a:1|c|T1700000000|@0.25|#x", "a", Counter, &[1.0])
+            },
+            // unknown and empty fields ignored
+            case("a:1|c|e:it-abc|card:high|x:unknown|", "a", Counter, &[1.0]),
+            Case {
+                tags: &["t"],
+                ..case("a:1|c||#t", "a", Counter, &[1.0])
+            },
+            // repeated tag field: the last wins
+            Case {
+                tags: &["b"],
+                ..case("a:1|c|#a|#b", "a", Counter, &[1.0])
+            },
+            // empty tags skipped
+            case("a:1|c|#", "a", Counter, &[1.0]),
+            Case {
+                tags: &["a", "b"],
+                ..case("a:1|c|#,a,,b,", "a", Counter, &[1.0])
+            },
+        ];
+        for c in &cases {
+            let m = metric(c.line);
+            assert_eq!(m.name, c.name, "{:?}", c.line);
+            assert_eq!(m.kind, c.kind, "{:?}", c.line);
+            let values: Vec<f64> = m.values().collect();
+            assert_eq!(values.len(), c.values.len(), "{:?}", c.line);
+            for (got, want) in values.iter().zip(c.values) {
+                assert_eq!(got.to_bits(), want.to_bits(), "{:?}", c.line);
+            }
+            assert_eq!(m.sample_rate, c.rate, "{:?}", c.line);
+            assert_eq!(m.tags.iter().collect::<Vec<_>>(), c.tags, "{:?}", c.line);
+            assert_eq!(m.timestamp, c.ts, "{:?}", c.line);
+        }
+    }
+
+    #[test]
+    fn sets_keep_colons_and_yield_no_values() {
+        let m = metric("daemon:abc:def|s");
+        assert_eq!(m.kind, MetricType::Set);
+        assert_eq!(m.name, "daemon");
+        assert_eq!(m.set_value(), "abc:def");
+        assert_eq!(m.values().count(), 0);
+        // a set member need not be numeric, and may be only colons
+        assert_eq!(metric("users:alice|s").set_value(), "alice");
+        assert_eq!(metric("users:::|s").set_value(), "::");
+        assert_eq!(metric("users:1.5|s|#a").set_value(), "1.5");
+    }
+
+    #[test]
+    fn nan_and_inf_parse_and_are_yielded() {
+        let v: Vec<f64> = metric("a:nan|g").values().collect();
+        assert!(v.len() == 1 && v[0].is_nan());
+        let v: Vec<f64> = metric("a:inf:-Infinity|h").values().collect();
+        assert_eq!(v, [f64::INFINITY, f64::NEG_INFINITY]);
+    }
+
+    #[test]
+    fn raw_fields_borrow_from_the_line() {
+        let m = metric("a.b:1:2|h|@0.5|#x:y,z");
+        assert_eq!(m.raw_values, "1:2");
+        assert_eq!(m.tags.raw(), "x:y,z");
+        assert!(!m.tags.is_empty());
+        assert!(metric("a:1|c").tags.is_empty());
+    }
+
+    #[test]
+    fn malformed_lines_give_the_specific_error() {
+        use ParseError::*;
+        let cases: &[(&[u8], ParseError)] = &[
+            (b"", MissingColon),
+            (b"abc", MissingColon),
+            (b"abc|c", MissingColon),
+            (b"a|b:1|c", MissingColon),
+            (b":1|c", EmptyName),
+            (b":|c", EmptyName),
+            (b"name:|c", EmptyValue),
+            (b"name:|s", EmptyValue),
+            (b"name::|c", EmptyValue),
+            (b"name:::|g", EmptyValue),
+            (b"name:1", MissingType),
+            (b"name:1|", MissingType),
+            (b"name:1||#a", MissingType),
+            (b"name:1|x", UnknownType),
+            (b"name:1|C", UnknownType),
+            (b"name:1|c ", UnknownType),
+            (b"name:1|msx", UnknownType),
+            (b"name:1|cc", UnknownType),
+            (b"name:abc|c", BadValue),
+            (b"name: 1|c", BadValue),
+            (b"name:1 |g", BadValue),
+            (b"name:1:x|h", BadValue),
+            (b"name:1,2|h", BadValue),
+            (b"name:0x10|c", BadValue),
+            (b"name:1-|c", BadValue),
+            (b"name:--1|c", BadValue),
+            (b"name:1..2|c", BadValue),
+            (b"name:.|c", BadValue),
+            (b"name:-|c", BadValue),
+            (b"a:b:1|c", BadValue),
+            (b"name:1|c|@", BadSampleRate),
+            (b"name:1|c|@abc", BadSampleRate),
+            (b"name:1|c|@0", BadSampleRate),
+            (b"name:1|c|@1.5", BadSampleRate),
+            (b"name:1|c|@-0.5", BadSampleRate),
+            (b"name:1|c|@nan", BadSampleRate),
+            (b"name:1|c|@inf", BadSampleRate),
+            (b"name:1|c|@0.5 ", BadSampleRate),
+            (b"name:1|c|T", BadTimestamp),
+            (b"name:1|c|Tabc", BadTimestamp),
+            (b"name:1|c|T1.5", BadTimestamp),
+            (b"name:1|c|T0", BadTimestamp),
+            (b"name:1|c|T-5", BadTimestamp),
+            (b"name:1|c|T99999999999999999999", BadTimestamp),
+            (b"name:\xff|c", InvalidUtf8),
+            (b"na\xc3me:1|c", InvalidUtf8),
+            (b"name:1|c|#\xe2\x82", InvalidUtf8),
+            (b"_e{0,4}:|text", BadEvent),
+            (b"_e{5,4}:title|tex", BadEvent),
+            (b"_e{4,4}:title|text", BadEvent),
+            (b"_e{5,3}:title|text", BadEvent),
+            (b"_e{5,5}:title|text", BadEvent),
+            (b"_e{5,4}title|text", BadEvent),
+            (b"_e{a,4}:title|text", BadEvent),
+            (b"_e{5}:title|text", BadEvent),
+            (b"_e{5,}:title|text", BadEvent),
+            (b"_e{-1,4}:title|text", BadEvent),
+            (b"_e{5,4:title|text", BadEvent),
+            (b"_e{18446744073709551615,1}:t|x", BadEvent),
+            (b"_e{5,18446744073709551615}:title|x", BadEvent),
+            (b"_e{99999999999999999999999,1}:a|b", BadEvent),
+            (b"_e{1,4}:\xc3\xa9|text", BadEvent),
+            (b"_e{5,4}:title", BadEvent),
+            (b"_sc|", BadServiceCheck),
+            (b"_sc||0", BadServiceCheck),
+            (b"_sc|name", BadServiceCheck),
+            (b"_sc|name|", BadServiceCheck),
+            (b"_sc|name|4", BadServiceCheck),
+            (b"_sc|name|ok", BadServiceCheck),
+            (b"_sc|name|-1", BadServiceCheck),
+            (b"_sc|name|00", BadServiceCheck),
+            (b"_sc|name| 0", BadServiceCheck),
+        ];
+        assert!(cases.len() >= 30);
+        for (line, want) in cases {
+            assert_eq!(
+                parse_line(line),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn line_length_limit() {
+        let mut line = b"a:1|c|#".to_vec();
+        line.resize(MAX_LINE_LEN, b'x');
+        assert!(matches!(parse_line(&line), Ok(Parsed::Metric(_))));
+        line.push(b'x');
+        assert_eq!(parse_line(&line), Err(ParseError::TooLong));
+    }
+
+    #[test]
+    fn events() {
+        let e = event("_e{5,4}:title|text");
+        assert_eq!(
+            e,
+            Event {
+                title: "title".into(),
+                text: "text".into(),
+                timestamp: None,
+                host: None,
+                aggregation_key: None,
+                priority: Priority::Normal,
+                source_type: None,
+                alert_type: AlertType::Info,
+                tags: vec![],
+            }
+        );
+
+        let e =
+            event("_e{5,4}:title|text|d:1700000000|h:myhost|k:agg|p:low|s:src|t:warning|#a:b,c");
+        assert_eq!(e.timestamp, Some(1_700_000_000));
+        assert_eq!(e.host.as_deref(), Some("myhost"));
+        assert_eq!(e.aggregation_key.as_deref(), Some("agg"));
+        assert_eq!(e.priority, Priority::Low);
+        assert_eq!(e.source_type.as_deref(), Some("src"));
+        assert_eq!(e.alert_type, AlertType::Warning);
+        assert_eq!(e.tags, ["a:b", "c"]);
+
+        // `\n` (backslash, n) in the text becomes a newline; 12 bytes on the wire
+        let e = event(r"_e{5,12}:title|line1\nline2");
+        assert_eq!(e.text, "line1\nline2");
+
+        // bad optional fields are ignored, unknown ones too
+        let e = event("_e{5,4}:title|text|d:abc|p:urgent|t:fatal|x:y|c:abc|h:");
+        assert_eq!(e.timestamp, None);
+        assert_eq!(e.priority, Priority::Normal);
+        assert_eq!(e.alert_type, AlertType::Info);
+        assert_eq!(e.host, None);
+
+        // a repeated field: the last good one wins
+        let e = event("_e{5,4}:title|text|t:error|t:bogus|h:a|h:b");
+        assert_eq!(e.alert_type, AlertType::Error);
+        assert_eq!(e.host.as_deref(), Some("b"));
+        assert_eq!(
+            event("_e{1,1}:a|b|t:success|p:normal").alert_type,
+            AlertType::Success
+        );
+
+        // lengths are bytes: é is 2, 日 is 3
+        let e = event("_e{2,3}:é|日");
+        assert_eq!((e.title.as_str(), e.text.as_str()), ("é", "日"));
+
+        // the lengths, not the `|`, delimit title and text (as in the Agent)
+        let e = event("_e{3,1}:a|b|c");
+        assert_eq!((e.title.as_str(), e.text.as_str()), ("a|b", "c"));
+
+        // empty text
+        let e = event("_e{5,0}:title|");
+        assert_eq!(e.text, "");
+        assert_eq!(event("_e{5,0}:title||h:x").host.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn service_checks() {
+        let c = check("_sc|db.ok|0");
+        assert_eq!(
+            c,
+            ServiceCheck {
+                name: "db.ok".into(),
+                status: CheckStatus::Ok,
+                timestamp: None,
+                host: None,
+                tags: vec![],
+                message: None,
+            }
+        );
+        let c = check("_sc|db|2|d:1700000000|h:box|#a,b|m:down again");
+        assert_eq!(c.status, CheckStatus::Critical);
+        assert_eq!(c.timestamp, Some(1_700_000_000));
+        assert_eq!(c.host.as_deref(), Some("box"));
+        assert_eq!(c.tags, ["a", "b"]);
+        assert_eq!(c.message.as_deref(), Some("down again"));
+
+        // repeated fields: the last wins; a bad `d:` is ignored
+        let c = check("_sc|db|1|h:a|h:b|m:x|m:y|d:abc|#t1|#t2");
+        assert_eq!(c.status, CheckStatus::Warning);
+        assert_eq!(c.host.as_deref(), Some("b"));
+        assert_eq!(c.message.as_deref(), Some("y"));
+        assert_eq!(c.timestamp, None);
+        assert_eq!(c.tags, ["t2"]);
+
+        assert_eq!(check("_sc|db|3|m:a:b").message.as_deref(), Some("a:b"));
+        assert_eq!(check("_sc|db|3").status, CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn datagram_framing() {
+        let dgram = b"a:1|c\nb:2|g\r\n\n\r\nc:3|s";
+        let got: Vec<&[u8]> = lines(dgram).collect();
+        assert_eq!(got, [&b"a:1|c"[..], b"b:2|g", b"c:3|s"]);
+        assert_eq!(lines(b"a:1|c\n").count(), 1);
+        assert_eq!(lines(b"").count(), 0);
+        assert_eq!(lines(b"\n\n").count(), 0);
+        // a bad line drops only itself
+        let results: Vec<_> = lines(b"a:1|c\nbad\nb:x|g\nc:2|h")
+            .map(|l| parse_line(l).is_ok())
+            .collect();
+        assert_eq!(results, [true, false, false, true]);
+    }
+
+    #[test]
+    fn parse_value_matches_std() {
+        let inputs = [
+            "0",
+            "-0",
+            "1",
+            "42",
+            "-42",
+            "0.1",
+            "0.3",
+            "1.5",
+            "123.456",
+            "-0.000001",
+            "999999999999999",
+            "9999999999999999",
+            "12345678901234567890",
+            "1.000000000000001",
+            "0.12345678901234567",
+            "1e3",
+            "1E-3",
+            "+5",
+            ".5",
+            "5.",
+            "nan",
+            "NaN",
+            "inf",
+            "-infinity",
+            "1_000",
+            "",
+            "-",
+            ".",
+            "1.2.3",
+            "abc",
+            "0x1p3",
+            " 1",
+            "1 ",
+        ];
+        for s in inputs {
+            let want = s.parse::<f64>().ok();
+            let got = parse_value(s);
+            assert_eq!(
+                got.map(f64::to_bits),
+                want.map(f64::to_bits),
+                "{s:?}: got {got:?}, std {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_codes_are_distinct() {
+        use ParseError::*;
+        let all = [
+            MissingColon,
+            MissingType,
+            EmptyName,
+            EmptyValue,
+            BadValue,
+            UnknownType,
+            BadSampleRate,
+            BadTimestamp,
+            InvalidUtf8,
+            TooLong,
+            BadEvent,
+            BadServiceCheck,
+        ];
+        let mut codes: Vec<_> = all.iter().map(ParseError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert!(BadSampleRate.to_string().contains("(0, 1]"));
+    }
+}
