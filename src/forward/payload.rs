@@ -1,0 +1,640 @@
+//! Payload encoding: Datadog JSON, gzip-compressed, split below the intake's limits.
+//!
+//! In: a [`Flush`] plus the global tags and default host. Out: [`Payload`]s,
+//! each one complete, compressed request body for one endpoint, every one
+//! under [`Limits`].
+//!
+//! Must never: drop an item silently (an item that does not fit closes the
+//! payload and starts the next one; an item too large for any payload is
+//! handed back to the caller, which logs and counts it), or emit JSON that
+//! the public API schema rejects (non-finite values are left out).
+//!
+//! Shapes, from Datadog's public OpenAPI spec (the source of the official
+//! `datadog-api-client-*` libraries):
+//! - `POST /api/v2/series`: `MetricPayload {series: [MetricSeries]}`, where a
+//!   `MetricSeries` is `{metric, type (0-3), points: [{timestamp, value}],
+//!   tags, resources: [{name, type}], interval, unit}`.
+//! - `POST /api/v1/distribution_points`: `{series: [{metric, points:
+//!   [[ts, [v, …]]], tags, host, type: "distribution"}]}`.
+//! - `POST /api/v1/events`: one `EventCreateRequest` per request.
+//! - `POST /api/v1/check_run`: a JSON array of `{check, host_name, status,
+//!   timestamp, message, tags}` (`check`, `host_name`, `status`, `tags` required).
+
+use std::io::{Read, Write};
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
+
+use crate::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
+
+/// The `/api/v2/series` limits: 512,000 bytes compressed, 5,242,880 decompressed.
+pub const MAX_COMPRESSED: usize = 512_000;
+/// See [`MAX_COMPRESSED`].
+pub const MAX_UNCOMPRESSED: usize = 5_242_880;
+/// Items per payload: small enough that a 413 or a retry costs little, as the
+/// Agent caps points per payload.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// The uncompressed bytes between two sync flushes of the compressor. A sync
+/// flush makes everything written so far show up in the output, which bounds
+/// how far the compressed-size estimate can be off.
+const SYNC_EVERY: usize = 64 * 1024;
+
+/// Size limits for one payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Compressed body bytes, at most.
+    pub max_compressed: usize,
+    /// Uncompressed JSON bytes, at most.
+    pub max_uncompressed: usize,
+    /// Items (series, checks…) per payload, at most.
+    pub max_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_compressed: MAX_COMPRESSED,
+            max_uncompressed: MAX_UNCOMPRESSED,
+            max_items: MAX_ITEMS,
+        }
+    }
+}
+
+/// The intake endpoint a payload goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/api/v2/series`
+    Series,
+    /// `/api/v1/distribution_points`
+    Distributions,
+    /// `/api/v1/events` (one event per request)
+    Events,
+    /// `/api/v1/check_run`
+    Checks,
+}
+
+impl Endpoint {
+    /// The URL path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Series => "/api/v2/series",
+            Self::Distributions => "/api/v1/distribution_points",
+            Self::Events => "/api/v1/events",
+            Self::Checks => "/api/v1/check_run",
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Series => "series",
+            Self::Distributions => "distribution points",
+            Self::Events => "event",
+            Self::Checks => "service checks",
+        }
+    }
+
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Self::Series | Self::Distributions => b"{\"series\":[",
+            Self::Events => b"",
+            Self::Checks => b"[",
+        }
+    }
+
+    fn suffix(self) -> &'static [u8] {
+        match self {
+            Self::Series | Self::Distributions => b"]}",
+            Self::Events => b"",
+            Self::Checks => b"]",
+        }
+    }
+
+    fn max_items(self, limits: &Limits) -> usize {
+        match self {
+            // The v1 events API takes one event per request.
+            Self::Events => 1,
+            _ => limits.max_items.max(1),
+        }
+    }
+}
+
+/// One compressed request body, ready to send.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Where it goes.
+    pub endpoint: Endpoint,
+    /// The gzip-compressed JSON.
+    pub body: Vec<u8>,
+    /// The JSON's length before compression.
+    pub raw_len: usize,
+    /// How many items (series, events, checks) it holds.
+    pub items: usize,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("endpoint", &self.endpoint)
+            .field("bytes", &self.body.len())
+            .field("raw_len", &self.raw_len)
+            .field("items", &self.items)
+            .finish()
+    }
+}
+
+impl Payload {
+    /// Splits the payload in two halves of its items, for a 413. `None` when
+    /// it holds a single item (or cannot be decoded, which would be our bug).
+    pub fn split(&self, limits: &Limits) -> Option<(Vec<Payload>, Vec<Payload>)> {
+        if self.items < 2 {
+            return None;
+        }
+        let mut json = Vec::with_capacity(self.raw_len);
+        GzDecoder::new(self.body.as_slice())
+            .read_to_end(&mut json)
+            .ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        let items = match (self.endpoint, value) {
+            (Endpoint::Series | Endpoint::Distributions, serde_json::Value::Object(mut map)) => {
+                match map.remove("series") {
+                    Some(serde_json::Value::Array(items)) => items,
+                    _ => return None,
+                }
+            }
+            (Endpoint::Checks, serde_json::Value::Array(items)) => items,
+            _ => return None,
+        };
+        if items.len() < 2 {
+            return None;
+        }
+        let half = items.len() / 2;
+        let encode_half = |part: &[serde_json::Value]| -> Option<Vec<Payload>> {
+            let mut enc = Encoder::new(self.endpoint, *limits);
+            for item in part {
+                let bytes = serde_json::to_vec(item).ok()?;
+                // Each half is smaller than the whole, so nothing is handed back
+                // unless the limits shrank; then the item stays in the result.
+                if let Err(Oversize) = enc.push(&bytes) {
+                    enc.force(&bytes);
+                }
+            }
+            Some(enc.finish())
+        };
+        Some((encode_half(&items[..half])?, encode_half(&items[half..])?))
+    }
+}
+
+/// An item larger than a whole payload may be: the caller logs and counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversize;
+
+/// Builds one payload at a time; hands back items that do not fit.
+struct Builder {
+    endpoint: Endpoint,
+    limits: Limits,
+    gz: GzEncoder<Vec<u8>>,
+    raw_len: usize,
+    items: usize,
+    since_sync: usize,
+}
+
+impl Builder {
+    fn new(endpoint: Endpoint, limits: Limits) -> Self {
+        let mut gz = GzEncoder::new(Vec::with_capacity(16 * 1024), Compression::default());
+        let prefix = endpoint.prefix();
+        // Writing to a Vec cannot fail.
+        let _ = gz.write_all(prefix);
+        Self {
+            endpoint,
+            limits,
+            gz,
+            raw_len: prefix.len(),
+            items: 0,
+            since_sync: prefix.len(),
+        }
+    }
+
+    /// Whether `item` fits, with its separator and the closing suffix.
+    fn fits(&self, item: &[u8]) -> bool {
+        let add = item.len() + usize::from(self.items > 0);
+        let suffix = self.endpoint.suffix().len();
+        let raw_ok = self.raw_len + add + suffix <= self.limits.max_uncompressed;
+        let compressed_ok = self.gz.get_ref().len() + deflate_bound(self.since_sync + add + suffix)
+            <= self.limits.max_compressed;
+        let count_ok = self.items < self.endpoint.max_items(&self.limits);
+        raw_ok && compressed_ok && count_ok
+    }
+
+    /// Adds `item` unconditionally.
+    fn write(&mut self, item: &[u8]) {
+        if self.items > 0 {
+            let _ = self.gz.write_all(b",");
+            self.raw_len += 1;
+            self.since_sync += 1;
+        }
+        let _ = self.gz.write_all(item);
+        self.raw_len += item.len();
+        self.since_sync += item.len();
+        self.items += 1;
+        if self.since_sync >= SYNC_EVERY {
+            // A sync flush on a Vec writer cannot fail.
+            let _ = self.gz.flush();
+            self.since_sync = 0;
+        }
+    }
+
+    fn finish(mut self) -> Option<Payload> {
+        if self.items == 0 {
+            return None;
+        }
+        let suffix = self.endpoint.suffix();
+        let _ = self.gz.write_all(suffix);
+        self.raw_len += suffix.len();
+        let body = self.gz.finish().ok()?;
+        Some(Payload {
+            endpoint: self.endpoint,
+            body,
+            raw_len: self.raw_len,
+            items: self.items,
+        })
+    }
+}
+
+/// A worst-case compressed size for `n` fresh bytes, plus the gzip header,
+/// trailer and sync-flush markers. Deflate falls back to stored blocks, which
+/// cost 5 bytes per 64 KiB; this is generous on purpose.
+fn deflate_bound(n: usize) -> usize {
+    n + (n >> 10) + 64
+}
+
+/// Turns a stream of serialized items into payloads under the limits.
+pub struct Encoder {
+    endpoint: Endpoint,
+    limits: Limits,
+    current: Builder,
+    done: Vec<Payload>,
+}
+
+impl Encoder {
+    /// A new encoder for `endpoint`.
+    pub fn new(endpoint: Endpoint, limits: Limits) -> Self {
+        Self {
+            endpoint,
+            limits,
+            current: Builder::new(endpoint, limits),
+            done: Vec::new(),
+        }
+    }
+
+    /// Adds one serialized item. When it would push the open payload past a
+    /// limit, that payload is closed and the item starts a fresh one; an item
+    /// that does not fit even an empty payload is refused with [`Oversize`].
+    pub fn push(&mut self, item: &[u8]) -> Result<(), Oversize> {
+        if self.current.fits(item) {
+            self.current.write(item);
+            return Ok(());
+        }
+        if self.current.items == 0 {
+            return Err(Oversize);
+        }
+        let full = std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
+        self.done.extend(full.finish());
+        if self.current.fits(item) {
+            self.current.write(item);
+            Ok(())
+        } else {
+            Err(Oversize)
+        }
+    }
+
+    /// Adds an item past the limits, alone in its own payload (413 splitting only).
+    fn force(&mut self, item: &[u8]) {
+        if self.current.items > 0 {
+            let full =
+                std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
+            self.done.extend(full.finish());
+        }
+        self.current.write(item);
+    }
+
+    /// Closes the open payload and returns them all.
+    pub fn finish(mut self) -> Vec<Payload> {
+        self.done.extend(self.current.finish());
+        self.done
+    }
+}
+
+/// What is added to every item: global tags and the default host.
+#[derive(Debug, Clone, Default)]
+pub struct Decoration {
+    /// Tags added to everything, deduplicated against the item's own.
+    pub global_tags: Vec<String>,
+    /// Host for items that carry none.
+    pub hostname: Option<String>,
+}
+
+/// Item tags followed by the global tags the item does not already have.
+pub struct TagList<'a> {
+    own: &'a [String],
+    global: &'a [String],
+}
+
+impl<'a> TagList<'a> {
+    /// Combines an item's tags with the global ones.
+    pub fn new(own: &'a [String], global: &'a [String]) -> Self {
+        Self { own, global }
+    }
+
+    /// The merged tags, in order: the item's own, then new global ones.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let own = self.own;
+        let global = self.global;
+        own.iter().map(String::as_str).chain(
+            global
+                .iter()
+                .enumerate()
+                .filter(move |(i, g)| !own.contains(g) && !global[..*i].contains(g))
+                .map(|(_, g)| g.as_str()),
+        )
+    }
+}
+
+impl Serialize for TagList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for t in self.iter() {
+            seq.serialize_element(t)?;
+        }
+        seq.end()
+    }
+}
+
+/// The v2 intake type number: 1 COUNT, 2 RATE, 3 GAUGE.
+pub fn intake_type(kind: SeriesKind) -> u8 {
+    match kind {
+        SeriesKind::Count => 1,
+        SeriesKind::Rate => 2,
+        SeriesKind::Gauge => 3,
+    }
+}
+
+#[derive(Serialize)]
+struct MetricPoint {
+    timestamp: i64,
+    value: f64,
+}
+
+struct Points<'a>(&'a [(i64, f64)]);
+
+impl Serialize for Points<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for &(timestamp, value) in self.0.iter().filter(|(_, v)| v.is_finite()) {
+            seq.serialize_element(&MetricPoint { timestamp, value })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct MetricResource<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct MetricSeries<'a> {
+    metric: &'a str,
+    #[serde(rename = "type")]
+    kind: u8,
+    points: Points<'a>,
+    tags: TagList<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<[MetricResource<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+}
+
+struct DistPoints<'a>(&'a [(i64, Vec<f64>)]);
+
+impl Serialize for DistPoints<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for (ts, values) in self.0 {
+            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            if !finite.is_empty() {
+                seq.serialize_element(&(ts, finite))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct DistributionPointsSeries<'a> {
+    metric: &'a str,
+    points: DistPoints<'a>,
+    tags: TagList<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct EventCreateRequest<'a> {
+    title: &'a str,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date_happened: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregation_key: Option<&'a str>,
+    priority: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_type_name: Option<&'a str>,
+    alert_type: &'static str,
+    tags: TagList<'a>,
+}
+
+#[derive(Serialize)]
+struct ServiceCheckJson<'a> {
+    check: &'a str,
+    host_name: &'a str,
+    status: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    tags: TagList<'a>,
+}
+
+/// `normal` or `low`.
+pub fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// `info`, `warning`, `error` or `success`.
+pub fn alert_type_name(a: AlertType) -> &'static str {
+    match a {
+        AlertType::Info => "info",
+        AlertType::Warning => "warning",
+        AlertType::Error => "error",
+        AlertType::Success => "success",
+    }
+}
+
+/// The status number 0-3.
+pub fn status_code(s: CheckStatus) -> u8 {
+    s as u8
+}
+
+impl Decoration {
+    fn host<'a>(&'a self, own: Option<&'a String>) -> Option<&'a str> {
+        own.or(self.hostname.as_ref())
+            .map(String::as_str)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// One `MetricSeries` as JSON, or `None` when no point is finite.
+    pub fn series_json(&self, s: &Series, buf: &mut Vec<u8>) -> Option<()> {
+        if !s.points.iter().any(|(_, v)| v.is_finite()) {
+            return None;
+        }
+        let host = self.host(s.host.as_ref());
+        let item = MetricSeries {
+            metric: &s.metric,
+            kind: intake_type(s.kind),
+            points: Points(&s.points),
+            tags: TagList::new(&s.tags, &self.global_tags),
+            resources: host.map(|name| [MetricResource { name, kind: "host" }]),
+            interval: match s.kind {
+                SeriesKind::Gauge => None,
+                _ => s.interval,
+            },
+            unit: s.unit,
+        };
+        buf.clear();
+        serde_json::to_writer(&mut *buf, &item).ok()
+    }
+
+    /// One `DistributionPointsSeries` as JSON, or `None` when no value is finite.
+    pub fn distribution_json(&self, d: &DistributionSeries, buf: &mut Vec<u8>) -> Option<()> {
+        if !d
+            .points
+            .iter()
+            .any(|(_, vs)| vs.iter().any(|v| v.is_finite()))
+        {
+            return None;
+        }
+        let item = DistributionPointsSeries {
+            metric: &d.metric,
+            points: DistPoints(&d.points),
+            tags: TagList::new(&d.tags, &self.global_tags),
+            host: self.host(d.host.as_ref()),
+            kind: "distribution",
+        };
+        buf.clear();
+        serde_json::to_writer(&mut *buf, &item).ok()
+    }
+
+    /// One `EventCreateRequest` as JSON.
+    pub fn event_json(&self, e: &Event, buf: &mut Vec<u8>) -> Option<()> {
+        let item = EventCreateRequest {
+            title: &e.title,
+            text: &e.text,
+            date_happened: e.timestamp,
+            host: self.host(e.host.as_ref()),
+            aggregation_key: e.aggregation_key.as_deref(),
+            priority: priority_name(e.priority),
+            source_type_name: e.source_type.as_deref(),
+            alert_type: alert_type_name(e.alert_type),
+            tags: TagList::new(&e.tags, &self.global_tags),
+        };
+        buf.clear();
+        serde_json::to_writer(&mut *buf, &item).ok()
+    }
+
+    /// One `ServiceCheck` as JSON (`host_name` is required: empty when unknown,
+    /// as the Agent sends it).
+    pub fn check_json(&self, c: &ServiceCheck, buf: &mut Vec<u8>) -> Option<()> {
+        let item = ServiceCheckJson {
+            check: &c.name,
+            host_name: self.host(c.host.as_ref()).unwrap_or(""),
+            status: status_code(c.status),
+            timestamp: c.timestamp,
+            message: c.message.as_deref(),
+            tags: TagList::new(&c.tags, &self.global_tags),
+        };
+        buf.clear();
+        serde_json::to_writer(&mut *buf, &item).ok()
+    }
+}
+
+/// Payloads for one flush, and what could not be sent at all.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// Ready to send, in endpoint order.
+    pub payloads: Vec<Payload>,
+    /// Items larger than a payload may be: `(endpoint, name)` for the log.
+    pub oversize: Vec<(Endpoint, String)>,
+    /// Series or distributions with no finite value, left out.
+    pub empty: usize,
+}
+
+/// Encodes a whole flush.
+pub fn encode_flush(flush: &crate::aggregate::Flush, deco: &Decoration, limits: Limits) -> Encoded {
+    let mut out = Encoded::default();
+    let mut buf = Vec::with_capacity(512);
+
+    let mut enc = Encoder::new(Endpoint::Series, limits);
+    for s in &flush.series {
+        if deco.series_json(s, &mut buf).is_none() {
+            out.empty += 1;
+        } else if enc.push(&buf).is_err() {
+            out.oversize.push((Endpoint::Series, s.metric.clone()));
+        }
+    }
+    out.payloads.extend(enc.finish());
+
+    let mut enc = Encoder::new(Endpoint::Distributions, limits);
+    for d in &flush.distributions {
+        if deco.distribution_json(d, &mut buf).is_none() {
+            out.empty += 1;
+        } else if enc.push(&buf).is_err() {
+            out.oversize
+                .push((Endpoint::Distributions, d.metric.clone()));
+        }
+    }
+    out.payloads.extend(enc.finish());
+
+    let mut enc = Encoder::new(Endpoint::Events, limits);
+    for e in &flush.events {
+        if deco.event_json(e, &mut buf).is_some() && enc.push(&buf).is_err() {
+            out.oversize.push((Endpoint::Events, e.title.clone()));
+        }
+    }
+    out.payloads.extend(enc.finish());
+
+    let mut enc = Encoder::new(Endpoint::Checks, limits);
+    for c in &flush.service_checks {
+        if deco.check_json(c, &mut buf).is_some() && enc.push(&buf).is_err() {
+            out.oversize.push((Endpoint::Checks, c.name.clone()));
+        }
+    }
+    out.payloads.extend(enc.finish());
+    out
+}

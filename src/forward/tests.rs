@@ -1,0 +1,1 @@
+//! HTTP tests for the forwarder (added next).
