@@ -8,9 +8,66 @@
 //! context limit, or do the heavy per-flush work (sorting samples, building
 //! series) while holding the listener's lock: [`Aggregator::take`] is a cheap
 //! swap and [`Bucket::into_flush`] does the rest off the receive path.
+//!
+//! # How a sample finds its context
+//!
+//! A context is the metric name plus its sorted, deduplicated tags and the
+//! host from a `host:` tag (last wins, removed from the tags), as in the Agent.
+//! Sorting tags per line would cost an allocation and a sort on every sample,
+//! so the hot path never does it:
+//!
+//! 1. hash `(class, name, raw tag field)` with FxHash and look the hash up in
+//!    the *alias* map; on a hit whose stored bytes match, that is the context id;
+//! 2. on a miss (the first line of a context in this interval, or a new tag
+//!    order), the cold path [`Aggregator::resolve_new`] canonicalises the tags,
+//!    looks up or creates the canonical context, and caches the raw alias.
+//!
+//! Per-context state lives in a `Vec` indexed by context id.
+//!
+//! # Idle contexts
+//!
+//! Every interval starts empty: [`Aggregator::take`] moves the maps and the
+//! state vector into the [`Bucket`], so a context not seen in an interval holds
+//! no memory and memory follows the live working set. The Agent keeps idle
+//! counters for 300 s and sends zeros for them; we do not, on purpose: that
+//! would keep every idle context's memory alive for five minutes (against the
+//! "idle contexts are forgotten" requirement) and send series nobody is
+//! feeding. A gap in a counter graph reads the same as a zero in Datadog's
+//! default `sum`/`as_count` views.
+
+use std::collections::hash_map::Entry;
+use std::hash::Hasher;
+use std::mem;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
-use crate::protocol::{Event, Metric, ServiceCheck};
+use crate::protocol::{Event, Metric, MetricType, ServiceCheck};
+
+/// Events kept per interval; more are counted in [`Bucket::overflowed`].
+pub const MAX_EVENTS: usize = 10_000;
+/// Service checks kept per interval; more are counted in [`Bucket::overflowed`].
+pub const MAX_SERVICE_CHECKS: usize = 10_000;
+/// Histogram samples kept for median/percentiles per interval, over all
+/// contexts (16 MB at most). Past it, `.max .min .avg .sum .count` stay exact
+/// and the rank statistics use the samples kept so far. The Agent keeps every
+/// sample; a 512 MB dyno cannot.
+pub const MAX_HISTOGRAM_SAMPLES: usize = 2_000_000;
+/// Distribution values kept per interval over all contexts; past it, [`InsertOutcome::Discarded`].
+pub const MAX_DISTRIBUTION_VALUES: usize = 2_000_000;
+/// A sampled distribution value is repeated `int(1/rate)` times, at most this many.
+pub const MAX_DISTRIBUTION_REPEAT: u32 = 1_000;
+/// Unique set members kept per interval over all sets; past it, [`InsertOutcome::Discarded`].
+pub const MAX_SET_MEMBERS: usize = 1_000_000;
+/// `|T` points queued per interval; past it, [`InsertOutcome::Discarded`].
+pub const MAX_TIMESTAMPED_POINTS: usize = 500_000;
+/// `|T` points older than this (seconds before `now`) are discarded: the
+/// intake silently drops points more than 1 h in the past.
+pub const MAX_TIMESTAMP_PAST_SECS: i64 = 3_600;
+/// `|T` points further in the future than this are discarded: the intake
+/// silently drops points more than 10 min ahead.
+pub const MAX_TIMESTAMP_FUTURE_SECS: i64 = 600;
 
 /// Options from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -82,66 +139,802 @@ pub struct Flush {
 /// What happened to one inserted sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertOutcome {
-    /// Aggregated (or queued as timestamped).
+    /// Aggregated (or queued as timestamped). For a multi-value line: at
+    /// least one value was taken.
     Accepted,
     /// A new context past the limit: dropped.
     ContextLimit,
     /// NaN/Inf values, or a `|T` histogram/set/distribution: dropped as the Agent does.
+    /// Also: a set sample on a numeric context (or the reverse), a `|T` point
+    /// outside the intake's window, or a per-interval storage cap reached.
     Discarded,
+}
+
+/// Options prepared once: percentiles as the Agent names them.
+#[derive(Debug)]
+struct Prepared {
+    context_limit: usize,
+    /// Raw-alias cache entries allowed per interval: a context can be sent
+    /// with many tag orders, and each order is one alias.
+    alias_limit: usize,
+    aggregates: Vec<HistogramAggregate>,
+    /// `(percent 0-100, ".95percentile")`, ascending, deduplicated.
+    percentiles: Vec<(u64, String)>,
+}
+
+impl Prepared {
+    fn new(opts: &AggregatorOptions) -> Self {
+        // The Agent turns `0.95` into the integer 95 with `int(p*100 + 0.5)`
+        // (pkg/metrics/histogram.go ParsePercentiles), sorts the list, and
+        // names the series `fmt.Sprintf(".%dpercentile", p)`.
+        let mut pcts: Vec<u64> = opts
+            .histogram_percentiles
+            .iter()
+            .filter(|p| p.is_finite())
+            // Saturating float->int cast; the clamp keeps it in 0..=100.
+            .map(|p| ((p * 100.0 + 0.5) as u64).min(100))
+            .collect();
+        pcts.sort_unstable();
+        pcts.dedup();
+        Self {
+            context_limit: opts.context_limit,
+            alias_limit: opts.context_limit.saturating_mul(2).saturating_add(1_024),
+            aggregates: opts.histogram_aggregates.clone(),
+            percentiles: pcts
+                .into_iter()
+                .map(|p| (p, format!(".{p}percentile")))
+                .collect(),
+        }
+    }
+}
+
+/// Which pipeline a context belongs to. It is part of the context key: the
+/// Agent keeps distributions and `|T` samples apart from aggregated metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `c g s h ms` without `|T`.
+    Aggregated,
+    /// `d` without `|T`.
+    Distribution,
+    /// `g` with `|T`.
+    TimestampedGauge,
+    /// `c` with `|T`.
+    TimestampedRate,
+}
+
+impl Class {
+    fn of(m: &Metric<'_>) -> Option<Self> {
+        match (m.timestamp, m.kind) {
+            (None, MetricType::Distribution) => Some(Self::Distribution),
+            (None, _) => Some(Self::Aggregated),
+            (Some(_), MetricType::Gauge) => Some(Self::TimestampedGauge),
+            (Some(_), MetricType::Counter) => Some(Self::TimestampedRate),
+            // The Agent's no-aggregation pipeline only takes gauges and counts.
+            (
+                Some(_),
+                MetricType::Histogram
+                | MetricType::Timer
+                | MetricType::Set
+                | MetricType::Distribution,
+            ) => None,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Self::Aggregated => b'a',
+            Self::Distribution => b'd',
+            Self::TimestampedGauge => b'g',
+            Self::TimestampedRate => b'r',
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'a' => Some(Self::Aggregated),
+            b'd' => Some(Self::Distribution),
+            b'g' => Some(Self::TimestampedGauge),
+            b'r' => Some(Self::TimestampedRate),
+            _ => None,
+        }
+    }
+}
+
+/// One cached raw spelling of a context: `class, name, 0xFF, raw tags`.
+/// 0xFF never occurs in UTF-8, so the split is unambiguous.
+#[derive(Debug)]
+struct Alias {
+    key: Box<[u8]>,
+    ctx: u32,
+}
+
+impl Alias {
+    fn new(class: Class, name: &str, tags: &str, ctx: u32) -> Self {
+        let mut key = Vec::with_capacity(2 + name.len() + tags.len());
+        key.push(class.byte());
+        key.extend_from_slice(name.as_bytes());
+        key.push(0xFF);
+        key.extend_from_slice(tags.as_bytes());
+        Self {
+            key: key.into_boxed_slice(),
+            ctx,
+        }
+    }
+
+    #[inline]
+    fn matches(&self, class: Class, name: &str, tags: &str) -> bool {
+        let k = &self.key[..];
+        let n = name.len();
+        k.len() == 2 + n + tags.len()
+            && k[0] == class.byte()
+            && &k[1..1 + n] == name.as_bytes()
+            && k[1 + n] == 0xFF
+            && &k[2 + n..] == tags.as_bytes()
+    }
+}
+
+#[inline]
+fn alias_hash(class: Class, name: &str, tags: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_u8(class.byte());
+    h.write(name.as_bytes());
+    h.write_u8(0xFF);
+    h.write(tags.as_bytes());
+    h.finish()
+}
+
+/// Histogram or timer state for one interval.
+#[derive(Debug)]
+struct Histogram {
+    /// `ms`: unit millisecond.
+    timer: bool,
+    /// Weighted sample count, each sample weighing `int(1/rate)`.
+    count: u64,
+    /// Sum of `value * weight`.
+    sum: f64,
+    min: f64,
+    max: f64,
+    /// Unsampled values (weight 1), the common case, kept at 8 bytes each.
+    ones: Vec<f64>,
+    /// Sampled values with their weight `int(1/rate)`.
+    weighted: Vec<(f64, u32)>,
+}
+
+impl Histogram {
+    fn new(timer: bool) -> Self {
+        Self {
+            timer,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ones: Vec::new(),
+            weighted: Vec::new(),
+        }
+    }
+
+    /// Weights are the integer `int(1/rate)` as in the Agent's weightSample
+    /// (pkg/metrics/histogram.go, v7.x); we use the same integer weight for
+    /// the sum, so `.avg` of a constant is that constant at any rate.
+    #[inline]
+    fn add(&mut self, v: f64, weight: u32, kept: &mut usize) {
+        self.count = self.count.saturating_add(u64::from(weight));
+        self.sum += v * f64::from(weight);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if *kept < MAX_HISTOGRAM_SAMPLES {
+            *kept += 1;
+            if weight == 1 {
+                self.ones.push(v);
+            } else {
+                self.weighted.push((v, weight));
+            }
+        }
+    }
+}
+
+/// One context's state for one interval. The first sample's type decides the
+/// variant; later samples of another numeric type are folded into it, as the
+/// Agent's `ContextMetrics.AddSample` does (it keys contexts by name, host
+/// and tags, not by type).
+#[derive(Debug)]
+enum State {
+    /// Sum of `value * 1/rate`.
+    Counter(f64),
+    /// Last value.
+    Gauge(f64),
+    /// Unique members.
+    Set(FxHashSet<Box<str>>),
+    /// Boxed: most contexts are not histograms, and the box keeps `State` small.
+    Histogram(Box<Histogram>),
+    /// Raw values, repeated `int(1/rate)` times (capped).
+    Distribution(Vec<f64>),
+    /// `|T` points as received.
+    Timestamped(Vec<(i64, f64)>),
+}
+
+impl State {
+    fn new(class: Class, kind: MetricType) -> Self {
+        match class {
+            Class::Distribution => Self::Distribution(Vec::new()),
+            Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Vec::new()),
+            Class::Aggregated => match kind {
+                MetricType::Counter => Self::Counter(0.0),
+                MetricType::Gauge => Self::Gauge(0.0),
+                MetricType::Set => Self::Set(FxHashSet::default()),
+                MetricType::Histogram => Self::Histogram(Box::new(Histogram::new(false))),
+                MetricType::Timer => Self::Histogram(Box::new(Histogram::new(true))),
+                // Class::of never puts a distribution here; keep it raw anyway.
+                MetricType::Distribution => Self::Distribution(Vec::new()),
+            },
+        }
+    }
+}
+
+/// Everything that belongs to one interval. Moved whole into a [`Bucket`].
+#[derive(Debug, Default)]
+struct Interval {
+    /// Raw spelling hash → alias (the hot-path lookup).
+    aliases: FxHashMap<u64, Alias>,
+    /// Canonical key → context id. The key is `class byte, name, '\n', host,
+    /// '\n', sorted tags joined by ','`; `\n` cannot occur in a name, host or tag.
+    canon: FxHashMap<Box<str>, u32>,
+    /// Per-context state, indexed by context id.
+    states: Vec<State>,
+    events: Vec<Event>,
+    service_checks: Vec<ServiceCheck>,
+    /// Events and service checks past their caps.
+    overflowed: u64,
+    histogram_samples: usize,
+    distribution_values: usize,
+    set_members: usize,
+    timestamped_points: usize,
+}
+
+impl Interval {
+    /// Applies one line's values to an existing context. The hot path: no
+    /// allocation except amortised `Vec` growth and new set members.
+    #[inline]
+    fn apply(&mut self, id: usize, m: &Metric<'_>) -> InsertOutcome {
+        let Some(state) = self.states.get_mut(id) else {
+            return InsertOutcome::Discarded;
+        };
+        if let State::Set(members) = state {
+            if m.kind != MetricType::Set {
+                return InsertOutcome::Discarded;
+            }
+            let member = m.set_value();
+            if members.contains(member) {
+                return InsertOutcome::Accepted;
+            }
+            if self.set_members >= MAX_SET_MEMBERS {
+                return InsertOutcome::Discarded;
+            }
+            self.set_members += 1;
+            members.insert(Box::from(member));
+            return InsertOutcome::Accepted;
+        }
+        if m.kind == MetricType::Set {
+            return InsertOutcome::Discarded;
+        }
+        // Gauges and sets ignore the rate; counters scale by 1/rate (float, as
+        // the Agent's Counter.addSample); histograms and distributions weigh
+        // each sample int(1/rate). A rate outside (0, 1] cannot come from the
+        // parser; treat it as 1 like the Agent treats 0.
+        let rate = if m.sample_rate > 0.0 && m.sample_rate <= 1.0 {
+            m.sample_rate
+        } else {
+            1.0
+        };
+        let inv = 1.0 / rate;
+        // Saturating cast; inv >= 1 so weight >= 1.
+        let weight = (inv as u32).max(1);
+        let ts = m.timestamp.unwrap_or_default();
+        let mut accepted = false;
+        for v in m.values() {
+            if !v.is_finite() {
+                // NaN and Inf parse but produce no point, as in the Agent.
+                continue;
+            }
+            match state {
+                State::Counter(sum) => *sum += v * inv,
+                State::Gauge(last) => *last = v,
+                State::Histogram(h) => h.add(v, weight, &mut self.histogram_samples),
+                State::Distribution(values) => {
+                    let n = weight.min(MAX_DISTRIBUTION_REPEAT) as usize;
+                    if self.distribution_values + n > MAX_DISTRIBUTION_VALUES {
+                        continue;
+                    }
+                    self.distribution_values += n;
+                    values.extend(std::iter::repeat(v).take(n));
+                }
+                State::Timestamped(points) => {
+                    // The Agent's no-aggregation pipeline sends the raw value
+                    // (no 1/rate scaling); a counter's is divided by the
+                    // interval at flush.
+                    if self.timestamped_points >= MAX_TIMESTAMPED_POINTS {
+                        continue;
+                    }
+                    self.timestamped_points += 1;
+                    points.push((ts, v));
+                }
+                State::Set(_) => return InsertOutcome::Discarded,
+            }
+            accepted = true;
+        }
+        if accepted {
+            InsertOutcome::Accepted
+        } else {
+            InsertOutcome::Discarded
+        }
+    }
+}
+
+/// Writes the canonical key of `(class, name, raw tags)` into `key`: tags
+/// sorted and deduplicated, every `host:` tag removed and the last one kept as
+/// the host. `spans` is scratch space, reused so the cold path at the context
+/// limit does not allocate either.
+fn canonicalise(
+    spans: &mut Vec<(usize, usize)>,
+    key: &mut String,
+    class: Class,
+    name: &str,
+    raw: &str,
+) {
+    spans.clear();
+    key.clear();
+    let mut host = "";
+    let mut start = 0;
+    for part in raw.split(',') {
+        let end = start + part.len();
+        if !part.is_empty() {
+            match part.strip_prefix("host:") {
+                Some(h) => host = h,
+                None => spans.push((start, end)),
+            }
+        }
+        start = end + 1;
+    }
+    let bytes = raw.as_bytes();
+    spans.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+    spans.dedup_by(|a, b| bytes[a.0..a.1] == bytes[b.0..b.1]);
+
+    key.push(char::from(class.byte()));
+    key.push_str(name);
+    key.push('\n');
+    key.push_str(host);
+    key.push('\n');
+    for (i, &(a, b)) in spans.iter().enumerate() {
+        if i > 0 {
+            key.push(',');
+        }
+        // Spans start and end at ',' or the ends of the field: char boundaries.
+        key.push_str(raw.get(a..b).unwrap_or_default());
+    }
+}
+
+/// A canonical key split back into its parts.
+struct ContextKey<'a> {
+    class: Class,
+    name: &'a str,
+    host: Option<&'a str>,
+    tags: &'a str,
+}
+
+impl<'a> ContextKey<'a> {
+    fn parse(key: &'a str) -> Option<Self> {
+        let class = Class::from_byte(*key.as_bytes().first()?)?;
+        let mut parts = key.get(1..)?.splitn(3, '\n');
+        let name = parts.next()?;
+        let host = parts.next()?;
+        let tags = parts.next()?;
+        Some(Self {
+            class,
+            name,
+            host: (!host.is_empty()).then_some(host),
+            tags,
+        })
+    }
+
+    fn tags(&self) -> Vec<String> {
+        if self.tags.is_empty() {
+            Vec::new()
+        } else {
+            self.tags.split(',').map(str::to_owned).collect()
+        }
+    }
+
+    fn series(
+        &self,
+        metric: String,
+        kind: SeriesKind,
+        points: Vec<(i64, f64)>,
+        interval: Option<u64>,
+        unit: Option<&'static str>,
+    ) -> Series {
+        Series {
+            metric,
+            kind,
+            points,
+            tags: self.tags(),
+            host: self.host.map(str::to_owned),
+            interval,
+            unit,
+        }
+    }
 }
 
 /// The live aggregation state. Owned by the listener behind a mutex.
 #[derive(Debug)]
 pub struct Aggregator {
-    opts: AggregatorOptions,
+    prepared: Arc<Prepared>,
+    cur: Interval,
+    /// Cold-path scratch: tag spans and the canonical key being built.
+    scratch_spans: Vec<(usize, usize)>,
+    scratch_key: String,
 }
 
 /// One interval's state, taken out of the [`Aggregator`] at flush time.
 #[derive(Debug)]
 pub struct Bucket {
-    opts: AggregatorOptions,
+    prepared: Arc<Prepared>,
+    interval: Interval,
 }
 
 impl Aggregator {
     /// A new, empty aggregator.
     pub fn new(opts: AggregatorOptions) -> Self {
-        Self { opts }
+        Self {
+            prepared: Arc::new(Prepared::new(&opts)),
+            cur: Interval::default(),
+            scratch_spans: Vec::new(),
+            scratch_key: String::new(),
+        }
     }
 
     /// Adds one metric line. `now` is unix seconds (for `|T` sanity only).
+    #[inline]
     pub fn insert(&mut self, metric: &Metric<'_>, now: i64) -> InsertOutcome {
-        let _ = (metric, now);
-        InsertOutcome::Discarded
+        let Some(class) = Class::of(metric) else {
+            return InsertOutcome::Discarded;
+        };
+        if let Some(ts) = metric.timestamp {
+            if ts < now.saturating_sub(MAX_TIMESTAMP_PAST_SECS)
+                || ts > now.saturating_add(MAX_TIMESTAMP_FUTURE_SECS)
+            {
+                return InsertOutcome::Discarded;
+            }
+        }
+        let tags = metric.tags.raw();
+        let hash = alias_hash(class, metric.name, tags);
+        let hit = self
+            .cur
+            .aliases
+            .get(&hash)
+            .filter(|a| a.matches(class, metric.name, tags))
+            .map(|a| a.ctx);
+        let id = match hit {
+            Some(id) => id,
+            None => match self.resolve_new(class, metric, hash) {
+                Ok(id) => id,
+                Err(outcome) => return outcome,
+            },
+        };
+        self.cur.apply(id as usize, metric)
     }
 
-    /// Adds an event.
+    /// The cold path: a raw spelling not seen this interval. Canonicalises,
+    /// finds or creates the context, and caches the spelling.
+    #[cold]
+    #[inline(never)]
+    fn resolve_new(
+        &mut self,
+        class: Class,
+        m: &Metric<'_>,
+        hash: u64,
+    ) -> Result<u32, InsertOutcome> {
+        let tags = m.tags.raw();
+        canonicalise(
+            &mut self.scratch_spans,
+            &mut self.scratch_key,
+            class,
+            m.name,
+            tags,
+        );
+        let id = match self.cur.canon.get(self.scratch_key.as_str()) {
+            Some(&id) => id,
+            None => {
+                // Do not create a context that would hold nothing.
+                if m.kind != MetricType::Set && !m.values().any(f64::is_finite) {
+                    return Err(InsertOutcome::Discarded);
+                }
+                let n = self.cur.states.len();
+                if n >= self.prepared.context_limit {
+                    return Err(InsertOutcome::ContextLimit);
+                }
+                let id = u32::try_from(n).map_err(|_| InsertOutcome::ContextLimit)?;
+                self.cur.states.push(State::new(class, m.kind));
+                self.cur
+                    .canon
+                    .insert(Box::from(self.scratch_key.as_str()), id);
+                id
+            }
+        };
+        // Cache the spelling, unless the cache is full (many tag orders for
+        // few contexts) or another spelling owns this hash (a 64-bit
+        // collision: that spelling simply keeps taking the cold path).
+        if self.cur.aliases.len() < self.prepared.alias_limit {
+            if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                e.insert(Alias::new(class, m.name, tags, id));
+            }
+        }
+        Ok(id)
+    }
+
+    /// Adds an event. Past [`MAX_EVENTS`] per interval it is dropped and
+    /// counted in [`Bucket::overflowed`].
     pub fn insert_event(&mut self, event: Event) {
-        let _ = event;
+        if self.cur.events.len() < MAX_EVENTS {
+            self.cur.events.push(event);
+        } else {
+            self.cur.overflowed += 1;
+        }
     }
 
-    /// Adds a service check.
+    /// Adds a service check. Past [`MAX_SERVICE_CHECKS`] per interval it is
+    /// dropped and counted in [`Bucket::overflowed`].
     pub fn insert_service_check(&mut self, check: ServiceCheck) {
-        let _ = check;
+        if self.cur.service_checks.len() < MAX_SERVICE_CHECKS {
+            self.cur.service_checks.push(check);
+        } else {
+            self.cur.overflowed += 1;
+        }
     }
 
-    /// Live contexts now.
+    /// Live contexts now (this interval, every kind).
     pub fn contexts(&self) -> usize {
-        0
+        self.cur.states.len()
     }
 
-    /// Swaps out this interval's state. Cheap: call it under the lock.
+    /// Swaps out this interval's state. Cheap: call it under the lock. Only
+    /// moves; freeing the old maps happens in [`Bucket::into_flush`].
     pub fn take(&mut self) -> Bucket {
         Bucket {
-            opts: self.opts.clone(),
+            prepared: Arc::clone(&self.prepared),
+            interval: mem::take(&mut self.cur),
         }
     }
 }
 
 impl Bucket {
+    /// Events and service checks dropped in this interval because their
+    /// per-interval cap was reached (they are not in the flush).
+    pub fn overflowed(&self) -> u64 {
+        self.interval.overflowed
+    }
+
+    /// Contexts in this bucket.
+    pub fn contexts(&self) -> usize {
+        self.interval.states.len()
+    }
+
     /// Turns the bucket into series, stamped `timestamp` (unix seconds, the
     /// interval's start as the Agent does), with RATE values over `interval_secs`.
+    /// Series come out in the order their contexts were first seen.
     pub fn into_flush(self, timestamp: i64, interval_secs: u64) -> Flush {
-        let _ = (timestamp, interval_secs, self.opts);
-        Flush::default()
+        let Interval {
+            aliases,
+            canon,
+            states,
+            events,
+            service_checks,
+            ..
+        } = self.interval;
+        drop(aliases);
+        let mut keys: Vec<Option<Box<str>>> =
+            std::iter::repeat_with(|| None).take(states.len()).collect();
+        for (key, id) in canon {
+            if let Some(slot) = keys.get_mut(id as usize) {
+                *slot = Some(key);
+            }
+        }
+        let interval = interval_secs.max(1);
+        let mut out = Flush {
+            series: Vec::with_capacity(states.len()),
+            distributions: Vec::new(),
+            events,
+            service_checks,
+        };
+        for (state, key) in states.into_iter().zip(keys) {
+            let Some(key) = key else { continue };
+            let Some(ctx) = ContextKey::parse(&key) else {
+                continue;
+            };
+            flush_state(state, &ctx, &self.prepared, timestamp, interval, &mut out);
+        }
+        out
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
+fn flush_state(
+    state: State,
+    ctx: &ContextKey<'_>,
+    prepared: &Prepared,
+    ts: i64,
+    interval: u64,
+    out: &mut Flush,
+) {
+    let secs = interval as f64;
+    match state {
+        // Counters are sent as RATE = sum/interval, with `interval` set, as the Agent does.
+        State::Counter(sum) => out.series.push(ctx.series(
+            ctx.name.to_owned(),
+            SeriesKind::Rate,
+            vec![(ts, sum / secs)],
+            Some(interval),
+            None,
+        )),
+        State::Gauge(last) => out.series.push(ctx.series(
+            ctx.name.to_owned(),
+            SeriesKind::Gauge,
+            vec![(ts, last)],
+            None,
+            None,
+        )),
+        State::Set(members) => {
+            if !members.is_empty() {
+                out.series.push(ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Gauge,
+                    vec![(ts, members.len() as f64)],
+                    None,
+                    None,
+                ));
+            }
+        }
+        State::Histogram(h) => flush_histogram(*h, ctx, prepared, ts, interval, out),
+        State::Distribution(values) => {
+            if !values.is_empty() {
+                out.distributions.push(DistributionSeries {
+                    metric: ctx.name.to_owned(),
+                    points: vec![(ts, values)],
+                    tags: ctx.tags(),
+                    host: ctx.host.map(str::to_owned),
+                });
+            }
+        }
+        State::Timestamped(mut points) => {
+            if points.is_empty() {
+                return;
+            }
+            points.sort_by_key(|p| p.0);
+            let series = if ctx.class == Class::TimestampedRate {
+                // The Agent's no-aggregation pipeline sends counters as RATE,
+                // value / bucket size, at their own timestamp.
+                for p in &mut points {
+                    p.1 /= secs;
+                }
+                ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Rate,
+                    points,
+                    Some(interval),
+                    None,
+                )
+            } else {
+                ctx.series(ctx.name.to_owned(), SeriesKind::Gauge, points, None, None)
+            };
+            out.series.push(series);
+        }
+    }
+}
+
+/// The Agent's Histogram.flush (pkg/metrics/histogram.go): aggregates in the
+/// configured order, then percentiles ascending. Median and percentiles are
+/// nearest rank over the weighted, sorted samples: the first sample whose
+/// cumulative weight exceeds the target, with target `(count-1)/2` for the
+/// median and `(p*count-1)/100` (integer division) for percentile `p`.
+#[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
+fn flush_histogram(
+    mut h: Histogram,
+    ctx: &ContextKey<'_>,
+    prepared: &Prepared,
+    ts: i64,
+    interval: u64,
+    out: &mut Flush,
+) {
+    if h.count == 0 {
+        return;
+    }
+    h.ones.sort_unstable_by(f64::total_cmp);
+    h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // Rank statistics use the kept samples (all of them below the cap).
+    let kept = h.ones.len() as u64 + h.weighted.iter().map(|w| u64::from(w.1)).sum::<u64>();
+    let unit = h.timer.then_some("millisecond");
+    for agg in &prepared.aggregates {
+        let (value, kind, unit, series_interval) = match agg {
+            HistogramAggregate::Max => (h.max, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Min => (h.min, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Median => {
+                let Some(v) = kept
+                    .checked_sub(1)
+                    .and_then(|k| at_rank(&h.ones, &h.weighted, k / 2))
+                else {
+                    continue;
+                };
+                (v, SeriesKind::Gauge, unit, None)
+            }
+            HistogramAggregate::Avg => (h.sum / h.count as f64, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Sum => (h.sum, SeriesKind::Gauge, unit, None),
+            // `.count` is a RATE over the interval, dimensionless, as in the Agent.
+            HistogramAggregate::Count => (
+                h.count as f64 / interval as f64,
+                SeriesKind::Rate,
+                None,
+                Some(interval),
+            ),
+        };
+        out.series.push(ctx.series(
+            format!("{}.{}", ctx.name, agg.suffix()),
+            kind,
+            vec![(ts, value)],
+            series_interval,
+            unit,
+        ));
+    }
+    for (p, suffix) in &prepared.percentiles {
+        // Go computes (p*count-1)/100 in int64, truncating toward zero, so
+        // p*count = 0 gives 0; saturating_sub gives the same.
+        let target = u128::from(*p) * u128::from(kept);
+        let target = u64::try_from(target.saturating_sub(1) / 100).unwrap_or(u64::MAX);
+        let Some(v) = at_rank(&h.ones, &h.weighted, target) else {
+            continue;
+        };
+        out.series.push(ctx.series(
+            format!("{}{}", ctx.name, suffix),
+            SeriesKind::Gauge,
+            vec![(ts, v)],
+            None,
+            unit,
+        ));
+    }
+}
+
+/// The first value, in ascending order over both sorted lists, at which the
+/// cumulative weight exceeds `target`. `None` when there are no samples.
+fn at_rank(ones: &[f64], weighted: &[(f64, u32)], target: u64) -> Option<f64> {
+    if weighted.is_empty() {
+        let i = usize::try_from(target).unwrap_or(usize::MAX);
+        return ones.get(i).or(ones.last()).copied();
+    }
+    let (mut i, mut j, mut cum) = (0usize, 0usize, 0u64);
+    let mut last = None;
+    loop {
+        let (v, w) = match (ones.get(i), weighted.get(j)) {
+            (Some(&a), Some(&(b, wb))) => {
+                if a.total_cmp(&b).is_le() {
+                    i += 1;
+                    (a, 1)
+                } else {
+                    j += 1;
+                    (b, u64::from(wb))
+                }
+            }
+            (Some(&a), None) => {
+                i += 1;
+                (a, 1)
+            }
+            (None, Some(&(b, wb))) => {
+                j += 1;
+                (b, u64::from(wb))
+            }
+            (None, None) => return last,
+        };
+        cum = cum.saturating_add(w);
+        if cum > target {
+            return Some(v);
+        }
+        last = Some(v);
     }
 }
