@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: dynostat against peers (statsdproxy, Etsy statsd) on the
+# same DogStatsD load in the same run, all on 127.0.0.1.
+#
+# In: the repo (builds `dynostat` in release and `examples/loadgen.rs` with
+# rustc), and the peers, which it installs into $BENCH_OUT if missing
+# (`cargo install statsdproxy`, `npm install statsd`).
+# Out: a markdown report on stdout; raw JSON lines and server logs in
+# $BENCH_OUT/run-<date>/. Progress goes to stderr.
+# Never: sends anywhere but 127.0.0.1, leaves a server running (a trap stops
+# every process it started, by pid), or loops without a bound.
+#
+# Usage: scripts/bench.sh > report.md
+# Knobs (environment): BENCH_OUT, BENCH_ROUNDS (3), BENCH_CPU_RATE (100000),
+# BENCH_CPU_LINES (2000000), BENCH_FAST_RATE (1000000), BENCH_FAST_LINES
+# (10000000), BENCH_CTX (100000), BENCH_STARTUP_RUNS (20), BENCH_PEERS
+# ("statsdproxy etsy"), BENCH_PORT_BASE (18200), BENCH_FLUSH_INTERVAL (10),
+# DYNOSTAT_BIN (skip the cargo build and use this binary), CARGO_TARGET_DIR.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${BENCH_OUT:-${ROOT}/bench-out}
+ROUNDS=${BENCH_ROUNDS:-3}
+CPU_RATE=${BENCH_CPU_RATE:-100000}
+CPU_LINES=${BENCH_CPU_LINES:-2000000}
+FAST_RATE=${BENCH_FAST_RATE:-1000000}
+FAST_LINES=${BENCH_FAST_LINES:-10000000}
+CTX=${BENCH_CTX:-100000}
+STARTUP_RUNS=${BENCH_STARTUP_RUNS:-20}
+PEERS=${BENCH_PEERS:-statsdproxy etsy}
+PORT_BASE=${BENCH_PORT_BASE:-18200}
+FLUSH=${BENCH_FLUSH_INTERVAL:-10}
+STATSDPROXY_VERSION=0.4.1
+ETSY_VERSION=0.9.0
+
+RUN=${OUT}/run-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "${RUN}"
+RESULTS=${RUN}/results.jsonl
+: >"${RESULTS}"
+
+log() { echo "bench: ${*}" >&2; }
+die() {
+	log "error: ${*}"
+	exit 1
+}
+
+# --- processes we start, stopped by pid on exit -------------------------------
+declare -a STARTED=()
+declare -A PID=() PORT=()
+
+stop_pid() {
+	local p=${1}
+	kill -TERM "${p}" 2>/dev/null || return 0
+	for _ in $(seq 1 100); do # up to 10 s: dynostat's grace + final flush
+		kill -0 "${p}" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "${p}" 2>/dev/null || true
+	wait "${p}" 2>/dev/null || true
+}
+
+cleanup() {
+	local p
+	for p in "${STARTED[@]}"; do
+		kill -0 "${p}" 2>/dev/null && stop_pid "${p}"
+	done
+	return 0
+}
+trap cleanup EXIT
+
+# True when something has UDP port $1 bound locally (IPv4 or IPv6).
+udp_bound() {
+	local hex
+	hex=$(printf '%04X' "${1}")
+	awk -v h="${hex}" 'FNR > 1 { split($2, a, ":"); if (a[2] == h) f = 1 } END { exit !f }' \
+		/proc/net/udp /proc/net/udp6 2>/dev/null
+}
+
+wait_bound() { # port, what; 10 s at most
+	local _
+	for _ in $(seq 1 200); do
+		udp_bound "${1}" && return 0
+		sleep 0.05
+	done
+	die "${2} did not bind UDP port ${1} within 10 s (see ${RUN}/*.err)"
+}
+
+# --- build ---------------------------------------------------------------------
+build() {
+	if [[ -z ${DYNOSTAT_BIN:-} ]]; then
+		log "building dynostat (cargo build --release --bin dynostat)"
+		(cd "${ROOT}" && cargo build --release --bin dynostat >&2)
+		DYNOSTAT_BIN=${CARGO_TARGET_DIR:-${ROOT}/target}/release/dynostat
+	fi
+	[[ -x ${DYNOSTAT_BIN} ]] || die "no dynostat binary at ${DYNOSTAT_BIN}"
+	LOADGEN=${OUT}/loadgen
+	if [[ ! -x ${LOADGEN} || ${ROOT}/examples/loadgen.rs -nt ${LOADGEN} ]]; then
+		log "building loadgen (rustc -C opt-level=3 examples/loadgen.rs)"
+		rustc --edition 2021 -C opt-level=3 "${ROOT}/examples/loadgen.rs" -o "${LOADGEN}"
+	fi
+}
+
+# --- peers -----------------------------------------------------------------------
+STATSDPROXY=${OUT}/statsdproxy/bin/statsdproxy
+ETSY=${OUT}/etsy/node_modules/statsd/stats.js
+
+install_peers() {
+	local ok=()
+	for peer in ${PEERS}; do
+		case ${peer} in
+		statsdproxy)
+			if [[ ! -x ${STATSDPROXY} ]]; then
+				log "installing statsdproxy ${STATSDPROXY_VERSION} into ${OUT}/statsdproxy"
+				CARGO_TARGET_DIR=${OUT}/cargo-target cargo install statsdproxy \
+					--version "${STATSDPROXY_VERSION}" --locked --root "${OUT}/statsdproxy" >&2 ||
+					log "statsdproxy install failed; skipping it"
+			fi
+			[[ -x ${STATSDPROXY} ]] && ok+=(statsdproxy)
+			;;
+		etsy)
+			if [[ ! -f ${ETSY} ]]; then
+				log "installing statsd@${ETSY_VERSION} (Etsy) into ${OUT}/etsy"
+				mkdir -p "${OUT}/etsy"
+				npm install --prefix "${OUT}/etsy" --no-audit --no-fund "statsd@${ETSY_VERSION}" >&2 ||
+					log "statsd install failed; skipping it"
+			fi
+			[[ -f ${ETSY} ]] && command -v node >/dev/null && ok+=(etsy)
+			;;
+		*) die "unknown peer ${peer} (known: statsdproxy etsy)" ;;
+		esac
+	done
+	PEERS="${ok[*]}"
+}
+
+# --- servers ---------------------------------------------------------------------
+# Each server gets its own ports, from PORT_BASE: dynostat +0, statsdproxy +10
+# (its upstream sink +11), etsy +20 (its TCP management port +21); startup
+# probes use +30, +40, +50.
+port_of() {
+	case ${1} in
+	dynostat) echo $((PORT_BASE + ${2})) ;;
+	statsdproxy) echo $((PORT_BASE + 10 + ${2})) ;;
+	etsy) echo $((PORT_BASE + 20 + ${2})) ;;
+	esac
+}
+
+# The command line that runs server $1 on UDP port $2 (stdout: one word per line).
+server_cmd() {
+	local port=${2}
+	case ${1} in
+	dynostat)
+		printf '%s\n' env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${port}" \
+			"DYNOSTAT_FLUSH_INTERVAL=${FLUSH}" DD_LOG_LEVEL=info "${DYNOSTAT_BIN}" serve
+		;;
+	statsdproxy)
+		cat >"${RUN}/statsdproxy.yaml" <<EOF
+middlewares:
+  - type: aggregate-metrics
+    flush_interval: $((FLUSH * 1000))
+EOF
+		printf '%s\n' env RUST_LOG=error "${STATSDPROXY}" --listen "127.0.0.1:${port}" \
+			--upstream "127.0.0.1:$((port + 1))" -c "${RUN}/statsdproxy.yaml"
+		;;
+	etsy)
+		cat >"${RUN}/etsy-${port}.js" <<EOF
+{ port: ${port}, address: "127.0.0.1", mgmt_address: "127.0.0.1", mgmt_port: $((port + 1)),
+  flushInterval: $((FLUSH * 1000)), backends: [] }
+EOF
+		printf '%s\n' node "${ETSY}" "${RUN}/etsy-${port}.js"
+		;;
+	esac
+}
+
+start_server() {
+	local name=${1} port cmd
+	port=$(port_of "${name}" 0)
+	udp_bound "${port}" && die "UDP port ${port} is already in use; set BENCH_PORT_BASE"
+	if [[ ${name} == statsdproxy ]]; then
+		"${LOADGEN}" sink --port $((port + 1)) --seconds 3600 >"${RUN}/sink.out" 2>&1 &
+		STARTED+=(${!})
+		PID[sink]=${!}
+	fi
+	mapfile -t cmd < <(server_cmd "${name}" "${port}")
+	echo "server ${name}: ${cmd[*]}" >>"${RUN}/commands.txt"
+	"${cmd[@]}" >>"${RUN}/${name}.out" 2>>"${RUN}/${name}.err" &
+	STARTED+=(${!})
+	PID[${name}]=${!}
+	PORT[${name}]=${port}
+	wait_bound "${port}" "${name}"
+}
+
+stop_server() {
+	stop_pid "${PID[${1}]}"
+	if [[ ${1} == statsdproxy && -n ${PID[sink]:-} ]]; then
+		stop_pid "${PID[sink]}"
+		PID[sink]=
+	fi
+	for _ in $(seq 1 100); do
+		udp_bound "${PORT[${1}]}" || return 0
+		sleep 0.05
+	done
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/${1}/status"; }
+
+record() { # json fields to add ..., then the loadgen output on stdin
+	python3 -c '
+import json, sys
+extra = dict(a.split("=", 1) for a in sys.argv[1:])
+for line in sys.stdin:
+    line = line.strip()
+    if line:
+        d = json.loads(line)
+        d.update(extra)
+        print(json.dumps(d))
+' "${@}" >>"${RESULTS}"
+}
+
+load() { # server, phase, round, loadgen options...
+	local name=${1} phase=${2} round=${3}
+	shift 3
+	log "${name}: ${phase} round ${round} (${*})"
+	echo "load ${name} ${phase}: loadgen send --json --port ${PORT[${name}]} --server-pid PID ${*}" >>"${RUN}/commands.txt"
+	"${LOADGEN}" send --json --port "${PORT[${name}]}" --server-pid "${PID[${name}]}" \
+		--label "${name}" "${@}" | record "server=${name}" "phase=${phase}" "round=${round}"
+}
+
+# --- phases ------------------------------------------------------------------------
+main() {
+	build
+	install_peers
+	local servers s r
+	read -r -a servers <<<"dynostat ${PEERS}"
+	log "servers: ${servers[*]}; results in ${RUN}"
+
+	# Machine and versions, for the report.
+	{
+		echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+		echo "nproc=$(nproc)"
+		echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+		echo "kernel=$(uname -r)"
+		echo "rmem_max=$(cat /proc/sys/net/core/rmem_max)"
+		echo "rmem_default=$(cat /proc/sys/net/core/rmem_default)"
+		echo "commit=$(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+		echo "node=$(node --version 2>/dev/null || echo none)"
+		echo "rustc=$(rustc --version)"
+		echo "flush=${FLUSH}"
+		echo "cpu_rate=${CPU_RATE}"
+		echo "cpu_lines=${CPU_LINES}"
+		echo "fast_rate=${FAST_RATE}"
+		echo "fast_lines=${FAST_LINES}"
+		echo "ctx=${CTX}"
+		echo "rounds=${ROUNDS}"
+		echo "statsdproxy_version=${STATSDPROXY_VERSION}"
+		echo "etsy_version=${ETSY_VERSION}"
+		local bin_size stripped
+		bin_size=$(stat -c %s "${DYNOSTAT_BIN}")
+		cp "${DYNOSTAT_BIN}" "${RUN}/dynostat.stripped"
+		strip -s "${RUN}/dynostat.stripped" 2>/dev/null || true
+		stripped=$(stat -c %s "${RUN}/dynostat.stripped")
+		echo "dynostat_size=${bin_size}"
+		echo "dynostat_size_stripped=${stripped}"
+		[[ -x ${STATSDPROXY} ]] && echo "statsdproxy_size=$(stat -c %s "${STATSDPROXY}")"
+	} >"${RUN}/meta.env"
+
+	# 1. Start every server; idle RSS after 2 s.
+	for s in "${servers[@]}"; do start_server "${s}"; done
+	sleep 2
+	for s in "${servers[@]}"; do
+		echo "{\"server\":\"${s}\",\"phase\":\"idle\",\"rss_kib\":$(rss_kib "${PID[${s}]}")}" >>"${RESULTS}"
+	done
+
+	# 2. CPU per million lines at a rate every server takes without drops,
+	#    servers alternating within each round.
+	for r in $(seq 1 "${ROUNDS}"); do
+		for s in "${servers[@]}"; do
+			load "${s}" cpu "${r}" --rate "${CPU_RATE}" --lines "${CPU_LINES}"
+		done
+	done
+
+	# 3. One sender at ~1M lines/s: drops.
+	for s in "${servers[@]}"; do
+		load "${s}" fast 1 --rate "${FAST_RATE}" --lines "${FAST_LINES}"
+	done
+
+	# 4. Stop (dynostat flushes on SIGTERM), then count what dynostat says it
+	#    received: its console rows for dynostat.lines are RATEs per second.
+	for s in "${servers[@]}"; do stop_server "${s}"; done
+	python3 - "${RUN}/dynostat.out" "${FLUSH}" >>"${RESULTS}" <<'EOF'
+import json, sys
+total = 0.0
+rows = 0
+for line in open(sys.argv[1], errors="replace"):
+    f = line.split()
+    if len(f) >= 3 and f[0] == "dynostat.lines" and f[1] == "rate":
+        try:
+            total += float(f[-1]) * float(sys.argv[2])
+            rows += 1
+        except ValueError:
+            pass
+print(json.dumps({"server": "dynostat", "phase": "telemetry", "lines": round(total), "rows": rows}))
+EOF
+
+	# 5. Fresh servers: RSS with CTX live contexts (each context sent 3 times
+	#    within one flush interval).
+	for s in "${servers[@]}"; do
+		start_server "${s}"
+		load "${s}" contexts 1 --contexts "${CTX}" --lines $((CTX * 3)) --rate 100000
+		stop_server "${s}"
+	done
+
+	# 6. Startup: exec to port bound (and to "listening" on stderr for dynostat).
+	for s in "${servers[@]}"; do
+		local port cmd ready=port
+		port=$(port_of "${s}" 30)
+		[[ ${s} == dynostat ]] && ready=both
+		if [[ ${s} == statsdproxy ]]; then
+			"${LOADGEN}" sink --port $((port + 1)) --seconds 600 >/dev/null 2>&1 &
+			STARTED+=(${!})
+			PID[sink]=${!}
+		fi
+		mapfile -t cmd < <(server_cmd "${s}" "${port}")
+		log "${s}: startup x${STARTUP_RUNS}"
+		"${LOADGEN}" startup --json --port "${port}" --runs "${STARTUP_RUNS}" --ready "${ready}" \
+			-- "${cmd[@]}" | record "server=${s}" "phase=startup" "round=1"
+		[[ -n ${PID[sink]:-} ]] && stop_pid "${PID[sink]}" && PID[sink]=
+	done
+
+	python3 "${ROOT}/scripts/bench/report.py" "${RUN}"
+}
+
+main "${@}"

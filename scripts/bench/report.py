@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Turns one scripts/bench.sh run directory into a markdown report.
+
+In: RUN/meta.env (machine, knobs, sizes), RUN/results.jsonl (one JSON object
+per loadgen report or probe, tagged with server and phase), RUN/commands.txt.
+Out: markdown on stdout. Never: reads anything outside RUN, or invents a
+figure: a missing measurement prints as "n/a".
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ORDER = ["dynostat", "statsdproxy", "etsy"]
+NAMES = {
+    "dynostat": "dynostat",
+    "statsdproxy": "statsdproxy (Sentry, Rust)",
+    "etsy": "statsd (Etsy, Node.js)",
+}
+
+
+def load(run):
+    meta = {}
+    for line in (run / "meta.env").read_text().splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            meta[k] = v
+    results = [json.loads(l) for l in (run / "results.jsonl").read_text().splitlines() if l.strip()]
+    commands = (run / "commands.txt").read_text() if (run / "commands.txt").exists() else ""
+    return meta, results, commands
+
+
+def fmt(v, digits=3, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024.0
+
+
+def ratio(peer, base):
+    if peer is None or base is None or base == 0:
+        return "n/a"
+    return f"{peer / base:.1f}x"
+
+
+def main():
+    run = Path(sys.argv[1])
+    meta, results, commands = load(run)
+    servers = [s for s in ORDER if any(r.get("server") == s for r in results)]
+
+    def rows(server, phase):
+        return [r for r in results if r.get("server") == server and r.get("phase") == phase]
+
+    out = []
+    p = out.append
+    p(f"# dynostat benchmark, {meta.get('date', '?')}")
+    p("")
+    p(
+        f"Machine: {meta.get('nproc')} cores, {meta.get('cpu')}, Linux {meta.get('kernel')}, "
+        f"net.core.rmem_max={meta.get('rmem_max')}, rmem_default={meta.get('rmem_default')}. "
+        f"Commit {meta.get('commit')}, {meta.get('rustc')}, node {meta.get('node')}."
+    )
+    p("")
+    p(
+        "Load (examples/loadgen.rs): counters, gauges, histograms and sets in turn, 3 tags per "
+        "line, about 31 lines per datagram of at most 1432 bytes, one sender on 127.0.0.1. "
+        f"Flush interval {meta.get('flush')} s for every server."
+    )
+    p("")
+
+    # CPU
+    base_cpu = None
+    p(
+        f"## CPU per million lines ({int(meta.get('cpu_rate', 0)):,} lines/s, "
+        f"{int(meta.get('cpu_lines', 0)):,} lines a round, 1,000 contexts, median of "
+        f"{meta.get('rounds')} rounds, servers alternating)"
+    )
+    p("")
+    p("| server | CPU-s per M lines received (median) | min..max | vs dynostat | lines sent | socket drops | RSS after |")
+    p("|---|---|---|---|---|---|---|")
+    cpu_median = {}
+    for s in servers:
+        rs = rows(s, "cpu")
+        vals = [r["cpu_s_per_m_received"] for r in rs if r.get("cpu_s_per_m_received") is not None]
+        med = statistics.median(vals) if vals else None
+        cpu_median[s] = med
+        if s == "dynostat":
+            base_cpu = med
+    for s in servers:
+        rs = rows(s, "cpu")
+        vals = [r["cpu_s_per_m_received"] for r in rs if r.get("cpu_s_per_m_received") is not None]
+        sent = sum(r.get("sent_lines", 0) for r in rs)
+        drops = sum(r.get("socket_drops", 0) for r in rs)
+        rss = rs[-1].get("server_rss_kib") if rs else None
+        rng = f"{min(vals):.3f}..{max(vals):.3f}" if vals else "n/a"
+        p(
+            f"| {NAMES[s]} | {fmt(cpu_median[s])} | {rng} | "
+            f"{'1.0x' if s == 'dynostat' else ratio(cpu_median[s], base_cpu)} | "
+            f"{sent:,} | {drops:,} | {fmt(mib(rss), 1, ' MiB')} |"
+        )
+    p("")
+
+    # Fast
+    p(f"## One sender at {int(meta.get('fast_rate', 0)):,} lines/s ({int(meta.get('fast_lines', 0)):,} lines)")
+    p("")
+    p("| server | achieved lines/s | lines sent | datagrams dropped (socket) | lines received | received | CPU-s per M received |")
+    p("|---|---|---|---|---|---|---|")
+    for s in servers:
+        for r in rows(s, "fast"):
+            sent = r.get("sent_lines", 0)
+            recv = r.get("received_lines_socket", 0)
+            pct = 100.0 * recv / sent if sent else 0.0
+            p(
+                f"| {NAMES[s]} | {int(r.get('achieved_rate', 0)):,} | {sent:,} | "
+                f"{r.get('socket_drops', 0):,} | {recv:,} | {pct:.2f}% | "
+                f"{fmt(r.get('cpu_s_per_m_received'))} |"
+            )
+    p("")
+
+    # Memory
+    p(f"## Memory")
+    p("")
+    p(f"| server | idle RSS (2 s after start) | RSS with {int(meta.get('ctx', 0)):,} live contexts | peak (VmHWM) | vs dynostat (contexts) |")
+    p("|---|---|---|---|---|")
+    base_ctx = None
+    ctx_rss = {}
+    for s in servers:
+        rs = rows(s, "contexts")
+        ctx_rss[s] = rs[-1].get("server_rss_kib") if rs else None
+    base_ctx = ctx_rss.get("dynostat")
+    for s in servers:
+        idle = rows(s, "idle")
+        idle_kib = idle[-1].get("rss_kib") if idle else None
+        rs = rows(s, "contexts")
+        hwm = rs[-1].get("server_hwm_kib") if rs else None
+        p(
+            f"| {NAMES[s]} | {fmt(mib(idle_kib), 2, ' MiB')} | {fmt(mib(ctx_rss[s]), 1, ' MiB')} | "
+            f"{fmt(mib(hwm), 1, ' MiB')} | {'1.0x' if s == 'dynostat' else ratio(ctx_rss[s], base_ctx)} |"
+        )
+    p("")
+
+    # Startup
+    p("## Startup (exec to ready)")
+    p("")
+    p("| server | UDP port bound, median ms (min..max) | \"listening\" logged, median ms | runs |")
+    p("|---|---|---|---|")
+    for s in servers:
+        for r in rows(s, "startup"):
+            p(
+                f"| {NAMES[s]} | {fmt(r.get('port_ready_ms_median'))} "
+                f"({fmt(r.get('port_ready_ms_min'))}..{fmt(r.get('port_ready_ms_max'))}) | "
+                f"{fmt(r.get('log_ready_ms_median'))} | {r.get('runs')} |"
+            )
+    p("")
+
+    # Size
+    p("## Binary size")
+    p("")
+    size = meta.get("dynostat_size")
+    stripped = meta.get("dynostat_size_stripped")
+    p(f"- dynostat release binary: {int(size):,} bytes as built; {int(stripped):,} bytes after `strip -s`." if size and stripped else "- dynostat: n/a")
+    if meta.get("statsdproxy_size"):
+        p(f"- statsdproxy {meta.get('statsdproxy_version')} (cargo install, its own release profile): {int(meta['statsdproxy_size']):,} bytes.")
+    p("")
+
+    # Telemetry cross-check
+    tel = rows("dynostat", "telemetry")
+    if tel:
+        sent = sum(r.get("sent_lines", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in ("cpu", "fast"))
+        recv = sum(r.get("received_lines_socket", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in ("cpu", "fast"))
+        p("## Cross-check: dynostat's own count")
+        p("")
+        p(
+            f"Lines sent to dynostat in the CPU and 1M/s phases: {sent:,}; sent minus kernel socket drops: "
+            f"{recv:,}; `dynostat.lines` (self-telemetry rate x interval, summed over "
+            f"{tel[-1].get('rows')} flushes): {tel[-1].get('lines'):,}."
+        )
+        p("")
+
+    p("## Commands")
+    p("")
+    p("```")
+    seen = set()
+    for line in commands.splitlines():
+        if line not in seen:
+            seen.add(line)
+            p(line)
+    p("```")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
