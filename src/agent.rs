@@ -1,11 +1,256 @@
-//! agent: `dynostat agent` and the CNB `exec-d` program (in progress).
+//! agent: `dynostat agent`, the dyno sidecar the boot script starts with `&`.
+//!
+//! In: [`AgentConfig`] (from `config`, the only reader of the environment).
+//! Out: a supervised `dynostat serve` child for as long as the app lives,
+//! and exit code 0 whenever it decides not to run.
+//!
+//! Decisions, in order: `DISABLE_DATADOG_AGENT` → exit 0 silently; a `DYNO`
+//! whose type `DYNOSTAT_DYNO_TYPES` excludes → exit 0; on a dyno without
+//! `DD_API_KEY` → one hint line (none in a one-off dyno) and exit 0, since
+//! without a key a dyno's listener would only drop what it receives; the UDP
+//! port already bound → one debug line and exit 0 (idempotent: two sourced
+//! boot scripts leave one agent). Off a dyno it runs without a key, and the
+//! listener prints its flushes to the console.
+//!
+//! Supervision: the listener is restarted with [`Backoff`] (100 ms doubling
+//! to 30 s with jitter, reset after a minute of stable running, slow mode
+//! after repeated crashes), and each restart is logged with the exit status
+//! or signal. The official Datadog buildpack starts its agent once and
+//! never restarts it. On SIGTERM, SIGINT or SIGHUP, or when the process that
+//! started us goes away (polled with `getppid()`, because PR_SET_PDEATHSIG
+//! follows the spawning *thread*), the signal is passed to the listener,
+//! which gets [`SHUTDOWN_WAIT`] to make its final flush, inside Heroku's
+//! 30 s window.
+//!
+//! Must never: read stdin (fd 0 becomes /dev/null), hold the terminal, print
+//! in a one-off dyno unless something is wrong, or outlive the app.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{AgentConfig, LogLevel};
+use crate::supervise::{self, Backoff, Job};
+
+/// How long the listener gets for its final flush after the signal:
+/// Heroku SIGKILLs everything 30 s after SIGTERM.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(25);
+
+/// How often the original parent is checked.
+const PARENT_POLL: Duration = Duration::from_millis(500);
+
+/// Main-loop tick.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Runs `dynostat agent`; returns the exit code.
 pub fn main() -> i32 {
+    let config = match AgentConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dynostat agent: {e}");
+            return 2;
+        }
+    };
+    if config.disabled {
+        return 0;
+    }
+    detach_stdin();
+    let one_off = config.is_one_off();
+    // Quiet in a one-off dyno: warnings and errors only, unless the user
+    // asked for more detail than the default.
+    let level = if one_off && config.log_level == LogLevel::Info {
+        LogLevel::Warn
+    } else {
+        config.log_level
+    };
+    crate::listen::init_logging(level);
+
+    if let Some(ty) = config.dyno_type() {
+        if !config.dyno_types.allows(ty) {
+            tracing::debug!(
+                dyno_type = ty,
+                "DYNOSTAT_DYNO_TYPES excludes this dyno type; not starting"
+            );
+            return 0;
+        }
+    }
+    if config.dyno.is_some() && !config.has_api_key {
+        if !one_off {
+            tracing::info!(
+                "DD_API_KEY is not set, so metrics are not sent; run `heroku config:set DD_API_KEY=<your key>` to start forwarding"
+            );
+        }
+        return 0;
+    }
+    if config.port != 0 {
+        let addr = SocketAddr::new(config.bind_host, config.port);
+        match UdpSocket::bind(addr) {
+            Ok(sock) => drop(sock),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::debug!(%addr, "a listener already owns the port; nothing to do");
+                return 0;
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot bind the DogStatsD port; set DD_DOGSTATSD_PORT or DD_BIND_HOST");
+                return 1;
+            }
+        }
+    }
+    supervise(&config, level)
+}
+
+/// Replaces stdin with /dev/null, so nothing we run can read the terminal.
+fn detach_stdin() {
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 0 of a valid, open descriptor.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+        }
+    }
+}
+
+/// Whether `sig` was ignored when we started (e.g. SIGINT for a `&` job of
+/// a non-interactive shell): such a signal stays ignored.
+fn inherited_ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the disposition.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The supervision loop. Returns when the dyno shuts down.
+fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
+    supervise::become_subreaper();
+    // A background job must be able to write to the terminal without being
+    // stopped, and never reads it.
+    // SAFETY: setting SIG_IGN for job-control signals; no handler involved.
+    unsafe {
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+    }
+    let mut wanted = vec![libc::SIGTERM, libc::SIGHUP];
+    if !inherited_ignored(libc::SIGINT) {
+        wanted.push(libc::SIGINT);
+    }
+    let (tx, rx) = mpsc::channel::<i32>();
+    match signal_hook::iterator::Signals::new(&wanted) {
+        Ok(mut signals) => {
+            let spawned = std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    for sig in signals.forever() {
+                        if tx.send(sig).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the signal thread");
+                return 1;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return 1;
+        }
+    }
+
+    let parent = nix::unistd::getppid();
+    // Started already detached (parent is init): nothing to watch.
+    let watch_parent = parent.as_raw() > 1;
+    let mut last_parent_check = Instant::now();
+    let mut backoff = Backoff::default();
+    let mut child: Option<Job> = None;
+    let mut next_start = Some(Instant::now());
+
+    let signal = loop {
+        match rx.recv_timeout(TICK) {
+            Ok(sig) => break Signal::try_from(sig).unwrap_or(Signal::SIGTERM),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break Signal::SIGTERM,
+        }
+        if watch_parent && last_parent_check.elapsed() >= PARENT_POLL {
+            last_parent_check = Instant::now();
+            if nix::unistd::getppid() != parent {
+                tracing::info!("the app exited; stopping the listener");
+                break Signal::SIGTERM;
+            }
+        }
+        if let Some(job) = child.as_mut() {
+            if let Some(exit) = job.try_wait() {
+                let ran = job.started().elapsed();
+                // Whatever the listener left in its group goes with it.
+                job.signal(Signal::SIGKILL);
+                child = None;
+                let retry = backoff.on_exit(Instant::now(), ran, fastrand::f64());
+                tracing::warn!(
+                    status = %exit,
+                    ran_ms = u64::try_from(ran.as_millis()).unwrap_or(u64::MAX),
+                    restart_in_ms = u64::try_from(retry.delay.as_millis()).unwrap_or(u64::MAX),
+                    "the listener died; restarting it"
+                );
+                if retry.entered_slow_mode {
+                    tracing::warn!(
+                        crashes = retry.recent_crashes,
+                        period_s = backoff.period.as_secs(),
+                        retry_every_s = backoff.max.as_secs(),
+                        "the listener keeps crashing; retrying at the slowest rate until it runs for a minute"
+                    );
+                }
+                next_start = Some(Instant::now() + retry.delay);
+            }
+        }
+        if child.is_none() && next_start.is_some_and(|t| Instant::now() >= t) {
+            match start_serve(config, level) {
+                Ok(job) => {
+                    tracing::debug!(pid = job.pid(), "listener started");
+                    child = Some(job);
+                    next_start = None;
+                }
+                Err(e) => {
+                    let retry = backoff.on_exit(Instant::now(), Duration::ZERO, fastrand::f64());
+                    tracing::error!(error = %e, restart_in_ms = u64::try_from(retry.delay.as_millis()).unwrap_or(u64::MAX), "cannot start the listener");
+                    next_start = Some(Instant::now() + retry.delay);
+                }
+            }
+        }
+    };
+
+    if let Some(mut job) = child {
+        tracing::debug!(
+            signal = signal.as_str(),
+            "passing the signal to the listener"
+        );
+        let stopped = job.stop_with(signal, SHUTDOWN_WAIT);
+        if stopped.forced {
+            tracing::warn!(
+                wait_s = SHUTDOWN_WAIT.as_secs(),
+                "the listener did not finish its final flush in time and was killed"
+            );
+        }
+    }
+    supervise::reap();
     0
+}
+
+/// Spawns `dynostat serve` with our stdout and stderr, stdin from /dev/null.
+fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").stdin(Stdio::null());
+    if level != config.log_level {
+        cmd.env("DD_LOG_LEVEL", "warn");
+    }
+    Job::start(&mut cmd)
 }
 
 /// Runs the CNB exec.d program; returns the exit code.
 pub fn exec_d() -> i32 {
-    0
+    eprintln!("dynostat exec-d: not yet implemented");
+    1
 }

@@ -1,6 +1,42 @@
-//! runner: `dynostat start`, `run` and `check` (in progress).
+//! runner: `dynostat start`, `run` and `check`, the foreman-style side.
+//!
+//! In: the CLI arguments, a Procfile, env files and [`RunnerEnv`]. Out:
+//! running processes with prefixed, merged output, and an exit code.
+//!
+//! `start` follows foreman's conventions where they are good (output format
+//! `HH:MM:SS web.1  | line`, `PORT = base + 100 × index + (instance − 1)`,
+//! `PS`, "one process exits, stop them all") and fixes where they are not:
+//! every process runs via `/bin/sh -c` in its own process group, shutdown is
+//! SIGTERM to every group, `-t` seconds, then SIGKILL to the groups, and the
+//! runner is a child subreaper, so no child or grandchild survives it; the
+//! exit code is the first exiting process's code or 128 + signal (foreman
+//! says 0 for a signal, honcho 247 for SIGKILL), or 130/143 when the runner
+//! itself was interrupted. The listener (`dynostat serve`) runs beside the
+//! processes as `statsd`; it is not *significant*: its death is reported and
+//! the app carries on, and at shutdown it is stopped last so that it flushes
+//! the app's final metrics.
+//!
+//! Must never: leave a process running after it returns, block one
+//! process's output on another's, fail on invalid UTF-8 output, or read an
+//! environment variable except through [`RunnerEnv`] and `config`.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{Config, RunnerEnv};
+use crate::dotenv;
+use crate::procfile::{self, Procfile};
+use crate::supervise::{self, Exit, Job, StartOptions};
 
 /// `dynostat start` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,20 +103,956 @@ pub struct CheckArgs {
     pub env: Vec<PathBuf>,
 }
 
+/// The exit code for bad input (Procfile, env file, flags).
+const EXIT_USAGE: i32 = 2;
+
+/// The default base port, as in foreman.
+const DEFAULT_PORT: u16 = 5000;
+
+/// A partial line (no newline yet) is printed after this long.
+const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(100);
+
+/// A line longer than this is printed in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How long the listener gets to flush at shutdown before SIGKILL. Its own
+/// deadline (grace + timeout, 6 s by default) is shorter.
+const STATSD_STOP: Duration = Duration::from_secs(25);
+
+/// Main-loop tick: how quickly exits and signals are noticed.
+const TICK: Duration = Duration::from_millis(20);
+
+// ---------------------------------------------------------------- formation
+
+/// A formation: how many instances of each process, e.g. `web=2,worker=1`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Formation {
+    all: Option<usize>,
+    named: Vec<(String, usize)>,
+}
+
+impl Formation {
+    /// Parses `web=2, worker = 1` or `all=2`. Spaces around items are fine;
+    /// an empty item, a missing name or count, or a non-number is an error.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut f = Self::default();
+        for item in s.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(format!(
+                    "formation `{s}` has an empty item; write e.g. web=2,worker=1"
+                ));
+            }
+            let Some((name, count)) = item.split_once('=') else {
+                return Err(format!(
+                    "formation item `{item}` is not NAME=COUNT; write e.g. web=2"
+                ));
+            };
+            let (name, count) = (name.trim(), count.trim());
+            if name.is_empty() {
+                return Err(format!(
+                    "formation item `{item}` has no process name; write e.g. web={count}"
+                ));
+            }
+            if !procfile::is_valid_name(name) {
+                return Err(format!(
+                    "formation item `{item}`: `{name}` is not a process name (letters, digits, `_`, `-`)"
+                ));
+            }
+            let n: usize = count.parse().map_err(|_| {
+                format!("formation item `{item}`: `{count}` is not a number of instances; write e.g. {name}=2")
+            })?;
+            if name == "all" {
+                f.all = Some(n);
+            } else if let Some(slot) = f.named.iter_mut().find(|(k, _)| k == name) {
+                slot.1 = n;
+            } else {
+                f.named.push((name.to_owned(), n));
+            }
+        }
+        Ok(f)
+    }
+
+    /// Instances of `name`: its own count, else `all`, else 1 when the
+    /// formation names no process and 0 when it does (foreman's rule).
+    pub fn count(&self, name: &str) -> usize {
+        if let Some((_, n)) = self.named.iter().find(|(k, _)| k == name) {
+            return *n;
+        }
+        self.all
+            .unwrap_or(if self.named.is_empty() { 1 } else { 0 })
+    }
+
+    /// Names the formation gives that the Procfile lacks.
+    fn unknown<'a>(&'a self, procfile: &Procfile) -> Vec<&'a str> {
+        self.named
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| procfile.get(k).is_none())
+            .collect()
+    }
+}
+
+/// One process instance to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// `web.1`.
+    pub name: String,
+    /// The command for `sh -c`.
+    pub command: OsString,
+    /// `PORT`.
+    pub port: u32,
+}
+
+/// Expands a Procfile, a formation and a name filter into instances, with
+/// PORT = base + 100 × (index in the Procfile) + (instance − 1).
+pub fn plan(
+    procfile: &Procfile,
+    formation: &Formation,
+    only: &[String],
+    base: u16,
+) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for (index, entry) in procfile.entries.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|n| n == &entry.name) {
+            continue;
+        }
+        let count = formation.count(&entry.name);
+        for i in 1..=count {
+            out.push(Instance {
+                name: format!("{}.{i}", entry.name),
+                command: entry.command.clone(),
+                port: u32::from(base)
+                    + 100 * u32::try_from(index).unwrap_or(u32::MAX / 200)
+                    + (i as u32 - 1),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- output
+
+/// The prefixed, optionally coloured writer all processes share.
+struct Output {
+    color: bool,
+    timestamps: bool,
+    width: usize,
+    lock: Mutex<()>,
+}
+
+/// ANSI colours cycled per process, as foreman does.
+const COLORS: &[&str] = &["36", "33", "32", "35", "34", "91", "96", "93", "92", "95"];
+
+impl Output {
+    fn line(&self, name: &str, color: Option<usize>, text: &str) {
+        let mut prefix = String::new();
+        if self.timestamps {
+            prefix.push_str(&clock());
+            prefix.push(' ');
+        }
+        prefix.push_str(&format!("{name:<width$} |", width = self.width));
+        let out = if self.color {
+            let code = color.map_or("1", |i| COLORS[i % COLORS.len()]);
+            format!("\x1b[{code}m{prefix}\x1b[0m {text}\n")
+        } else {
+            format!("{prefix} {text}\n")
+        };
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (e.g. `| head`) must not stop the processes.
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+
+    fn system(&self, text: &str) {
+        self.line("system", None, text);
+    }
+}
+
+/// Local wall-clock `HH:MM:SS`.
+fn clock() -> String {
+    // SAFETY: localtime_r writes only into the tm we own.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "--:--:--".to_owned();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+/// Copies one process's merged stdout+stderr to `out`, line by line. A
+/// partial line is printed after [`PARTIAL_LINE_DELAY`]; invalid UTF-8 is
+/// replaced. Returns at end of file (every writer closed).
+fn pump(fd: OwnedFd, name: &str, color: Option<usize>, out: &Output) {
+    let mut file = std::fs::File::from(fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut since: Option<Instant> = None;
+    let mut flushed_partial = false;
+    let emit = |bytes: &[u8]| {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        out.line(name, color, &String::from_utf8_lossy(bytes));
+    };
+    loop {
+        let wait_ms: u16 = match since {
+            None => 1000,
+            Some(t) => {
+                let left = PARTIAL_LINE_DELAY.saturating_sub(t.elapsed());
+                u16::try_from(left.as_millis()).unwrap_or(u16::MAX)
+            }
+        };
+        let ready = {
+            let mut fds = [nix::poll::PollFd::new(
+                file.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, wait_ms) {
+                Ok(n) => n > 0,
+                Err(nix::errno::Errno::EINTR) => false,
+                Err(_) => true,
+            }
+        };
+        if !ready {
+            if since.is_some_and(|t| t.elapsed() >= PARTIAL_LINE_DELAY) && !pending.is_empty() {
+                emit(&pending);
+                pending.clear();
+                since = None;
+                flushed_partial = true;
+            }
+            continue;
+        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut data = &buf[..n];
+        // The rest of a line already printed as a partial: its newline alone
+        // would print an empty line.
+        if flushed_partial && pending.is_empty() {
+            if let Some(rest) = data.strip_prefix(b"\n") {
+                data = rest;
+            }
+        }
+        flushed_partial = false;
+        pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&pending[start..start + pos]);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            let rest = pending.split_off(MAX_LINE);
+            emit(&pending);
+            pending = rest;
+        }
+        since = if pending.is_empty() {
+            None
+        } else {
+            since.or_else(|| Some(Instant::now()))
+        };
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+}
+
+// ---------------------------------------------------------------- shared setup
+
+/// Events for the main loop.
+enum Event {
+    /// A signal arrived.
+    Signal(i32),
+    /// A process's output reached end of file.
+    OutputDone,
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP (and `extra`) to the channel.
+fn watch_signals(tx: Sender<Event>, extra: &[i32]) -> std::io::Result<()> {
+    let mut list = vec![libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    list.extend_from_slice(extra);
+    let mut signals = signal_hook::iterator::Signals::new(&list)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The env files to load: the given ones (relative to `root`), else `.env`
+/// under `root` if present.
+fn env_files(root: &Path, given: &[PathBuf]) -> Vec<PathBuf> {
+    let files = if given.is_empty() {
+        dotenv::default_files(root)
+    } else {
+        given.iter().map(|p| root.join(p)).collect()
+    };
+    // Show `.env`, not `./.env`, in messages.
+    files
+        .into_iter()
+        .map(|p| p.strip_prefix(".").map(Path::to_path_buf).unwrap_or(p))
+        .collect()
+}
+
+/// Variables the env files set for children, after precedence.
+fn file_vars(
+    real: &RunnerEnv,
+    files: &[PathBuf],
+    env_override: bool,
+) -> Result<BTreeMap<String, String>, dotenv::DotenvError> {
+    let parsed = dotenv::read_files(files)?;
+    let merged = dotenv::merge(&parsed);
+    Ok(merged
+        .into_iter()
+        .filter(|(k, _)| env_override || !real.vars.contains_key(k))
+        .collect())
+}
+
+/// Checks whether the listener's UDP port is free. `Ok(None)`: free (or no
+/// UDP); `Ok(Some(msg))`: taken or unusable, say so and run without it.
+fn statsd_port_check(effective: &BTreeMap<String, String>) -> Result<Option<String>, String> {
+    let config = Config::from_lookup(effective).map_err(|e| e.to_string())?;
+    if config.port == 0 {
+        return Ok(None);
+    }
+    let addr = SocketAddr::new(config.bind_host, config.port);
+    match UdpSocket::bind(addr) {
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(Some(format!(
+            "{addr} is already in use (another dynostat or Datadog Agent?); running without the listener"
+        ))),
+        Err(e) => Ok(Some(format!(
+            "cannot bind {addr}: {e}; running without the listener"
+        ))),
+    }
+}
+
+/// A command that runs `dynostat serve`.
+fn serve_command() -> std::io::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve").stdin(Stdio::null());
+    Ok(cmd)
+}
+
+// ---------------------------------------------------------------- start
+
+struct Proc {
+    name: String,
+    job: Job,
+    exit: Option<Exit>,
+    /// A Procfile process (its exit stops everything); false for `statsd`.
+    significant: bool,
+}
+
 /// Runs `start`; returns the exit code.
 pub fn start(args: &StartArgs) -> i32 {
-    let _ = args;
-    1
+    let real = RunnerEnv::from_env();
+    let root = args.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let color = match args.color.as_str() {
+        // NO_COLOR disables automatic colour; an explicit --color=always
+        // overrides it, as no-color.org asks of command-line flags.
+        "auto" => !real.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "always" => true,
+        "never" => false,
+        other => {
+            eprintln!("dynostat start: --color={other}: use auto, always or never");
+            return EXIT_USAGE;
+        }
+    };
+
+    let procfile_shown = args.procfile.display().to_string();
+    let procfile = match procfile::read(&root.join(&args.procfile), &procfile_shown) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("dynostat start: {e}");
+            }
+            return EXIT_USAGE;
+        }
+    };
+    let formation = match args.formation.as_deref().map(Formation::parse).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("dynostat start: -m: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let known = procfile.names().join(", ");
+    if let Some(bad) = formation.unknown(&procfile).first() {
+        eprintln!("dynostat start: -m: `{bad}` is not in {procfile_shown} (it has {known})");
+        return EXIT_USAGE;
+    }
+    if let Some(bad) = args.names.iter().find(|n| procfile.get(n).is_none()) {
+        eprintln!("dynostat start: `{bad}` is not in {procfile_shown} (it has {known})");
+        return EXIT_USAGE;
+    }
+    let files = env_files(&root, &args.env);
+    let from_files = match file_vars(&real, &files, args.env_override) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("dynostat start: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let base = match base_port(args.port, &dotenv_merged_port(&files), real.port.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dynostat start: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let instances = plan(&procfile, &formation, &args.names, base);
+    if instances.is_empty() {
+        eprintln!("dynostat start: nothing to run: the formation gives every process 0 instances");
+        return EXIT_USAGE;
+    }
+
+    supervise::become_subreaper();
+    let width = instances
+        .iter()
+        .map(|i| i.name.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let out = Arc::new(Output {
+        color,
+        timestamps: !args.no_timestamp,
+        width,
+        lock: Mutex::new(()),
+    });
+    let (tx, rx) = mpsc::channel();
+    if let Err(e) = watch_signals(tx.clone(), &[]) {
+        eprintln!("dynostat start: cannot install signal handlers: {e}");
+        return 1;
+    }
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut readers = 0usize;
+    let mut effective = real.vars.clone();
+    effective.extend(from_files.clone());
+
+    // The listener first, so the app's first metrics find it.
+    if !args.no_statsd {
+        match statsd_port_check(&effective) {
+            Ok(None) => {
+                let spawned = serve_command().and_then(|mut cmd| {
+                    cmd.envs(&from_files)
+                        .env_remove("DYNO")
+                        .env_remove("PS")
+                        .env_remove("PORT")
+                        .current_dir(&root);
+                    if !effective.contains_key("DYNOSTAT_CONSOLE") {
+                        cmd.env("DYNOSTAT_CONSOLE", "true");
+                    }
+                    spawn_piped(cmd, "statsd", None, &out, &tx)
+                });
+                match spawned {
+                    Ok(job) => {
+                        readers += 1;
+                        out.system(&format!("statsd started with pid {}", job.pid()));
+                        procs.push(Proc {
+                            name: "statsd".into(),
+                            job,
+                            exit: None,
+                            significant: false,
+                        });
+                    }
+                    Err(e) => out.system(&format!(
+                        "statsd could not start ({e}); running without the listener"
+                    )),
+                }
+            }
+            Ok(Some(msg)) => out.system(&format!("statsd: {msg}")),
+            Err(e) => out.system(&format!("statsd: {e}; running without the listener")),
+        }
+    }
+    for (i, inst) in instances.iter().enumerate() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&inst.command)
+            .envs(&from_files)
+            .env("PORT", inst.port.to_string())
+            .env("PS", &inst.name)
+            .env("DYNO", &inst.name)
+            .current_dir(&root)
+            .stdin(Stdio::null());
+        match spawn_piped(cmd, &inst.name, Some(i), &out, &tx) {
+            Ok(job) => {
+                readers += 1;
+                out.system(&format!("{} started with pid {}", inst.name, job.pid()));
+                procs.push(Proc {
+                    name: inst.name.clone(),
+                    job,
+                    exit: None,
+                    significant: true,
+                });
+            }
+            Err(e) => {
+                out.system(&format!("{} could not start: {e}", inst.name));
+                stop_all(
+                    &mut procs,
+                    &out,
+                    &rx,
+                    Duration::from_secs(args.timeout),
+                    None,
+                );
+                finish(&out, &rx, readers);
+                return 1;
+            }
+        }
+    }
+
+    let timeout = Duration::from_secs(args.timeout);
+    // Run until the first significant exit or a signal.
+    let mut first: Option<i32> = None;
+    while first.is_none() {
+        match rx.recv_timeout(TICK) {
+            Ok(Event::Signal(sig)) => {
+                let name = signal_name(sig);
+                out.system(&format!("{name} received, stopping all processes"));
+                first = Some(128 + sig);
+            }
+            Ok(Event::OutputDone) => readers = readers.saturating_sub(1),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        for p in &mut procs {
+            if p.exit.is_none() {
+                if let Some(exit) = p.job.try_wait() {
+                    p.exit = Some(exit);
+                    out.system(&format!("{} {exit}", p.name));
+                    if p.significant && first.is_none() {
+                        first = Some(exit.code());
+                    }
+                }
+            }
+        }
+    }
+    let code = first.unwrap_or(1);
+    let code = stop_all(&mut procs, &out, &rx, timeout, Some(code)).unwrap_or(code);
+    finish(&out, &rx, readers);
+    code
 }
+
+/// `PORT`'s value in the env files, if any, for the base-port rule.
+fn dotenv_merged_port(files: &[PathBuf]) -> Option<String> {
+    dotenv::read_files(files)
+        .ok()
+        .and_then(|f| dotenv::merge(&f).remove("PORT"))
+}
+
+/// The base port: `-p`, else `PORT` in the env files, else `$PORT`, else 5000.
+fn base_port(flag: Option<u16>, file: &Option<String>, real: Option<&str>) -> Result<u16, String> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    for (src, v) in [("PORT in the env file", file.as_deref()), ("$PORT", real)] {
+        if let Some(v) = v.filter(|v| !v.trim().is_empty()) {
+            return v.trim().parse().map_err(|_| {
+                format!("{src}={v} is not a port number (1-65535); fix it or pass -p PORT")
+            });
+        }
+    }
+    Ok(DEFAULT_PORT)
+}
+
+/// Spawns `cmd` in its own group with stdout and stderr merged into a pipe
+/// that a reader thread prints with `name`'s prefix.
+fn spawn_piped(
+    mut cmd: Command,
+    name: &str,
+    color: Option<usize>,
+    out: &Arc<Output>,
+    tx: &Sender<Event>,
+) -> std::io::Result<Job> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    cmd.stdout(Stdio::from(w.try_clone()?))
+        .stderr(Stdio::from(w));
+    let job = Job::start(&mut cmd);
+    // Our copies of the write end must close, or the reader never sees EOF.
+    drop(cmd);
+    let job = job?;
+    let out = Arc::clone(out);
+    let tx = tx.clone();
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("out-{name}"))
+        .spawn(move || {
+            pump(r, &name, color, &out);
+            let _ = tx.send(Event::OutputDone);
+        })?;
+    Ok(job)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    Signal::try_from(sig).map_or("signal", Signal::as_str)
+}
+
+/// Stops every process: SIGTERM to each app group, up to `timeout`, SIGKILL
+/// to what remains; then the listener (so it flushes the app's last
+/// metrics); a second SIGINT/SIGTERM kills everything at once. Returns a
+/// new exit code if the runner was interrupted during shutdown and had none.
+fn stop_all(
+    procs: &mut [Proc],
+    out: &Output,
+    rx: &Receiver<Event>,
+    timeout: Duration,
+    code: Option<i32>,
+) -> Option<i32> {
+    let apps_alive = |procs: &mut [Proc]| {
+        procs
+            .iter_mut()
+            .filter(|p| p.significant)
+            .any(|p| p.job.try_wait().is_none() || p.job.group_alive())
+    };
+    let mut code = code;
+    let mut killed = false;
+    if apps_alive(procs) {
+        out.system("sending SIGTERM to all processes");
+        for p in procs.iter().filter(|p| p.significant) {
+            p.job.signal(Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        supervise::reap();
+        report_exits(procs, out);
+        if !apps_alive(procs) {
+            break;
+        }
+        if Instant::now() >= deadline && !killed {
+            for p in procs.iter().filter(|p| p.significant) {
+                if p.job.group_alive() {
+                    out.system(&format!(
+                        "sending SIGKILL to {} (still running {} s after SIGTERM)",
+                        p.name,
+                        timeout.as_secs()
+                    ));
+                    p.job.signal(Signal::SIGKILL);
+                }
+            }
+            killed = true;
+        }
+        if Instant::now() >= deadline + Duration::from_secs(5) {
+            out.system("some processes did not die after SIGKILL; giving up waiting");
+            break;
+        }
+        if let Ok(Event::Signal(sig)) = rx.recv_timeout(TICK) {
+            if sig == libc::SIGINT || sig == libc::SIGTERM {
+                out.system(&format!(
+                    "{} received again, killing all processes",
+                    signal_name(sig)
+                ));
+                for p in procs.iter() {
+                    p.job.signal(Signal::SIGKILL);
+                }
+                killed = true;
+                code = code.or(Some(128 + sig));
+            }
+        }
+    }
+    // The listener last: it keeps receiving for a moment, then flushes.
+    for p in procs.iter_mut().filter(|p| !p.significant) {
+        if p.exit.is_none() && p.job.try_wait().is_none() {
+            let deadline = Instant::now() + STATSD_STOP;
+            p.job.signal(Signal::SIGTERM);
+            loop {
+                if p.job.try_wait().is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    out.system("statsd did not flush in time; sending SIGKILL");
+                    p.job.kill();
+                    break;
+                }
+                if let Ok(Event::Signal(sig)) = rx.recv_timeout(TICK) {
+                    if sig == libc::SIGINT || sig == libc::SIGTERM {
+                        p.job.kill();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    report_exits(procs, out);
+    // Anything that escaped its group (setsid) was re-parented to us.
+    let leftovers = supervise::children();
+    if !leftovers.is_empty() {
+        supervise::signal_all_children(Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !supervise::children().is_empty() && Instant::now() < deadline {
+            supervise::reap();
+            std::thread::sleep(TICK);
+        }
+        supervise::signal_all_children(Signal::SIGKILL);
+        supervise::reap();
+    }
+    code
+}
+
+fn report_exits(procs: &mut [Proc], out: &Output) {
+    for p in procs.iter_mut() {
+        if p.exit.is_none() {
+            if let Some(exit) = p.job.try_wait() {
+                p.exit = Some(exit);
+                out.system(&format!("{} {exit}", p.name));
+            }
+        }
+    }
+}
+
+/// Waits (boundedly) for the output readers to print what remains.
+fn finish(_out: &Output, rx: &Receiver<Event>, mut readers: usize) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while readers > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Event::OutputDone) => readers -= 1,
+            Ok(Event::Signal(_)) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- run
 
 /// Runs `run`; returns the exit code.
 pub fn run(args: &RunArgs) -> i32 {
-    let _ = args;
-    1
+    let real = RunnerEnv::from_env();
+    let root = PathBuf::from(".");
+    let files = env_files(&root, &args.env);
+    let from_files = match file_vars(&real, &files, args.env_override) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("dynostat run: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let Some((program, rest)) = args.command.split_first() else {
+        eprintln!("dynostat run: no command given; usage: dynostat run -- CMD [ARGS...]");
+        return EXIT_USAGE;
+    };
+    supervise::become_subreaper();
+    let (tx, rx) = mpsc::channel();
+    if let Err(e) = watch_signals(tx, &[libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2]) {
+        eprintln!("dynostat run: cannot install signal handlers: {e}");
+        return 1;
+    }
+    let mut effective = real.vars.clone();
+    effective.extend(from_files.clone());
+    let on_dyno = real.vars.contains_key("DYNO");
+
+    let mut statsd = None;
+    if !args.no_statsd {
+        match statsd_port_check(&effective) {
+            Ok(None) => match serve_command().and_then(|mut cmd| {
+                cmd.envs(&from_files);
+                Job::start(&mut cmd)
+            }) {
+                Ok(job) => statsd = Some(job),
+                Err(e) => eprintln!(
+                    "dynostat run: the listener could not start ({e}); running without it"
+                ),
+            },
+            // On a dyno, the agent from the boot script usually owns the
+            // port already: that is fine and not worth a line.
+            Ok(Some(msg)) if !on_dyno => eprintln!("dynostat run: {msg}"),
+            Ok(Some(_)) => {}
+            Err(e) => eprintln!("dynostat run: {e}; running without the listener"),
+        }
+    }
+
+    let mut cmd = Command::new(program);
+    cmd.args(rest).envs(&from_files);
+    let foreground = supervise::owns_terminal();
+    let mut job = match Job::start_with(&mut cmd, StartOptions { foreground }) {
+        Ok(j) => j,
+        Err(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => 1,
+            };
+            eprintln!("dynostat run: cannot run `{program}`: {e}");
+            if let Some(mut s) = statsd {
+                s.stop(STATSD_STOP);
+            }
+            return code;
+        }
+    };
+    let exit = loop {
+        if let Some(exit) = job.try_wait() {
+            break exit;
+        }
+        match rx.recv_timeout(TICK) {
+            Ok(Event::Signal(sig)) => {
+                if let Ok(sig) = Signal::try_from(sig) {
+                    job.signal(sig);
+                }
+            }
+            Ok(Event::OutputDone) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+    };
+    if foreground {
+        supervise::reclaim_terminal();
+    }
+    // Whatever the command left in its group goes with it.
+    if job.group_alive() {
+        job.stop(Duration::from_secs(5));
+    }
+    if let Some(mut s) = statsd {
+        s.stop(STATSD_STOP);
+    }
+    if !supervise::children().is_empty() {
+        supervise::signal_all_children(Signal::SIGTERM);
+        supervise::reap();
+    }
+    exit.code()
 }
+
+// ---------------------------------------------------------------- check
 
 /// Runs `check`; returns the exit code.
 pub fn check(args: &CheckArgs) -> i32 {
-    let _ = args;
-    1
+    let real = RunnerEnv::from_env();
+    let root = PathBuf::from(".");
+    let mut ok = true;
+    let shown = args.procfile.display().to_string();
+    match procfile::read(&args.procfile, &shown) {
+        Ok(p) => {
+            println!("valid procfile detected ({})", p.names().join(", "));
+            for e in &p.entries {
+                println!("  {}: {}", e.name, e.command_lossy());
+            }
+        }
+        Err(errors) => {
+            ok = false;
+            for e in errors {
+                eprintln!("{e}");
+            }
+        }
+    }
+    let files = env_files(&root, &args.env);
+    match dotenv::read_files(&files) {
+        Ok(parsed) => {
+            for f in &parsed {
+                let n = f.vars.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("valid env file {} ({n} variable{s})", f.path.display());
+            }
+            let mut effective = real.vars.clone();
+            for (k, v) in dotenv::merge(&parsed) {
+                effective.entry(k).or_insert(v);
+            }
+            if let Err(e) = Config::from_lookup(&effective) {
+                ok = false;
+                eprintln!("configuration: {e}");
+            }
+        }
+        Err(e) => {
+            ok = false;
+            eprintln!("{e}");
+        }
+    }
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_strings() {
+        let f = Formation::parse("foo   =   2, bar = 3").expect("valid");
+        assert_eq!(f.count("foo"), 2);
+        assert_eq!(f.count("bar"), 3);
+        assert_eq!(f.count("baz"), 0);
+        for bad in [
+            "foo=x", "foo=", "=1", ",,", "", "foo", "foo=1,", "a.b=1", "foo=-1",
+        ] {
+            let e = Formation::parse(bad).expect_err(bad);
+            assert!(!e.is_empty());
+        }
+        assert!(Formation::parse("foo=x")
+            .unwrap_err()
+            .contains("`x` is not a number"));
+        assert!(Formation::parse(",,").unwrap_err().contains("empty item"));
+    }
+
+    #[test]
+    fn all_and_defaults() {
+        assert_eq!(Formation::default().count("web"), 1);
+        let f = Formation::parse("all=2,web=1").expect("valid");
+        assert_eq!(f.count("web"), 1);
+        assert_eq!(f.count("worker"), 2);
+    }
+
+    fn procfile(text: &str) -> Procfile {
+        procfile::parse("Procfile", text.as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn ports_follow_foreman() {
+        let p = procfile("foo: a\nbar: b\n");
+        let f = Formation::parse("foo=3,bar=2").expect("valid");
+        let got: Vec<(String, u32)> = plan(&p, &f, &[], 4000)
+            .into_iter()
+            .map(|i| (i.name, i.port))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("foo.1".into(), 4000),
+                ("foo.2".into(), 4001),
+                ("foo.3".into(), 4002),
+                ("bar.1".into(), 4100),
+                ("bar.2".into(), 4101),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_formation_that_names_processes_runs_only_those() {
+        let p = procfile("alpha: a\nbravo: b\n");
+        let f = Formation::parse("alpha=2").expect("valid");
+        let names: Vec<String> = plan(&p, &f, &[], 5000)
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, vec!["alpha.1", "alpha.2"]);
+        // Naming a process on the command line keeps its Procfile index for PORT.
+        let only = plan(&p, &Formation::default(), &["bravo".into()], 5000);
+        assert_eq!(only[0].port, 5100);
+    }
+
+    #[test]
+    fn base_port_precedence() {
+        assert_eq!(base_port(Some(1), &Some("2".into()), Some("3")), Ok(1));
+        assert_eq!(base_port(None, &Some("2".into()), Some("3")), Ok(2));
+        assert_eq!(base_port(None, &None, Some("3")), Ok(3));
+        assert_eq!(base_port(None, &None, None), Ok(5000));
+        assert!(base_port(None, &None, Some("x")).is_err());
+    }
 }
