@@ -1,0 +1,506 @@
+//! `dynostat start` and `dynostat run`, driven through the real binary:
+//! PORT and formation, output format, exit codes, process groups (no
+//! orphans, SIGKILL escalation), env files, and the listener beside the app.
+#![allow(clippy::unwrap_used)]
+
+#[path = "fixtures/process/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{app, dynostat, marker, pids_with_arg, wait, Proc};
+
+const T: Duration = Duration::from_secs(20);
+
+/// `start` with `args` in a fresh app with this Procfile; output collected.
+fn start(procfile: &str, dotenv: Option<&str>, args: &[&str]) -> (tempfile::TempDir, Proc) {
+    let dir = app(procfile, dotenv);
+    let mut full = vec!["start"];
+    full.extend_from_slice(args);
+    let p = Proc::spawn(&mut dynostat(dir.path(), &full));
+    (dir, p)
+}
+
+#[test]
+fn formation_and_ports_follow_foreman() {
+    let (_dir, mut p) = start(
+        "foo: echo \"$PS port=$PORT dyno=$DYNO\"; sleep 30\nbar: echo \"$PS port=$PORT dyno=$DYNO\"; sleep 30\n",
+        None,
+        &["--no-statsd", "-m", "foo=3,bar=2", "-p", "4000"],
+    );
+    for want in [
+        "foo.1 port=4000 dyno=foo.1",
+        "foo.2 port=4001 dyno=foo.2",
+        "foo.3 port=4002 dyno=foo.3",
+        "bar.1 port=4100 dyno=bar.1",
+        "bar.2 port=4101 dyno=bar.2",
+    ] {
+        p.expect_stdout(want, T);
+    }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    assert!(!p.stdout().contains("bar.3"));
+}
+
+#[test]
+fn a_formation_naming_alpha_runs_no_bravo() {
+    let (_dir, mut p) = start(
+        "alpha: echo \"alpha $PORT\"; sleep 30\nbravo: echo bravo; sleep 30\n",
+        None,
+        &["--no-statsd", "-m", "alpha=2", "--no-timestamp"],
+    );
+    p.expect_stdout("alpha.2 | alpha 5001", T);
+    p.signal(libc::SIGINT);
+    assert_eq!(p.code(T), 130);
+    let out = p.stdout();
+    assert!(out.contains("alpha.1 | alpha 5000"), "{out}");
+    assert!(!out.contains("bravo"), "{out}");
+}
+
+#[test]
+fn base_port_comes_from_the_env_file_then_port() {
+    let (_dir, mut p) = start(
+        "web: echo \"port=$PORT\"\n",
+        Some("PORT=6100\n"),
+        &["--no-statsd"],
+    );
+    assert_eq!(p.code(T), 0);
+    assert!(p.stdout().contains("port=6100"), "{}", p.stdout());
+
+    let dir = app("web: echo \"port=$PORT\"\n", None);
+    let mut p = Proc::spawn(dynostat(dir.path(), &["start", "--no-statsd"]).env("PORT", "7000"));
+    assert_eq!(p.code(T), 0);
+    assert!(p.stdout().contains("port=7000"), "{}", p.stdout());
+}
+
+#[test]
+fn output_format_is_prefixed_padded_and_plain_without_a_tty() {
+    let (_dir, mut p) = start(
+        "web: echo hello; echo oops >&2; printf 'bad \\377 byte\\n'\n",
+        None,
+        &["--no-statsd", "--no-timestamp"],
+    );
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"web.1  | hello"), "{out}");
+    // stderr is merged into stdout.
+    assert!(lines.contains(&"web.1  | oops"), "{out}");
+    // Invalid UTF-8 is replaced, never fatal.
+    assert!(lines.contains(&"web.1  | bad \u{fffd} byte"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("system | web.1 started with pid ")),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"system | web.1 exited with code 0"),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\x1b'),
+        "no colour when stdout is a pipe: {out:?}"
+    );
+
+    // With timestamps: `HH:MM:SS name | line`.
+    let (_dir, mut p) = start("web: echo stamped\n", None, &["--no-statsd"]);
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.ends_with("web.1  | stamped"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let ts = &line[..8];
+    assert!(
+        ts.bytes().enumerate().all(|(i, b)| if i == 2 || i == 5 {
+            b == b':'
+        } else {
+            b.is_ascii_digit()
+        }),
+        "{line}"
+    );
+    assert_eq!(&line[8..], " web.1  | stamped");
+}
+
+#[test]
+fn color_always_uses_ansi_and_no_color_disables_auto() {
+    let (_dir, mut p) = start("web: echo hi\n", None, &["--no-statsd", "--color=always"]);
+    assert_eq!(p.code(T), 0);
+    assert!(p.stdout().contains("\x1b["), "{:?}", p.stdout());
+
+    // On a TTY, auto colours unless NO_COLOR is set.
+    for (no_color, want_ansi) in [(None, true), (Some("1"), false)] {
+        let dir = app("web: echo hi\n", None);
+        let mut cmd = dynostat(dir.path(), &["start", "--no-statsd"]);
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = run_on_pty(&mut cmd);
+        assert!(
+            out.contains("web.1  |") || out.contains("web.1  \x1b"),
+            "{out:?}"
+        );
+        assert_eq!(
+            out.contains("\x1b["),
+            want_ansi,
+            "NO_COLOR={no_color:?}: {out:?}"
+        );
+    }
+}
+
+/// Runs `cmd` with stdout and stderr on a pseudo-terminal; returns the output.
+fn run_on_pty(cmd: &mut std::process::Command) -> String {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    cmd.stdout(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(slave));
+    let mut child = cmd.spawn().unwrap();
+    // The command holds the slave's copies until dropped.
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once every slave copy is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    assert!(
+        wait(T, || child.try_wait().unwrap().is_some()),
+        "start on a pty did not exit"
+    );
+    // Drop the Command's slave copies so the reader sees EIO.
+    let _ = cmd.stdout(std::process::Stdio::null());
+    let _ = cmd.stderr(std::process::Stdio::null());
+    String::from_utf8_lossy(&reader.join().unwrap()).into_owned()
+}
+
+#[test]
+fn exit_code_is_the_first_exiting_process() {
+    let (_dir, mut p) = start(
+        "web: sleep 30\nworker: exit 42\n",
+        None,
+        &["--no-statsd", "--no-timestamp"],
+    );
+    assert_eq!(p.code(T), 42);
+    let out = p.stdout();
+    assert!(
+        out.contains("system   | worker.1 exited with code 42"),
+        "{out}"
+    );
+    assert!(out.contains("system   | web.1 killed by SIGTERM"), "{out}");
+}
+
+#[test]
+fn a_process_killed_with_9_makes_137() {
+    // foreman exits 0 here and honcho 247; the shell convention is 128 + 9.
+    let (_dir, mut p) = start(
+        "web: kill -9 $$\nworker: sleep 30\n",
+        None,
+        &["--no-statsd", "--no-timestamp"],
+    );
+    assert_eq!(p.code(T), 137);
+    assert!(
+        p.stdout().contains("system   | web.1 killed by SIGKILL"),
+        "{}",
+        p.stdout()
+    );
+}
+
+#[test]
+fn run_exits_with_the_command_code() {
+    let dir = app("web: true\n", None);
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["run", "--no-statsd", "--", "sh", "-c", "exit 7"],
+    ));
+    assert_eq!(p.code(T), 7);
+
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["run", "--no-statsd", "--", "sh", "-c", "kill -9 $$"],
+    ));
+    assert_eq!(p.code(T), 137);
+
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["run", "--no-statsd", "--", "dynostat-no-such-command"],
+    ));
+    assert_eq!(p.code(T), 127);
+    assert!(
+        p.stderr().contains("dynostat-no-such-command"),
+        "{}",
+        p.stderr()
+    );
+}
+
+#[test]
+fn run_forwards_signals_and_loads_env() {
+    let dir = app("web: true\n", Some("GREETING='hello from .env'\n"));
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &[
+            "run",
+            "--no-statsd",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; trap 'echo got TERM; exit 3' TERM; while :; do sleep 0.05; done",
+        ],
+    ));
+    p.expect_stdout("hello from .env", T);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 3);
+    assert!(p.stdout().contains("got TERM"), "{}", p.stdout());
+}
+
+#[test]
+fn no_orphans_after_sigterm() {
+    // foreman issues #618 and #628: grandchildren survive Ctrl-C / TERM.
+    let m = marker();
+    let procfile = format!(
+        "web: sh -c 'sleep {m} & sleep {m} & wait'\nworker: setsid sleep {m} & sleep {m}\n"
+    );
+    let (_dir, mut p) = start(&procfile, None, &["--no-statsd", "-t", "3"]);
+    assert!(
+        wait(T, || pids_with_arg(&m).len() >= 4),
+        "grandchildren never started: {:?}\n{}",
+        pids_with_arg(&m),
+        p.stdout()
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    assert!(
+        wait(Duration::from_secs(5), || pids_with_arg(&m).is_empty()),
+        "processes survived the runner: {:?}\n{}",
+        pids_with_arg(&m),
+        p.stdout()
+    );
+}
+
+#[test]
+fn a_process_ignoring_term_is_killed_after_the_timeout() {
+    let m = marker();
+    // `trap '' TERM` is inherited by the sleeps: the whole group ignores TERM.
+    let procfile = format!("web: trap '' TERM; sleep {m} & sleep {m}\nworker: sleep 30\n");
+    let (_dir, mut p) = start(
+        &procfile,
+        None,
+        &["--no-statsd", "--no-timestamp", "-t", "1"],
+    );
+    assert!(wait(T, || pids_with_arg(&m).len() >= 2), "{}", p.stdout());
+    p.signal(libc::SIGINT);
+    assert_eq!(p.code(T), 130);
+    let out = p.stdout();
+    assert!(
+        out.contains("system   | sending SIGKILL to web.1 (still running 1 s after SIGTERM)"),
+        "{out}"
+    );
+    assert!(out.contains("system   | web.1 killed by SIGKILL"), "{out}");
+    assert!(
+        wait(Duration::from_secs(5), || pids_with_arg(&m).is_empty()),
+        "survivors: {:?}",
+        pids_with_arg(&m)
+    );
+}
+
+#[test]
+fn a_second_interrupt_kills_at_once() {
+    let m = marker();
+    let procfile = format!("web: trap '' TERM INT; sleep {m}\n");
+    let (_dir, mut p) = start(
+        &procfile,
+        None,
+        &["--no-statsd", "--no-timestamp", "-t", "60"],
+    );
+    assert!(wait(T, || !pids_with_arg(&m).is_empty()), "{}", p.stdout());
+    p.signal(libc::SIGINT);
+    p.expect_stdout("sending SIGTERM to all processes", T);
+    p.signal(libc::SIGINT);
+    // Well before the 60 s timeout.
+    assert_eq!(p.code(T), 130);
+    assert!(p
+        .stdout()
+        .contains("SIGINT received again, killing all processes"));
+    assert!(wait(Duration::from_secs(5), || pids_with_arg(&m).is_empty()));
+}
+
+#[test]
+fn partial_lines_are_flushed_without_a_newline() {
+    let (_dir, mut p) = start(
+        "web: printf 'no newline yet'; sleep 30\nworker: sleep 30; echo\n",
+        None,
+        &["--no-statsd", "--no-timestamp"],
+    );
+    p.expect_stdout("web.1    | no newline yet\n", T);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+}
+
+#[test]
+fn env_file_values_substitution_and_precedence() {
+    let env = "FOO=\"a b\"\nexport BAR=${FOO}-x\n# comment\nQUOTED='$FOO'\n";
+    let (_dir, mut p) = start(
+        "web: echo \"[$FOO|$BAR|$QUOTED]\"\n",
+        Some(env),
+        &["--no-statsd"],
+    );
+    assert_eq!(p.code(T), 0);
+    assert!(p.stdout().contains("[a b|a b-x|$FOO]"), "{}", p.stdout());
+
+    // The real environment wins, unless --env-override.
+    for (flag, want) in [(None, "[real]"), (Some("--env-override"), "[a b]")] {
+        let dir = app("web: echo \"[$FOO]\"\n", Some(env));
+        let mut args = vec!["start", "--no-statsd"];
+        args.extend(flag);
+        let mut p = Proc::spawn(dynostat(dir.path(), &args).env("FOO", "real"));
+        assert_eq!(p.code(T), 0);
+        assert!(p.stdout().contains(want), "{flag:?}: {}", p.stdout());
+    }
+
+    // -e files load in order, a later file wins.
+    let dir = app("web: echo \"[$A|$B]\"\n", None);
+    std::fs::write(dir.path().join("one.env"), "A=1\nB=1\n").unwrap();
+    std::fs::write(dir.path().join("two.env"), "B=2\n").unwrap();
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["start", "--no-statsd", "-e", "one.env", "-e", "two.env"],
+    ));
+    assert_eq!(p.code(T), 0);
+    assert!(p.stdout().contains("[1|2]"), "{}", p.stdout());
+}
+
+#[test]
+fn env_file_errors_name_file_and_line() {
+    let (_dir, mut p) = start(
+        "web: echo never\n",
+        Some("GOOD=1\nBAD VALUE=2\n"),
+        &["--no-statsd"],
+    );
+    assert_eq!(p.code(T), 2);
+    assert!(
+        p.stderr()
+            .contains(".env:2: variable name `BAD VALUE` contains a space"),
+        "{}",
+        p.stderr()
+    );
+    assert!(!p.stdout().contains("never"));
+
+    let dir = app("web: true\n", None);
+    let mut p = Proc::spawn(&mut dynostat(dir.path(), &["start", "-e", "missing.env"]));
+    assert_eq!(p.code(T), 2);
+    assert!(
+        p.stderr().contains("missing.env: no such env file"),
+        "{}",
+        p.stderr()
+    );
+}
+
+#[test]
+fn bad_flags_and_names_are_errors() {
+    for (args, want) in [
+        (&["start", "-m", "web=x"][..], "`x` is not a number"),
+        (
+            &["start", "-m", "nope=1"][..],
+            "`nope` is not in Procfile (it has web)",
+        ),
+        (
+            &["start", "nope"][..],
+            "`nope` is not in Procfile (it has web)",
+        ),
+        (
+            &["start", "--color=sometimes"][..],
+            "use auto, always or never",
+        ),
+        (&["start", "-f", "Nope"][..], "Nope: no such file"),
+    ] {
+        let dir = app("web: true\n", None);
+        let mut p = Proc::spawn(&mut dynostat(dir.path(), args));
+        assert_eq!(p.code(T), 2, "{args:?}");
+        assert!(p.stderr().contains(want), "{args:?}: {}", p.stderr());
+    }
+}
+
+#[test]
+fn named_processes_only_and_root_dir() {
+    let dir = app(
+        "web: echo web ran\nworker: echo \"worker $PORT $(pwd)\"\n",
+        None,
+    );
+    let root = dir.path().to_str().unwrap().to_owned();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut p = Proc::spawn(&mut dynostat(
+        elsewhere.path(),
+        &["start", "--no-statsd", "-d", &root, "worker"],
+    ));
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    assert!(!out.contains("web ran"), "{out}");
+    let canon = std::fs::canonicalize(dir.path()).unwrap();
+    assert!(
+        out.contains(&format!("worker 5100 {}", canon.display()))
+            || out.contains(&format!("worker 5100 {root}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_listener_runs_beside_the_app_as_statsd() {
+    let port = harness::free_udp_port();
+    let dir = app("web: sleep 30\n", None);
+    let mut p = Proc::spawn(
+        dynostat(dir.path(), &["start", "--no-timestamp"])
+            .env("DD_DOGSTATSD_PORT", port.to_string())
+            .env("DYNOSTAT_FLUSH_INTERVAL", "1")
+            .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
+    );
+    p.expect_stdout("statsd | ", T);
+    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stdout());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Console flushes are prefixed like any process.
+    assert!(
+        wait(T, || {
+            sock.send_to(b"runner.beside.app:1|c", ("127.0.0.1", port))
+                .unwrap();
+            p.stdout()
+                .lines()
+                .any(|l| l.starts_with("statsd | ") && l.contains("runner.beside.app"))
+        }),
+        "{}",
+        p.stdout()
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    let out = p.stdout();
+    assert!(out.contains("system | statsd "), "{out}");
+    assert!(
+        !harness::udp_bound(port),
+        "the listener outlived the runner"
+    );
+}
+
+#[test]
+fn a_taken_statsd_port_is_reported_and_the_app_still_runs() {
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = app("web: echo app ran\n", None);
+    let mut p = Proc::spawn(
+        dynostat(dir.path(), &["start", "--no-timestamp"])
+            .env("DD_DOGSTATSD_PORT", port.to_string()),
+    );
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    assert!(
+        out.contains(&format!(
+            "system | statsd: 127.0.0.1:{port} is already in use"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("web.1  | app ran"), "{out}");
+}
