@@ -300,7 +300,8 @@ impl Encoder {
             self.current.write(item);
             return Ok(());
         }
-        if self.current.items == 0 {
+        if self.current.items == 0 || !self.fits_alone(item) {
+            // Closing the open payload would not help: keep it open for the next item.
             return Err(Oversize);
         }
         let full = std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
@@ -311,6 +312,12 @@ impl Encoder {
         } else {
             Err(Oversize)
         }
+    }
+
+    /// Whether `item` fits an empty payload.
+    fn fits_alone(&self, item: &[u8]) -> bool {
+        let n = self.endpoint.prefix().len() + item.len() + self.endpoint.suffix().len();
+        n <= self.limits.max_uncompressed && deflate_bound(n) <= self.limits.max_compressed
     }
 
     /// Adds an item past the limits, alone in its own payload (413 splitting only).
@@ -637,4 +644,151 @@ pub fn encode_flush(flush: &crate::aggregate::Flush, deco: &Decoration, limits: 
     }
     out.payloads.extend(enc.finish());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(p: &Payload) -> serde_json::Value {
+        let mut raw = Vec::new();
+        GzDecoder::new(p.body.as_slice())
+            .read_to_end(&mut raw)
+            .expect("valid gzip");
+        assert_eq!(raw.len(), p.raw_len);
+        serde_json::from_slice(&raw).expect("valid JSON")
+    }
+
+    fn items_of(p: &Payload) -> Vec<serde_json::Value> {
+        match decode(p) {
+            serde_json::Value::Object(mut m) => match m.remove("series") {
+                Some(serde_json::Value::Array(a)) => a,
+                other => panic!("no series array: {other:?}"),
+            },
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        }
+    }
+
+    /// Random items of random sizes and entropy: every payload stays under
+    /// every limit, and the items come out whole, once, in order.
+    #[test]
+    fn encoder_splits_under_every_limit_and_keeps_every_item() {
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let limits = Limits {
+                max_compressed: rng.usize(300..4_000),
+                max_uncompressed: rng.usize(400..20_000),
+                max_items: rng.usize(1..200),
+            };
+            let mut enc = Encoder::new(Endpoint::Series, limits);
+            let mut kept = Vec::new();
+            let mut refused = 0;
+            for i in 0..500 {
+                let len = rng.usize(0..600);
+                let text: String = if rng.bool() {
+                    (0..len).map(|_| rng.alphanumeric()).collect()
+                } else {
+                    "a".repeat(len)
+                };
+                let item = serde_json::json!({"metric": format!("m{i}"), "t": text});
+                let bytes = serde_json::to_vec(&item).expect("json");
+                match enc.push(&bytes) {
+                    Ok(()) => kept.push(item),
+                    Err(Oversize) => refused += 1,
+                }
+            }
+            let payloads = enc.finish();
+            let mut out = Vec::new();
+            for p in &payloads {
+                assert!(p.body.len() <= limits.max_compressed, "seed {seed}: {p:?}");
+                assert!(p.raw_len <= limits.max_uncompressed, "seed {seed}: {p:?}");
+                assert!(p.items <= limits.max_items && p.items > 0);
+                let items = items_of(p);
+                assert_eq!(items.len(), p.items);
+                out.extend(items);
+            }
+            assert_eq!(out, kept, "seed {seed}");
+            assert_eq!(kept.len() + refused, 500);
+        }
+    }
+
+    #[test]
+    fn an_item_larger_than_a_payload_is_handed_back() {
+        let limits = Limits {
+            max_compressed: 1_000,
+            max_uncompressed: 100,
+            max_items: 10,
+        };
+        let mut enc = Encoder::new(Endpoint::Checks, limits);
+        assert_eq!(enc.push(br#"{"check":"a"}"#), Ok(()));
+        assert_eq!(enc.push(&[b'1'; 200]), Err(Oversize));
+        assert_eq!(enc.push(br#"{"check":"b"}"#), Ok(()));
+        let payloads = enc.finish();
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(
+            decode(&payloads[0]),
+            serde_json::json!([{"check": "a"}, {"check": "b"}])
+        );
+    }
+
+    #[test]
+    fn split_halves_keep_every_item_and_events_do_not_split() {
+        let limits = Limits::default();
+        let mut enc = Encoder::new(Endpoint::Series, limits);
+        for i in 0..5 {
+            enc.push(format!(r#"{{"metric":"m{i}"}}"#).as_bytes())
+                .expect("fits");
+        }
+        let p = enc.finish().remove(0);
+        let (a, b) = p.split(&limits).expect("five items split");
+        let names =
+            |ps: &[Payload]| -> Vec<serde_json::Value> { ps.iter().flat_map(items_of).collect() };
+        assert_eq!(names(&a).len(), 2);
+        assert_eq!(names(&b).len(), 3);
+        let mut all = names(&a);
+        all.extend(names(&b));
+        assert_eq!(all, items_of(&p));
+
+        let mut enc = Encoder::new(Endpoint::Events, limits);
+        enc.push(br#"{"title":"a","text":"b"}"#).expect("fits");
+        enc.push(br#"{"title":"c","text":"d"}"#).expect("fits");
+        let events = enc.finish();
+        assert_eq!(events.len(), 2, "one event per request");
+        assert!(events[0].split(&limits).is_none());
+    }
+
+    #[test]
+    fn global_tags_are_appended_once() {
+        let own = vec!["a:1".to_owned(), "env:x".to_owned()];
+        let global = vec!["env:x".to_owned(), "g:1".to_owned(), "g:1".to_owned()];
+        let tags: Vec<&str> = TagList::new(&own, &global).iter().collect();
+        assert_eq!(tags, ["a:1", "env:x", "g:1"]);
+    }
+
+    #[test]
+    fn non_finite_points_are_left_out() {
+        let deco = Decoration::default();
+        let mut buf = Vec::new();
+        let s = Series {
+            metric: "m".to_owned(),
+            kind: SeriesKind::Gauge,
+            points: vec![(1, f64::NAN), (2, 1.5), (3, f64::INFINITY)],
+            tags: vec![],
+            host: None,
+            interval: None,
+            unit: None,
+        };
+        deco.series_json(&s, &mut buf).expect("one finite point");
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
+        assert_eq!(
+            v["points"],
+            serde_json::json!([{"timestamp": 2, "value": 1.5}])
+        );
+        let all_nan = Series {
+            points: vec![(1, f64::NAN)],
+            ..s
+        };
+        assert!(deco.series_json(&all_nan, &mut buf).is_none());
+    }
 }

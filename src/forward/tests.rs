@@ -1,1 +1,1041 @@
-//! HTTP tests for the forwarder (added next).
+//! HTTP tests for the forwarder: a real HTTP server on 127.0.0.1 (tiny_http,
+//! in a thread) stands in for the Datadog intake, and the [`Forwarder`] is
+//! driven directly inside a current-thread tokio runtime, as the listener
+//! drives it. Logs are captured through a `tracing` subscriber writing to a
+//! buffer. Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use flate2::read::{GzDecoder, ZlibDecoder};
+use serde_json::Value;
+
+use super::payload::{encode_flush, Decoration, Limits};
+use super::*;
+use crate::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
+
+const KEY: &str = "sekrit-key-0123456789abcdef";
+
+// ---------------------------------------------------------------- the intake
+
+/// One request as the intake saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: BTreeMap<String, String>,
+    compressed_len: usize,
+    raw_len: usize,
+    json: Value,
+    /// What the intake answered.
+    status: u16,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The items of the payload: `series` for metrics, the array for checks,
+    /// the object itself for an event.
+    fn items(&self) -> Vec<Value> {
+        match &self.json {
+            Value::Object(map) if map.contains_key("series") => {
+                map["series"].as_array().cloned().unwrap_or_default()
+            }
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        }
+    }
+}
+
+type Script = Box<dyn FnMut(&Received) -> u16 + Send>;
+
+/// A tiny HTTP server on 127.0.0.1 that records every request and answers
+/// with the status the script picks.
+struct Intake {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Script>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Intake {
+    fn start(script: impl FnMut(&Received) -> u16 + Send + 'static) -> Self {
+        Self::start_on(0, script)
+    }
+
+    fn start_on(port: u16, script: impl FnMut(&Received) -> u16 + Send + 'static) -> Self {
+        let server = tiny_http::Server::http(("127.0.0.1", port))
+            .expect("bind the test intake on 127.0.0.1");
+        let port = server.server_addr().to_ip().expect("an IP listener").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(script)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, script, stop) = (received.clone(), script.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(20)) else {
+                        continue;
+                    };
+                    let headers: BTreeMap<String, String> = req
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_owned(),
+                            )
+                        })
+                        .collect();
+                    let mut body = Vec::new();
+                    req.as_reader()
+                        .read_to_end(&mut body)
+                        .expect("read the request body");
+                    let mut raw = Vec::new();
+                    match headers.get("content-encoding").map(String::as_str) {
+                        Some("gzip") => GzDecoder::new(body.as_slice())
+                            .read_to_end(&mut raw)
+                            .map(|_| ())
+                            .expect("the body is valid gzip"),
+                        Some("deflate") => ZlibDecoder::new(body.as_slice())
+                            .read_to_end(&mut raw)
+                            .map(|_| ())
+                            .expect("the body is valid deflate"),
+                        _ => raw.clone_from(&body),
+                    }
+                    let json: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+                    let mut r = Received {
+                        path: req.url().to_owned(),
+                        headers,
+                        compressed_len: body.len(),
+                        raw_len: raw.len(),
+                        json,
+                        status: 0,
+                    };
+                    r.status = (script.lock().expect("script lock"))(&r);
+                    let answer = if r.status == 400 {
+                        // An intake that echoes the key back must not get it into our logs.
+                        format!("{{\"errors\":[\"bad payload for key {KEY}\"]}}")
+                    } else {
+                        "{\"status\":\"ok\"}".to_owned()
+                    };
+                    let status = r.status;
+                    received.lock().expect("received lock").push(r);
+                    let _ = req
+                        .respond(tiny_http::Response::from_string(answer).with_status_code(status));
+                }
+            })
+        };
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            received,
+            script,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.received.lock().expect("received lock").clone()
+    }
+
+    fn set_script(&self, script: impl FnMut(&Received) -> u16 + Send + 'static) {
+        *self.script.lock().expect("script lock") = Box::new(script);
+    }
+
+    /// Metric names (or event titles / check names) in accepted payloads, with counts.
+    fn delivered(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.requests().iter().filter(|r| r.accepted()) {
+            for item in r.items() {
+                let name = ["metric", "title", "check"]
+                    .iter()
+                    .find_map(|k| item.get(*k).and_then(Value::as_str))
+                    .unwrap_or("?")
+                    .to_owned();
+                *out.entry(name).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+// ------------------------------------------------------------ the harness
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+/// Runs `f` in a current-thread runtime (as the listener's flush thread does),
+/// with every log line at any level captured. Returns the output and the logs.
+fn run<F: std::future::Future>(f: F) -> (F::Output, String) {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(f)
+    });
+    (out, logs.text())
+}
+
+fn config(url: &str, extra: &[(&str, &str)]) -> Config {
+    let mut env: BTreeMap<String, String> = [
+        ("DD_API_KEY", KEY),
+        ("DD_DD_URL", url),
+        ("DD_TAGS", "team:core env:test"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::from_lookup(&env).expect("a valid test config")
+}
+
+fn series(metric: &str, kind: SeriesKind, value: f64, tags: &[&str]) -> Series {
+    Series {
+        metric: metric.to_owned(),
+        kind,
+        points: vec![(1_700_000_000, value)],
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        host: None,
+        interval: (kind != SeriesKind::Gauge).then_some(10),
+        unit: None,
+    }
+}
+
+fn flush_of(series: Vec<Series>) -> Flush {
+    Flush {
+        series,
+        ..Flush::default()
+    }
+}
+
+fn deadline_in(d: Duration) -> Instant {
+    Instant::now() + d
+}
+
+// ---------------------------------------------------------- schema checks
+
+/// Checks one item against the v2 `MetricSeries` schema of Datadog's public
+/// OpenAPI spec: known keys only, required `metric` and `points`, and types.
+fn assert_metric_series(s: &Value) {
+    let obj = s.as_object().expect("a series is an object");
+    for key in obj.keys() {
+        assert!(
+            [
+                "metric",
+                "type",
+                "points",
+                "tags",
+                "resources",
+                "interval",
+                "unit",
+                "metadata",
+                "source_type_name"
+            ]
+            .contains(&key.as_str()),
+            "unknown MetricSeries field {key}"
+        );
+    }
+    assert!(obj["metric"].is_string(), "metric: string");
+    let ty = obj["type"].as_u64().expect("type: integer");
+    assert!((0..=3).contains(&ty), "type in 0..=3");
+    let points = obj["points"].as_array().expect("points: array");
+    assert!(!points.is_empty());
+    for p in points {
+        let p = p.as_object().expect("a MetricPoint is an object");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p["timestamp"].is_i64(), "timestamp: int64");
+        assert!(p["value"].is_f64() || p["value"].is_i64(), "value: double");
+    }
+    for t in obj["tags"].as_array().expect("tags: array") {
+        assert!(t.is_string());
+    }
+    if let Some(res) = obj.get("resources") {
+        for r in res.as_array().expect("resources: array") {
+            assert!(r["name"].is_string() && r["type"].is_string(), "{r}");
+        }
+    }
+    if let Some(i) = obj.get("interval") {
+        assert!(i.is_i64(), "interval: int64");
+        assert!(ty == 1 || ty == 2, "interval only for count and rate");
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
+    let intake = Intake::start(|_| 202);
+    let cfg = config(&intake.url, &[("DD_HOSTNAME", "dyno-host")]);
+    let stats = Arc::new(Stats::default());
+    let mut rate = series(
+        "page.views",
+        SeriesKind::Rate,
+        0.3,
+        &["env:test", "route:/a"],
+    );
+    rate.host = Some("tagged-host".to_owned());
+    let mut timer = series("req.time.avg", SeriesKind::Gauge, 12.5, &[]);
+    timer.unit = Some("millisecond");
+    let flush = Flush {
+        series: vec![
+            rate,
+            timer,
+            series("jobs", SeriesKind::Count, 4.0, &["q:x"]),
+        ],
+        distributions: vec![DistributionSeries {
+            metric: "latency".to_owned(),
+            points: vec![(1_700_000_000, vec![1.0, 2.5, 3.0])],
+            tags: vec!["route:/a".to_owned()],
+            host: None,
+        }],
+        events: vec![Event {
+            title: "Deploy".to_owned(),
+            text: "v2\nshipped".to_owned(),
+            timestamp: Some(1_700_000_001),
+            host: None,
+            aggregation_key: Some("deploys".to_owned()),
+            priority: Priority::Low,
+            source_type: Some("heroku".to_owned()),
+            alert_type: AlertType::Success,
+            tags: vec!["team:core".to_owned()],
+        }],
+        service_checks: vec![ServiceCheck {
+            name: "db.up".to_owned(),
+            status: CheckStatus::Critical,
+            timestamp: Some(1_700_000_002),
+            host: Some("db-1".to_owned()),
+            tags: vec![],
+            message: Some("timeout".to_owned()),
+        }],
+    };
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush).await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0, "{logs}");
+    let reqs = intake.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v2/series",
+            "/api/v1/distribution_points",
+            "/api/v1/events",
+            "/api/v1/check_run"
+        ]
+    );
+    for r in &reqs {
+        assert_eq!(r.header("DD-API-KEY"), Some(KEY));
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+        assert!(r.compressed_len > 0 && r.raw_len > 0);
+    }
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), 4);
+    let bytes: usize = reqs.iter().map(|r| r.compressed_len).sum();
+    assert_eq!(stats.bytes.load(Ordering::Relaxed), bytes as u64);
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+
+    // Series.
+    let s = reqs[0].items();
+    assert_eq!(s.len(), 3);
+    for item in &s {
+        assert_metric_series(item);
+    }
+    assert_eq!(
+        s[0],
+        serde_json::json!({
+            "metric": "page.views", "type": 2,
+            "points": [{"timestamp": 1_700_000_000, "value": 0.3}],
+            "tags": ["env:test", "route:/a", "team:core"],
+            "resources": [{"name": "tagged-host", "type": "host"}],
+            "interval": 10
+        }),
+        "global tags appended once, the series' own host wins"
+    );
+    assert_eq!(
+        s[1],
+        serde_json::json!({
+            "metric": "req.time.avg", "type": 3,
+            "points": [{"timestamp": 1_700_000_000, "value": 12.5}],
+            "tags": ["env:test", "team:core"],
+            "resources": [{"name": "dyno-host", "type": "host"}],
+            "unit": "millisecond"
+        }),
+        "gauges carry no interval; the configured host is the default"
+    );
+    assert_eq!(s[2]["type"], 1);
+    assert_eq!(s[2]["interval"], 10);
+
+    // Distribution points.
+    assert_eq!(
+        reqs[1].json,
+        serde_json::json!({"series": [{
+            "metric": "latency",
+            "points": [[1_700_000_000, [1.0, 2.5, 3.0]]],
+            "tags": ["route:/a", "env:test", "team:core"],
+            "host": "dyno-host",
+            "type": "distribution"
+        }]})
+    );
+    // One event per request.
+    assert_eq!(
+        reqs[2].json,
+        serde_json::json!({
+            "title": "Deploy", "text": "v2\nshipped", "date_happened": 1_700_000_001,
+            "host": "dyno-host", "aggregation_key": "deploys", "priority": "low",
+            "source_type_name": "heroku", "alert_type": "success",
+            "tags": ["team:core", "env:test"]
+        })
+    );
+    // Service checks: an array.
+    assert_eq!(
+        reqs[3].json,
+        serde_json::json!([{
+            "check": "db.up", "host_name": "db-1", "status": 2,
+            "timestamp": 1_700_000_002, "message": "timeout",
+            "tags": ["env:test", "team:core"]
+        }])
+    );
+    assert!(!logs.contains(KEY));
+}
+
+#[test]
+fn without_a_host_there_are_no_resources_and_check_host_name_is_empty() {
+    let intake = Intake::start(|_| 200);
+    let cfg = config(&intake.url, &[]);
+    let flush = Flush {
+        series: vec![series("a", SeriesKind::Gauge, 1.0, &[])],
+        service_checks: vec![ServiceCheck {
+            name: "c".to_owned(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec![],
+            message: None,
+        }],
+        ..Flush::default()
+    };
+    let _ = run(async move {
+        let mut f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
+        f.submit(flush).await;
+    });
+    let reqs = intake.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[0].items()[0].get("resources").is_none());
+    assert_eq!(
+        reqs[1].json,
+        serde_json::json!([{"check": "c", "host_name": "", "status": 0, "tags": ["env:test", "team:core"]}])
+    );
+}
+
+#[test]
+fn many_series_are_split_into_payloads_under_the_intake_limits() {
+    let intake = Intake::start(|_| 202);
+    let cfg = config(&intake.url, &[]);
+    // Random tags compress poorly, so both size limits matter, not just the count.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let n = 30_000;
+    let all: Vec<Series> = (0..n)
+        .map(|i| {
+            let noise: String = (0..48).map(|_| rng.alphanumeric()).collect();
+            series(
+                &format!("load.metric.{i}"),
+                SeriesKind::Gauge,
+                f64::from(i),
+                &[&format!("noise:{noise}"), "env:test"],
+            )
+        })
+        .collect();
+    let stats = Arc::new(Stats::default());
+    let _ = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush_of(all)).await;
+        }
+    });
+    let reqs = intake.requests();
+    assert!(reqs.len() >= 3, "30k series fit in {} payloads", reqs.len());
+    for r in &reqs {
+        assert!(
+            r.compressed_len <= 512_000,
+            "{} compressed",
+            r.compressed_len
+        );
+        assert!(r.raw_len <= 5_242_880, "{} raw", r.raw_len);
+        assert!(r.items().len() <= payload::MAX_ITEMS);
+    }
+    let delivered = intake.delivered();
+    assert_eq!(delivered.len(), n as usize);
+    assert!(
+        delivered.values().all(|&c| c == 1),
+        "each series exactly once"
+    );
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), reqs.len() as u64);
+}
+
+#[test]
+fn a_small_compressed_limit_closes_payloads_early_and_loses_nothing() {
+    let intake = Intake::start(|_| 202);
+    let cfg = config(&intake.url, &[]);
+    let limits = Limits {
+        max_compressed: 3_000,
+        max_uncompressed: 1_000_000,
+        max_items: 100_000,
+    };
+    let mut rng = fastrand::Rng::with_seed(3);
+    let all: Vec<Series> = (0..400)
+        .map(|i| {
+            let noise: String = (0..40).map(|_| rng.alphanumeric()).collect();
+            series(
+                &format!("m{i}"),
+                SeriesKind::Gauge,
+                1.0,
+                &[&format!("n:{noise}")],
+            )
+        })
+        .collect();
+    let _ = run(async move {
+        let mut f =
+            Forwarder::with_limits(&cfg, Arc::new(Stats::default()), limits).expect("forwarder");
+        f.submit(flush_of(all)).await;
+    });
+    let reqs = intake.requests();
+    assert!(reqs.len() > 5, "{} payloads", reqs.len());
+    assert!(reqs.iter().all(|r| r.compressed_len <= 3_000));
+    assert_eq!(intake.delivered().len(), 400);
+}
+
+#[test]
+fn five_hundred_three_times_then_accepted_delivers_every_series_exactly_once() {
+    let mut calls = 0;
+    let intake = Intake::start(move |_| {
+        calls += 1;
+        if calls <= 3 {
+            500
+        } else {
+            202
+        }
+    });
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let names: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let flush = flush_of(
+        names
+            .iter()
+            .map(|n| series(n, SeriesKind::Rate, 1.0, &[]))
+            .collect(),
+    );
+    let (queued_after_submit, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush).await;
+            let queued = f.queued();
+            // The listener calls this every second; the backoff decides.
+            let end = Instant::now() + Duration::from_secs(20);
+            while f.queued() > 0 && Instant::now() < end {
+                f.retry_due().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(f.queued(), 0, "delivered before the bound");
+            // Nothing more is sent once accepted.
+            f.retry_due().await;
+            f.drain(deadline_in(Duration::from_millis(500))).await;
+            queued
+        }
+    });
+    assert_eq!(queued_after_submit, 1);
+    let reqs = intake.requests();
+    assert_eq!(reqs.len(), 4, "three 500s, then one accepted");
+    let delivered = intake.delivered();
+    assert_eq!(delivered.len(), 50);
+    assert!(delivered.values().all(|&c| c == 1));
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.retries.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        logs.matches("intake unavailable").count(),
+        1,
+        "bounded: {logs}"
+    );
+    assert!(logs.contains("HTTP 500"), "{logs}");
+}
+
+#[test]
+fn drain_retries_quickly_until_accepted() {
+    let mut calls = 0;
+    let intake = Intake::start(move |_| {
+        calls += 1;
+        match calls {
+            1 => 503,
+            2 => 429,
+            3 => 408,
+            _ => 200,
+        }
+    });
+    let cfg = config(&intake.url, &[]);
+    let (queued, _) = run(async move {
+        let mut f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
+        f.submit(flush_of(vec![series("x", SeriesKind::Gauge, 1.0, &[])]))
+            .await;
+        f.drain(deadline_in(Duration::from_secs(5))).await;
+        f.queued()
+    });
+    assert_eq!(queued, 0);
+    assert_eq!(intake.requests().len(), 4);
+    assert_eq!(intake.delivered().get("x"), Some(&1));
+}
+
+#[test]
+fn forbidden_is_explained_once_without_the_key_and_not_retried() {
+    let intake = Intake::start(|_| 403);
+    let cfg = config(&intake.url, &[("DD_SITE", "datadoghq.eu")]);
+    let stats = Arc::new(Stats::default());
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            for i in 0..3 {
+                f.submit(flush_of(vec![series(
+                    &format!("m{i}"),
+                    SeriesKind::Gauge,
+                    1.0,
+                    &[],
+                )]))
+                .await;
+            }
+            f.retry_due().await;
+            f.drain(deadline_in(Duration::from_millis(300))).await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0, "403s are dropped, not queued");
+    assert_eq!(intake.requests().len(), 3, "each payload tried once");
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), 0);
+    assert_eq!(logs.matches("rejected the API key").count(), 1, "{logs}");
+    assert!(logs.contains("heroku config:set DD_API_KEY="), "{logs}");
+    assert!(logs.contains("datadoghq.eu"), "{logs}");
+    assert!(logs.contains(&intake.url), "names the intake: {logs}");
+    assert!(!logs.contains(KEY), "the key leaked: {logs}");
+}
+
+#[test]
+fn bad_request_is_dropped_and_an_echoed_key_is_scrubbed_from_the_log() {
+    let intake = Intake::start(|_| 400);
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush_of(vec![series("m", SeriesKind::Gauge, 1.0, &[])]))
+                .await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0);
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+    assert!(logs.contains("status=400"), "{logs}");
+    assert!(logs.contains("<redacted>"), "{logs}");
+    assert!(!logs.contains(KEY), "the key leaked: {logs}");
+}
+
+#[test]
+fn too_large_splits_in_halves_until_accepted() {
+    // The intake takes at most 3 series per request.
+    let intake = Intake::start(|r| if r.items().len() > 3 { 413 } else { 202 });
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let flush = Flush {
+        series: names
+            .iter()
+            .map(|n| series(n, SeriesKind::Gauge, 1.0, &[]))
+            .collect(),
+        service_checks: (0..9)
+            .map(|i| ServiceCheck {
+                name: format!("c{i}"),
+                status: CheckStatus::Ok,
+                timestamp: None,
+                host: None,
+                tags: vec![],
+                message: None,
+            })
+            .collect(),
+        ..Flush::default()
+    };
+    let (queued, _) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush).await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0);
+    let reqs = intake.requests();
+    assert!(reqs.iter().any(|r| r.status == 413));
+    for r in reqs.iter().filter(|r| r.accepted()) {
+        assert!(r.items().len() <= 3);
+        if r.path == "/api/v2/series" {
+            r.items().iter().for_each(assert_metric_series);
+        }
+    }
+    let delivered = intake.delivered();
+    assert_eq!(delivered.len(), 29);
+    assert!(delivered.values().all(|&c| c == 1), "{delivered:?}");
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn too_large_single_event_is_dropped_and_logged() {
+    let intake = Intake::start(|_| 413);
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let flush = Flush {
+        events: vec![Event {
+            title: "big".to_owned(),
+            text: "x".repeat(1000),
+            timestamp: None,
+            host: None,
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Info,
+            tags: vec![],
+        }],
+        ..Flush::default()
+    };
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush).await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0);
+    assert_eq!(intake.requests().len(), 1);
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+    assert!(logs.contains("413 for a single item"), "{logs}");
+}
+
+#[test]
+fn retry_queue_overflow_drops_the_oldest_and_counts_them() {
+    let intake = Intake::start(|_| 500);
+    let flushes: Vec<Flush> = (0..5)
+        .map(|i| {
+            flush_of(vec![series(
+                &format!("m{i}"),
+                SeriesKind::Gauge,
+                1.0,
+                &["a:b"],
+            )])
+        })
+        .collect();
+    // Room for two payloads, not three.
+    let deco = Decoration {
+        global_tags: config(&intake.url, &[]).global_tags,
+        hostname: None,
+    };
+    let sizes: Vec<usize> = flushes
+        .iter()
+        .map(|f| {
+            encode_flush(f, &deco, Limits::default()).payloads[0]
+                .body
+                .len()
+        })
+        .collect();
+    let biggest = *sizes.iter().max().expect("sizes");
+    let limit = 2 * biggest + biggest / 2;
+    let cfg = config(
+        &intake.url,
+        &[("DYNOSTAT_RETRY_QUEUE_BYTES", &limit.to_string())],
+    );
+    let stats = Arc::new(Stats::default());
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        let intake = &intake;
+        async move {
+            let mut f = Forwarder::new(&cfg, stats.clone()).expect("forwarder");
+            for fl in flushes {
+                f.submit(fl).await;
+            }
+            let queued = f.queued();
+            assert!(stats.queue_bytes.load(Ordering::Relaxed) as usize <= limit);
+            intake.set_script(|_| 202);
+            f.drain(deadline_in(Duration::from_secs(5))).await;
+            queued
+        }
+    });
+    assert_eq!(queued, 2);
+    assert_eq!(stats.queue_dropped.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.queue_bytes.load(Ordering::Relaxed), 0);
+    let delivered = intake.delivered();
+    assert_eq!(
+        delivered.keys().collect::<Vec<_>>(),
+        ["m3", "m4"],
+        "the newest survive"
+    );
+    assert!(delivered.values().all(|&c| c == 1));
+    assert_eq!(logs.matches("retry queue full").count(), 1, "{logs}");
+}
+
+#[test]
+fn intake_down_at_first_everything_is_delivered_once_it_is_up() {
+    let port = free_port();
+    let cfg = config(&format!("http://127.0.0.1:{port}"), &[]);
+    let stats = Arc::new(Stats::default());
+    let (intake, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            for i in 0..3 {
+                f.submit(flush_of(vec![series(
+                    &format!("m{i}"),
+                    SeriesKind::Count,
+                    1.0,
+                    &[],
+                )]))
+                .await;
+            }
+            assert_eq!(f.queued(), 3, "refused: all queued");
+            // The intake comes up while we drain.
+            let starter = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                Intake::start_on(port, |_| 202)
+            });
+            f.drain(deadline_in(Duration::from_secs(8))).await;
+            assert_eq!(f.queued(), 0);
+            starter.join().expect("intake thread")
+        }
+    });
+    let delivered = intake.delivered();
+    assert_eq!(delivered.keys().collect::<Vec<_>>(), ["m0", "m1", "m2"]);
+    assert!(delivered.values().all(|&c| c == 1));
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), 3);
+    assert!(logs.contains("intake unavailable"), "{logs}");
+    assert!(!logs.contains(KEY));
+}
+
+#[test]
+fn drain_gives_up_at_the_deadline_and_says_so() {
+    let intake = Intake::start(|_| 502);
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let deadline = deadline_in(Duration::from_millis(800));
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush_of(vec![series("m", SeriesKind::Gauge, 1.0, &[])]))
+                .await;
+            f.drain(deadline).await;
+            f.queued()
+        }
+    });
+    assert_eq!(queued, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain returns near its deadline"
+    );
+    assert!(
+        intake.requests().len() >= 2,
+        "retried during the drain: {}",
+        intake.requests().len()
+    );
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+    assert!(logs.contains("shutdown deadline reached"), "{logs}");
+}
+
+#[test]
+fn a_backing_off_intake_costs_one_request_per_flush_not_one_per_payload() {
+    let intake = Intake::start(|_| 500);
+    let cfg = config(&intake.url, &[]);
+    let _ = run(async move {
+        let mut f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
+        let flush = Flush {
+            series: vec![series("a", SeriesKind::Gauge, 1.0, &[])],
+            distributions: vec![DistributionSeries {
+                metric: "d".to_owned(),
+                points: vec![(1, vec![1.0])],
+                tags: vec![],
+                host: None,
+            }],
+            ..Flush::default()
+        };
+        f.submit(flush.clone()).await;
+        f.submit(flush).await;
+        assert_eq!(f.queued(), 4);
+    });
+    assert_eq!(intake.requests().len(), 1);
+}
+
+#[test]
+fn no_key_off_a_dyno_logs_one_line_and_sends_nothing() {
+    let env: BTreeMap<String, String> = [("DYNO", "web.1")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let cfg = Config::from_lookup(&env).expect("valid");
+    assert!(!cfg.console && cfg.api_key.is_none());
+    let stats = Arc::new(Stats::default());
+    let ((), logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush_of(vec![series("m", SeriesKind::Gauge, 1.0, &[])]))
+                .await;
+            f.retry_due().await;
+            f.drain(deadline_in(Duration::from_millis(100))).await;
+        }
+    });
+    assert_eq!(logs.lines().count(), 1, "{logs}");
+    assert!(logs.contains("DD_API_KEY is not set"), "{logs}");
+    assert!(logs.contains("heroku config:set DD_API_KEY="), "{logs}");
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn console_table_is_stable() {
+    let deco = Decoration {
+        global_tags: vec!["env:dev".to_owned()],
+        hostname: None,
+    };
+    let mut host_series = series("zeta.gauge", SeriesKind::Gauge, 2.0, &["a:1"]);
+    host_series.host = Some("h1".to_owned());
+    let flush = Flush {
+        series: vec![
+            host_series,
+            series("page.views", SeriesKind::Rate, 0.3, &["route:/", "env:dev"]),
+            series("jobs.done", SeriesKind::Count, 7.0, &[]),
+        ],
+        distributions: vec![DistributionSeries {
+            metric: "latency".to_owned(),
+            points: vec![(1, (1..=10).map(f64::from).collect())],
+            tags: vec![],
+            host: None,
+        }],
+        events: vec![Event {
+            title: "Deploy".to_owned(),
+            text: "line1\nline2".to_owned(),
+            timestamp: None,
+            host: None,
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Warning,
+            tags: vec![],
+        }],
+        service_checks: vec![ServiceCheck {
+            name: "db.up".to_owned(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec!["db:main".to_owned()],
+            message: Some("fine".to_owned()),
+        }],
+    };
+    let expected = "\
+dynostat flush: 3 series, 1 distribution, 1 event, 1 service check
+METRIC      TYPE           TAGS                 VALUE
+jobs.done   count          env:dev              7
+latency     distribution   env:dev              1 2 3 4 5 6 7 8 … (10 values)
+page.views  rate           route:/,env:dev      0.3
+zeta.gauge  gauge          a:1,env:dev,host:h1  2
+Deploy      event          env:dev              warning: line1\\nline2
+db.up       service_check  db:main,env:dev      OK: fine
+";
+    assert_eq!(console::render(&flush, &deco), expected);
+    assert_eq!(
+        console::render(&Flush::default(), &deco),
+        "dynostat flush: nothing received\n"
+    );
+}
+
+#[test]
+fn console_mode_sends_nothing_without_a_key() {
+    let env: BTreeMap<String, String> = BTreeMap::new();
+    let cfg = Config::from_lookup(&env).expect("valid");
+    assert!(cfg.console);
+    let ((), logs) = run(async move {
+        let mut f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
+        f.submit(flush_of(vec![series("m", SeriesKind::Gauge, 1.0, &[])]))
+            .await;
+        f.drain(deadline_in(Duration::from_millis(100))).await;
+    });
+    assert!(logs.is_empty(), "{logs}");
+}
+
+#[test]
+fn the_forwarder_debug_output_hides_the_key() {
+    let cfg = config("http://127.0.0.1:9", &[]);
+    let f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
+    let dump = format!("{f:?}");
+    assert!(!dump.contains(KEY), "{dump}");
+}
