@@ -1039,3 +1039,42 @@ fn the_forwarder_debug_output_hides_the_key() {
     let dump = format!("{f:?}");
     assert!(!dump.contains(KEY), "{dump}");
 }
+
+#[test]
+fn a_hanging_intake_is_cut_off_at_the_drain_deadline() {
+    let mut calls = 0;
+    let intake = Intake::start(move |_| {
+        calls += 1;
+        if calls > 1 {
+            // Answers far too late: the request must time out, not wait.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        if calls == 1 {
+            503
+        } else {
+            200
+        }
+    });
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let (queued, logs) = run({
+        let stats = stats.clone();
+        async move {
+            let mut f = Forwarder::new(&cfg, stats).expect("forwarder");
+            f.submit(flush_of(vec![series("m", SeriesKind::Gauge, 1.0, &[])]))
+                .await;
+            f.drain(deadline_in(Duration::from_millis(700))).await;
+            f.queued()
+        }
+    });
+    let took = started.elapsed();
+    assert_eq!(queued, 0);
+    assert!(
+        took < Duration::from_millis(2_500),
+        "drain waited for the slow intake: {took:?}"
+    );
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.payloads.load(Ordering::Relaxed), 0);
+    assert!(logs.contains("shutdown deadline reached"), "{logs}");
+}
