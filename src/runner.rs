@@ -119,6 +119,9 @@ const MAX_LINE: usize = 16 * 1024;
 /// deadline (grace + timeout, 6 s by default) is shorter.
 const STATSD_STOP: Duration = Duration::from_secs(25);
 
+/// How long the app waits for the listener to bind before starting anyway.
+const LISTENER_READY: Duration = Duration::from_secs(3);
+
 /// Main-loop tick: how quickly exits and signals are noticed.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -440,6 +443,25 @@ fn statsd_port_check(effective: &BTreeMap<String, String>) -> Result<Option<Stri
     }
 }
 
+/// Waits, at most [`LISTENER_READY`], until the listener has bound its UDP
+/// port, so that the app's first metrics are not sent into the void.
+fn wait_listening(job: &mut Job, effective: &BTreeMap<String, String>) {
+    let Ok(config) = Config::from_lookup(effective) else {
+        return;
+    };
+    if config.port == 0 {
+        return;
+    }
+    let addr = SocketAddr::new(config.bind_host, config.port);
+    let deadline = Instant::now() + LISTENER_READY;
+    while Instant::now() < deadline && job.try_wait().is_none() {
+        if UdpSocket::bind(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A command that runs `dynostat serve`.
 fn serve_command() -> std::io::Result<Command> {
     let exe = std::env::current_exe()?;
@@ -561,9 +583,10 @@ pub fn start(args: &StartArgs) -> i32 {
                     spawn_piped(cmd, "statsd", None, &out, &tx)
                 });
                 match spawned {
-                    Ok(job) => {
+                    Ok(mut job) => {
                         readers += 1;
                         out.system(&format!("statsd started with pid {}", job.pid()));
+                        wait_listening(&mut job, &effective);
                         procs.push(Proc {
                             name: "statsd".into(),
                             job,
@@ -866,7 +889,10 @@ pub fn run(args: &RunArgs) -> i32 {
                 cmd.envs(&from_files);
                 Job::start(&mut cmd)
             }) {
-                Ok(job) => statsd = Some(job),
+                Ok(mut job) => {
+                    wait_listening(&mut job, &effective);
+                    statsd = Some(job);
+                }
                 Err(e) => eprintln!(
                     "dynostat run: the listener could not start ({e}); running without it"
                 ),

@@ -504,3 +504,35 @@ fn a_taken_statsd_port_is_reported_and_the_app_still_runs() {
     );
     assert!(out.contains("web.1  | app ran"), "{out}");
 }
+
+#[test]
+fn run_starts_the_listener_first_and_stops_it_with_a_final_flush() {
+    let port = harness::free_udp_port();
+    let dir = app("web: true\n", None);
+    let mut p = Proc::spawn(
+        dynostat(
+            dir.path(),
+            &[
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "while [ ! -f done ]; do sleep 0.05; done; echo command done",
+            ],
+        )
+        .env("DD_DOGSTATSD_PORT", port.to_string())
+        .env("DYNOSTAT_FLUSH_INTERVAL", "300")
+        .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
+    );
+    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stderr());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"run.final.metric:2|c", ("127.0.0.1", port))
+        .unwrap();
+    std::fs::write(dir.path().join("done"), "").unwrap();
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    assert!(out.contains("command done"), "{out}");
+    // Only the shutdown flush (interval 300 s) can have printed it.
+    assert!(out.contains("run.final.metric"), "{out}\n{}", p.stderr());
+    assert!(!harness::udp_bound(port), "the listener outlived `run`");
+}
