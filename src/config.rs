@@ -597,6 +597,10 @@ pub struct AgentConfig {
     pub bind_host: IpAddr,
     /// `DD_LOG_LEVEL`, for the agent's own logging.
     pub log_level: LogLevel,
+    /// `DYNOSTAT_WATCH_PID`: a process whose exit means the app is gone (set
+    /// by the CNB exec.d program, whose own exit reparents the agent at once).
+    /// Defaults to none: the agent watches its parent instead.
+    pub watch_pid: Option<i32>,
 }
 
 impl AgentConfig {
@@ -646,6 +650,21 @@ impl AgentConfig {
             port: full.port,
             bind_host: full.bind_host,
             log_level: full.log_level,
+            watch_pid: match r
+                .string("DYNOSTAT_WATCH_PID")?
+                .filter(|s| !s.trim().is_empty())
+            {
+                Some(v) => Some(v.trim().parse::<i32>().ok().filter(|p| *p > 1).ok_or_else(
+                    || {
+                        ConfigError::new(
+                            "DYNOSTAT_WATCH_PID",
+                            &v,
+                            "not a process id; unset it to watch the parent",
+                        )
+                    },
+                )?),
+                None => None,
+            },
         })
     }
 

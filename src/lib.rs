@@ -26,6 +26,7 @@ pub mod stats;
 
 pub mod agent;
 pub mod dotenv;
+pub mod execd;
 pub mod procfile;
 pub mod runner;
 pub mod supervise;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Command::Start(args) => exit(dynostat::runner::start(&args)),
         Command::Run(args) => exit(dynostat::runner::run(&args)),
         Command::Check(args) => exit(dynostat::runner::check(&args)),
-        Command::ExecD => exit(dynostat::agent::exec_d()),
+        Command::ExecD => exit(dynostat::execd::main()),
         Command::Version => {
             println!(
                 "dynostat {} ({} {})",

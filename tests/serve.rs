@@ -472,7 +472,7 @@ fn events_service_checks_and_timestamped_metrics() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    s.send(b"_e{6,13}:Deploy|line1\\nline2|t:warning|#v:2");
+    s.send(b"_e{6,12}:Deploy|line1\\nline2|t:warning|#v:2");
     s.send(b"_sc|db.up|2|#shard:1|m:replica lag");
     s.send(format!("old.gauge:7|g|T{}\nold.gauge:8|g|T{}", now - 60, now - 120).as_bytes());
     s.signal(libc::SIGTERM);
