@@ -1,4 +1,5 @@
-//! agent: `dynostat agent`, the dyno sidecar the boot script starts with `&`.
+//! agent: `dynostat agent`, the dyno sidecar the boot script starts with `&`
+//! (and the CNB exec.d program starts detached, see `execd`).
 //!
 //! In: [`AgentConfig`] (from `config`, the only reader of the environment).
 //! Out: a supervised `dynostat serve` child for as long as the app lives,
@@ -18,7 +19,8 @@
 //! or signal. The official Datadog buildpack starts its agent once and
 //! never restarts it. On SIGTERM, SIGINT or SIGHUP, or when the process that
 //! started us goes away (polled with `getppid()`, because PR_SET_PDEATHSIG
-//! follows the spawning *thread*), the signal is passed to the listener,
+//! follows the spawning *thread*; or the pid in `DYNOSTAT_WATCH_PID`, which
+//! the CNB exec.d program sets), the signal is passed to the listener,
 //! which gets [`SHUTDOWN_WAIT`] to make its final flush, inside Heroku's
 //! 30 s window.
 //!
@@ -160,9 +162,7 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
         }
     }
 
-    let parent = nix::unistd::getppid();
-    // Started already detached (parent is init): nothing to watch.
-    let watch_parent = parent.as_raw() > 1;
+    let watch = Watch::new(config.watch_pid);
     let mut last_parent_check = Instant::now();
     let mut backoff = Backoff::default();
     let mut child: Option<Job> = None;
@@ -174,9 +174,9 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break Signal::SIGTERM,
         }
-        if watch_parent && last_parent_check.elapsed() >= PARENT_POLL {
+        if last_parent_check.elapsed() >= PARENT_POLL {
             last_parent_check = Instant::now();
-            if nix::unistd::getppid() != parent {
+            if watch.app_gone() {
                 tracing::info!("the app exited; stopping the listener");
                 break Signal::SIGTERM;
             }
@@ -238,6 +238,50 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
     0
 }
 
+/// What tells us the app is gone.
+enum Watch {
+    /// Our parent changed from this pid (the boot shell exec'ed the app).
+    Parent(nix::unistd::Pid),
+    /// This pid exited (`DYNOSTAT_WATCH_PID`, set by the CNB exec.d program,
+    /// whose own exit re-parents us at once).
+    Pid(nix::unistd::Pid),
+    /// Started already detached under init, without a pid to watch.
+    Nothing,
+}
+
+impl Watch {
+    fn new(watch_pid: Option<i32>) -> Self {
+        if let Some(pid) = watch_pid.filter(|&p| p > 1) {
+            return Self::Pid(nix::unistd::Pid::from_raw(pid));
+        }
+        let parent = nix::unistd::getppid();
+        if parent.as_raw() > 1 {
+            Self::Parent(parent)
+        } else {
+            Self::Nothing
+        }
+    }
+
+    fn app_gone(&self) -> bool {
+        match *self {
+            Self::Parent(parent) => nix::unistd::getppid() != parent,
+            Self::Pid(pid) => {
+                nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+                    || is_zombie(pid.as_raw())
+            }
+            Self::Nothing => false,
+        }
+    }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
 /// Spawns `dynostat serve` with our stdout and stderr, stdin from /dev/null.
 fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
     let exe = std::env::current_exe()?;
@@ -247,10 +291,4 @@ fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
         cmd.env("DD_LOG_LEVEL", "warn");
     }
     Job::start(&mut cmd)
-}
-
-/// Runs the CNB exec.d program; returns the exit code.
-pub fn exec_d() -> i32 {
-    eprintln!("dynostat exec-d: not yet implemented");
-    1
 }

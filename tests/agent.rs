@@ -197,3 +197,20 @@ fn agent_exits_when_its_parent_exits() {
     );
     assert!(!udp_bound(port));
 }
+
+#[test]
+fn agent_exits_when_the_watched_pid_exits() {
+    // DYNOSTAT_WATCH_PID: how the detached agent started by the CNB exec.d
+    // program follows the app.
+    let port = harness::free_udp_port();
+    let intake = Intake::start();
+    let mut app = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut p = Proc::spawn(agent(port, &intake).env("DYNOSTAT_WATCH_PID", app.id().to_string()));
+    assert!(wait(T, || udp_bound(port)), "{}", p.stderr());
+    app.kill().unwrap();
+    // Leave it a zombie for a while: the agent must still see it as gone.
+    assert_eq!(p.code(T), 0);
+    app.wait().unwrap();
+    assert!(!udp_bound(port), "the listener outlived the agent");
+    assert!(p.stderr().contains("the app exited"), "{}", p.stderr());
+}
