@@ -495,11 +495,16 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
         }
     };
 
-    // A second signal exits at once, with the conventional 128 + signal code.
+    // A second Ctrl-C (SIGINT) exits at once, with the conventional 128 + 2.
+    // Repeated SIGTERMs do not: Heroku sends SIGTERM to every process in the
+    // dyno, possibly more than once, and the agent passes its own on too, so
+    // a second SIGTERM is normal and must not cost the final flush.
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => std::process::exit(128 + libc::SIGTERM),
-            _ = sigint.recv() => std::process::exit(128 + libc::SIGINT),
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::debug!("SIGTERM again; still flushing"),
+                _ = sigint.recv() => std::process::exit(128 + libc::SIGINT),
+            }
         }
     });
 

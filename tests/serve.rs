@@ -520,3 +520,21 @@ fn events_service_checks_and_timestamped_metrics() {
         "timestamped points go out as received: {old:#?}"
     );
 }
+
+/// Heroku sends SIGTERM to every process, possibly more than once, and the
+/// agent passes its own on as well: a second SIGTERM must not cost the flush.
+#[test]
+fn repeated_sigterm_still_flushes() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNOSTAT_FLUSH_INTERVAL", "10")
+        .start();
+    s.send(b"twice:5|c");
+    s.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(libc::SIGTERM);
+    let st = s.wait_exit(T).expect("exits");
+    assert!(st.success(), "{st:?}\n{}", s.stderr());
+    assert!(approx(intake.total("twice", &[]), 5.0));
+}
