@@ -15,6 +15,7 @@
 # BENCH_CPU_LINES (2000000), BENCH_FAST_RATE (1000000), BENCH_FAST_LINES
 # (10000000), BENCH_CTX (100000), BENCH_STARTUP_RUNS (20), BENCH_PEERS
 # ("statsdproxy etsy"), BENCH_PORT_BASE (18200), BENCH_FLUSH_INTERVAL (10),
+# BENCH_DYNOSTAT_OUTPUT (intake or console),
 # DYNOSTAT_BIN (skip the cargo build and use this binary), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -30,6 +31,9 @@ STARTUP_RUNS=${BENCH_STARTUP_RUNS:-20}
 PEERS=${BENCH_PEERS:-statsdproxy etsy}
 PORT_BASE=${BENCH_PORT_BASE:-18200}
 FLUSH=${BENCH_FLUSH_INTERVAL:-10}
+# intake: dynostat forwards (gzip JSON over HTTP) to scripts/bench/intake.py on
+# 127.0.0.1, the production path; console: no API key, tables on stdout.
+DYNOSTAT_OUTPUT=${BENCH_DYNOSTAT_OUTPUT:-intake}
 STATSDPROXY_VERSION=0.4.1
 ETSY_VERSION=0.9.0
 
@@ -149,7 +153,12 @@ server_cmd() {
 	local port=${2}
 	case ${1} in
 	dynostat)
-		printf '%s\n' env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${port}" \
+		local intake=()
+		if [[ ${DYNOSTAT_OUTPUT} == intake ]]; then
+			# Not a real key: the intake is scripts/bench/intake.py on 127.0.0.1.
+			intake=(DD_API_KEY=bench-not-a-real-key "DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}")
+		fi
+		printf '%s\n' env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${port}" "${intake[@]}" \
 			"DYNOSTAT_FLUSH_INTERVAL=${FLUSH}" DD_LOG_LEVEL=info "${DYNOSTAT_BIN}" serve
 		;;
 	statsdproxy)
@@ -263,6 +272,19 @@ main() {
 		[[ -x ${STATSDPROXY} ]] && echo "statsdproxy_size=$(stat -c %s "${STATSDPROXY}")"
 	} >"${RUN}/meta.env"
 
+	# 0. The stand-in intake for dynostat's forwarding.
+	INTAKE_PORT=$((PORT_BASE + 5))
+	if [[ ${DYNOSTAT_OUTPUT} == intake ]]; then
+		python3 "${ROOT}/scripts/bench/intake.py" "${INTAKE_PORT}" "${RUN}/intake.json" 3600 \
+			>"${RUN}/intake.err" 2>&1 &
+		STARTED+=($!)
+		local _
+		for _ in $(seq 1 100); do
+			(exec 3<>"/dev/tcp/127.0.0.1/${INTAKE_PORT}") 2>/dev/null && break
+			sleep 0.05
+		done
+	fi
+
 	# 1. Start every server; idle RSS after 2 s.
 	for s in "${servers[@]}"; do start_server "${s}"; done
 	sleep 2
@@ -286,10 +308,16 @@ main() {
 	# 4. Stop (dynostat flushes on SIGTERM), then count what dynostat says it
 	#    received: its console rows for dynostat.lines are RATEs per second.
 	for s in "${servers[@]}"; do stop_server "${s}"; done
-	python3 - "${RUN}/dynostat.out" "${FLUSH}" >>"${RESULTS}" <<'EOF'
-import json, sys
+	python3 - "${RUN}/dynostat.out" "${FLUSH}" "${RUN}/intake.json" >>"${RESULTS}" <<'EOF'
+import json, os, sys
 total = 0.0
 rows = 0
+if os.path.exists(sys.argv[3]):
+    s = json.load(open(sys.argv[3]))
+    print(json.dumps({"server": "dynostat", "phase": "telemetry", "source": "intake",
+                      "lines": round(s["lines"]), "rows": s["requests"],
+                      "intake_bytes": s["bytes"], "series_points": s["series_points"]}))
+    sys.exit(0)
 for line in open(sys.argv[1], errors="replace"):
     f = line.split()
     if len(f) >= 3 and f[0] == "dynostat.lines" and f[1] == "rate":
@@ -298,7 +326,8 @@ for line in open(sys.argv[1], errors="replace"):
             rows += 1
         except ValueError:
             pass
-print(json.dumps({"server": "dynostat", "phase": "telemetry", "lines": round(total), "rows": rows}))
+print(json.dumps({"server": "dynostat", "phase": "telemetry", "source": "console",
+                  "lines": round(total), "rows": rows}))
 EOF
 
 	# 5. Fresh servers: RSS with CTX live contexts (each context sent 3 times

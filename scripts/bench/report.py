@@ -176,11 +176,24 @@ def main():
         recv = sum(r.get("received_lines_socket", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in ("cpu", "fast"))
         p("## Cross-check: dynostat's own count")
         p("")
+        t = tel[-1]
+        where = (
+            f"summed from the {t.get('rows')} requests the stand-in intake received"
+            if t.get("source") == "intake"
+            else f"summed over {t.get('rows')} console rows"
+        )
         p(
             f"Lines sent to dynostat in the CPU and 1M/s phases: {sent:,}; sent minus kernel socket drops: "
-            f"{recv:,}; `dynostat.lines` (self-telemetry rate x interval, summed over "
-            f"{tel[-1].get('rows')} flushes): {tel[-1].get('lines'):,}."
+            f"{recv:,}; `dynostat.lines` (self-telemetry, a RATE, times the interval, {where}): "
+            f"{t.get('lines'):,}."
         )
+        if t.get("source") == "intake":
+            p("")
+            p(
+                f"dynostat forwarded to scripts/bench/intake.py on 127.0.0.1 (gzip JSON, `/api/v2/series` "
+                f"and the rest): {t.get('intake_bytes', 0):,} compressed bytes, {t.get('series_points', 0):,} "
+                "series points; its CPU figures include that work."
+            )
         p("")
 
     p("## Commands")
