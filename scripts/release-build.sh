@@ -92,4 +92,6 @@ mv -f "${out}/.${name}.tmp" "${out}/${name}"
 
 output::step "Wrote ${out}/${name}"
 output::info "$(output::human_size "$(stat -c %s "${out}/${name}")"), sha256 $(cut -d' ' -f1 "${out}/${name}.sha256")"
-output::info "${description:-}"
+if [[ -n "${description:-}" ]]; then
+	output::info "${description}"
+fi

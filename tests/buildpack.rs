@@ -1114,10 +1114,19 @@ fn dyno_boot_on_a_read_only_root_delivers_every_metric_through_sigterm() {
         *expected.entry((route, status)).or_default() += 1;
     }
     let (status, output) = dyno.stop();
+    // Shown with --nocapture: what a user sees in the build log and the dyno's log.
+    eprintln!(
+        "--- build log\n{}{}--- dyno log\n{output}",
+        compile.stdout, compile.stderr
+    );
 
     assert!(
         status.success(),
         "the dyno's processes did not all exit within 30 s of SIGTERM:\n{output}"
+    );
+    assert!(
+        !output.lines().any(|l| l.contains(" ERROR ")),
+        "errors in the dyno's log:\n{output}"
     );
     assert!(output.contains("dyno: all processes exited"), "{output}");
     assert!(
