@@ -42,7 +42,7 @@ fn usage() -> &'static str {
                  [--wait-port-ms 0] [--hist-type h|ms]
       --rate is lines per second; 0 sends as fast as one thread can.
       --server-pid reads /proc/PID/stat (utime+stime) and /proc/PID/status
-        (VmRSS, VmHWM) before and after; CPU is read after the server's socket
+        (VmRSS, VmHWM, RssAnon) after; CPU is read after the server's socket
         queue has drained (bounded by --drain-timeout-ms) and --settle-ms more.
       --wait-port-ms waits up to that long for the port to be bound first.
       --hist-type picks the histogram lines' type: h, or ms (a timer, which
@@ -282,8 +282,8 @@ fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64, Fail> {
     Ok(get(11)? + get(12)?)
 }
 
-/// (VmRSS, VmHWM) in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+/// (VmRSS, VmHWM, RssAnon) in KiB.
+fn rss_kib(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         status
@@ -294,7 +294,7 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .parse()
             .ok()
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
 }
 
 /// Clock ticks per second, from the auxiliary vector (AT_CLKTCK = 17), so no
@@ -525,6 +525,7 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
     rows.push(("cpu_s_per_m_received", opt_f(per_m(received_socket), 4)));
     rows.push(("server_rss_kib", opt(rss.map(|r| r.0))));
     rows.push(("server_hwm_kib", opt(rss.map(|r| r.1))));
+    rows.push(("server_rss_anon_kib", opt(rss.map(|r| r.2))));
     print_report(o.format, &rows);
     Ok(())
 }

@@ -210,7 +210,12 @@ stop_server() {
 	done
 }
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/${1}/status"; }
+# VmRSS, RssAnon and RssFile of pid $1 as JSON fields (KiB).
+rss_fields() {
+	awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 }
+		END { printf "\"rss_kib\":%d,\"rss_anon_kib\":%d,\"rss_file_kib\":%d", r, a, f }' \
+		"/proc/${1}/status"
+}
 
 record() { # json fields to add ..., then the loadgen output on stdin
 	python3 -c '
@@ -289,7 +294,7 @@ main() {
 	for s in "${servers[@]}"; do start_server "${s}"; done
 	sleep 2
 	for s in "${servers[@]}"; do
-		echo "{\"server\":\"${s}\",\"phase\":\"idle\",\"rss_kib\":$(rss_kib "${PID[${s}]}")}" >>"${RESULTS}"
+		echo "{\"server\":\"${s}\",\"phase\":\"idle\",$(rss_fields "${PID[${s}]}")}" >>"${RESULTS}"
 	done
 
 	# 2. CPU per million lines at a rate every server takes without drops,

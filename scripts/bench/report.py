@@ -126,8 +126,11 @@ def main():
     # Memory
     p(f"## Memory")
     p("")
-    p(f"| server | idle RSS (2 s after start) | RSS with {int(meta.get('ctx', 0)):,} live contexts | peak (VmHWM) | vs dynostat (contexts) |")
-    p("|---|---|---|---|---|")
+    p(
+        f"| server | idle RSS (2 s after start) | of which anonymous / file-backed | "
+        f"RSS with {int(meta.get('ctx', 0)):,} live contexts (anonymous) | peak (VmHWM) | vs dynostat (contexts) |"
+    )
+    p("|---|---|---|---|---|---|")
     base_ctx = None
     ctx_rss = {}
     for s in servers:
@@ -137,10 +140,14 @@ def main():
     for s in servers:
         idle = rows(s, "idle")
         idle_kib = idle[-1].get("rss_kib") if idle else None
+        anon = idle[-1].get("rss_anon_kib") if idle else None
+        filed = idle[-1].get("rss_file_kib") if idle else None
         rs = rows(s, "contexts")
         hwm = rs[-1].get("server_hwm_kib") if rs else None
         p(
-            f"| {NAMES[s]} | {fmt(mib(idle_kib), 2, ' MiB')} | {fmt(mib(ctx_rss[s]), 1, ' MiB')} | "
+            f"| {NAMES[s]} | {fmt(mib(idle_kib), 2, ' MiB')} | "
+            f"{fmt(mib(anon), 2)} / {fmt(mib(filed), 2)} MiB | {fmt(mib(ctx_rss[s]), 1, ' MiB')} "
+            f"({fmt(mib(rs[-1].get('server_rss_anon_kib') if rs else None), 1)}) | "
             f"{fmt(mib(hwm), 1, ' MiB')} | {'1.0x' if s == 'dynostat' else ratio(ctx_rss[s], base_ctx)} |"
         )
     p("")
