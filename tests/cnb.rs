@@ -364,6 +364,11 @@ impl Cnb {
     /// Starts `command` through the launcher stand-in, in the workspace, with
     /// `env` (plus PATH) as the process environment.
     fn launch(&self, env: &[(&str, String)], command: &[&str]) -> Launched {
+        self.launch_under(&[], env, command)
+    }
+
+    /// Like [`Cnb::launch`], with the launcher run by `wrapper` (e.g. `unshare`).
+    fn launch_under(&self, wrapper: &[&str], env: &[(&str, String)], command: &[&str]) -> Launched {
         static N: AtomicU32 = AtomicU32::new(0);
         let mark = format!(
             "cnb-{}-{}-{}",
@@ -377,7 +382,14 @@ impl Cnb {
         let report = logs.path().join("report.json");
         let out = logs.path().join("stdout");
         let err = logs.path().join("stderr");
-        let mut cmd = clean_command(python());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = clean_command(program);
+                cmd.args(args).arg(python());
+                cmd
+            }
+            None => clean_command(python()),
+        };
         cmd.arg(repo().join("tests/cnb/launcher.py"))
             .arg(self.layers_root())
             .arg(&report)
@@ -1100,6 +1112,64 @@ fn the_agent_leaves_with_the_app_and_flushes() {
         "the final flush did not arrive: {:#?}\n{}",
         intake.series(),
         launched.logs()
+    );
+}
+
+#[test]
+fn with_the_launcher_as_pid_1_the_agent_stays_with_the_app() {
+    // In a container the launcher, then the app, is pid 1, so exec.d's parent
+    // is pid 1 and the agent must not mistake exec.d's exit for the app's.
+    let unshare = ["unshare", "-rm", "--pid", "--fork", "--mount-proc", "--"];
+    let works = clean_command(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        eprintln!("SKIPPED: `unshare -rm --pid --fork --mount-proc true` fails here");
+        return;
+    }
+    let cnb = Cnb::new();
+    cnb.build_ok(&Artifact::debug());
+    let intake = Intake::start();
+    let port = free_udp_port();
+    let mut launched = cnb.launch_under(
+        &unshare,
+        &fir_env(&intake, port),
+        &["bash", "-c", "exec sleep 600"],
+    );
+    assert_eq!(launched.exec_d_run()["status"], 0, "{}", launched.logs());
+    assert_eq!(
+        launched.report()["pid"],
+        1,
+        "the app is pid 1 in its namespace"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || udp_bound(port)),
+        "no listener on UDP {port}:\n{}",
+        launched.logs()
+    );
+    let agents = launched.agents();
+    assert_eq!(agents.len(), 1, "{:?}", launched.processes());
+    assert_eq!(agents[0].env_var("DYNOSTAT_WATCH_PID"), Some("1"));
+    // exec.d is long gone; the agent polls every 500 ms. Watch it for 1.5 s.
+    assert!(
+        !wait_for(Duration::from_millis(1500), || launched.agents().is_empty()),
+        "the agent left while the app still runs:\n{}",
+        launched.logs()
+    );
+    // SIGKILL to the namespace's init ends the whole "container" at once.
+    let init = launched
+        .processes()
+        .into_iter()
+        .find(|p| p.args.first().is_some_and(|a| a.ends_with("sleep")))
+        .expect("the app process");
+    // SAFETY: kill(2) on a pid we found by its mark.
+    unsafe { libc::kill(init.pid, libc::SIGKILL) };
+    assert!(
+        launched.wait_all_gone(Duration::from_secs(10)),
+        "{:?}",
+        launched.processes()
     );
 }
 
