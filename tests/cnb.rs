@@ -505,7 +505,7 @@ impl Launched {
                 .filter(|s| !s.is_empty())
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .collect();
-            if !env.iter().any(|kv| *kv == needle) || is_zombie(pid) {
+            if !env.contains(&needle) || is_zombie(pid) {
                 continue;
             }
             let args = fs::read(entry.path().join("cmdline"))
