@@ -210,6 +210,8 @@ stop_server() {
 	done
 }
 
+hwm_field() { awk '/^VmHWM:/ { printf "\"hwm_kib\":%d", $2 }' "/proc/${1}/status"; }
+
 # VmRSS, RssAnon and RssFile of pid $1 as JSON fields (KiB).
 rss_fields() {
 	awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 }
@@ -335,11 +337,16 @@ print(json.dumps({"server": "dynostat", "phase": "telemetry", "source": "console
                   "lines": round(total), "rows": rows}))
 EOF
 
-	# 5. Fresh servers: RSS with CTX live contexts (each context sent 3 times
-	#    within one flush interval).
+	# 5. Fresh servers: RSS with CTX live contexts (each context sent 3 times,
+	#    starting just after a wall-clock flush boundary, where dynostat
+	#    flushes, so the load lands within one interval); then the peak
+	#    (VmHWM) and RSS after the next flush has encoded them all.
 	for s in "${servers[@]}"; do
 		start_server "${s}"
+		python3 -c 'import sys, time; f = float(sys.argv[1]); time.sleep(f - time.time() % f + 0.3)' "${FLUSH}"
 		load "${s}" contexts 1 --contexts "${CTX}" --lines $((CTX * 3)) --rate 100000
+		sleep $((FLUSH + 2))
+		echo "{\"server\":\"${s}\",\"phase\":\"contexts_flushed\",$(rss_fields "${PID[${s}]}"),$(hwm_field "${PID[${s}]}")}" >>"${RESULTS}"
 		stop_server "${s}"
 	done
 
