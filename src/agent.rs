@@ -251,8 +251,13 @@ enum Watch {
 
 impl Watch {
     fn new(watch_pid: Option<i32>) -> Self {
-        if let Some(pid) = watch_pid.filter(|&p| p > 1) {
-            return Self::Pid(nix::unistd::Pid::from_raw(pid));
+        match watch_pid {
+            Some(pid) if pid > 1 => return Self::Pid(nix::unistd::Pid::from_raw(pid)),
+            // The app is pid 1 (a container whose entry point is the CNB
+            // launcher): when it exits, the kernel ends every process in the
+            // namespace. Our parent is exec.d, which exits at once: not a sign.
+            Some(_) => return Self::Nothing,
+            None => {}
         }
         let parent = nix::unistd::getppid();
         if parent.as_raw() > 1 {

@@ -654,15 +654,19 @@ impl AgentConfig {
                 .string("DYNOSTAT_WATCH_PID")?
                 .filter(|s| !s.trim().is_empty())
             {
-                Some(v) => Some(v.trim().parse::<i32>().ok().filter(|p| *p > 1).ok_or_else(
-                    || {
-                        ConfigError::new(
-                            "DYNOSTAT_WATCH_PID",
-                            &v,
-                            "not a process id; unset it to watch the parent",
-                        )
-                    },
-                )?),
+                Some(v) => Some(
+                    v.trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|p| *p >= 1)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                "DYNOSTAT_WATCH_PID",
+                                &v,
+                                "not a process id; unset it to watch the parent",
+                            )
+                        })?,
+                ),
                 None => None,
             },
         })

@@ -34,6 +34,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The CNB launcher runs `<layer>/exec.d/dynostat` (a symlink to this
+    // binary) with no arguments.
+    if dynostat::execd::invoked_as_exec_d() {
+        return exit(dynostat::execd::main());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => {
