@@ -60,9 +60,7 @@ impl<'a> Metric<'a> {
         } else {
             self.raw_values
         };
-        raw.split(':')
-            .filter(|s| !s.is_empty())
-            .filter_map(parse_value)
+        SplitNonEmpty::new(raw, b':').filter_map(parse_value)
     }
 
     /// For sets: the member, with colons kept (`daemon:abc:def|s` is `abc:def`).
@@ -88,7 +86,80 @@ impl<'a> Tags<'a> {
 
     /// Each non-empty tag, in wire order.
     pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.split(',').filter(|t| !t.is_empty())
+        SplitNonEmpty::new(self.0, b',')
+    }
+}
+
+/// The first index of `needle` in `hay`, eight bytes at a time (SWAR).
+///
+/// Why not `str::split`/`find`: on lines of ~50 bytes the generic
+/// `CharSearcher` + `core::slice::memchr` setup dominated the parse
+/// (callgrind: ~660 of ~1200 instructions per line); this loop cut the
+/// whole `lines` + `parse_line` + `values` + `tags` path by about 3x.
+#[inline(always)]
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    let pattern = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // Bytes equal to `needle` become zero; the classic has-zero-byte
+        // test then marks them. The lowest mark is exact (borrows only run
+        // upwards), and little-endian loading makes it the first byte.
+        let x = u64::from_le_bytes(word) ^ pattern;
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(base + (found.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|i| base + i)
+}
+
+/// The part of `s` before the first ASCII `sep`, and the part after it if
+/// there is one. Cutting at an ASCII byte is always a char boundary.
+#[inline(always)]
+fn cut(s: &str, sep: u8) -> (&str, Option<&str>) {
+    match find_byte(s.as_bytes(), sep) {
+        Some(i) => (
+            s.get(..i).unwrap_or_default(),
+            Some(s.get(i + 1..).unwrap_or_default()),
+        ),
+        None => (s, None),
+    }
+}
+
+/// Iterates the non-empty pieces of `s` between ASCII `sep` bytes.
+struct SplitNonEmpty<'a> {
+    rest: Option<&'a str>,
+    sep: u8,
+}
+
+impl<'a> SplitNonEmpty<'a> {
+    fn new(s: &'a str, sep: u8) -> Self {
+        SplitNonEmpty { rest: Some(s), sep }
+    }
+}
+
+impl<'a> Iterator for SplitNonEmpty<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        loop {
+            let (piece, rest) = cut(self.rest?, self.sep);
+            self.rest = rest;
+            if !piece.is_empty() {
+                return Some(piece);
+            }
+        }
     }
 }
 
@@ -246,10 +317,21 @@ pub const MAX_LINE_LEN: usize = 65_536;
 /// Splits a datagram into lines: on `\n`, dropping a trailing `\r`, skipping
 /// empty lines; an unterminated last line counts (as the Agent's scanner does).
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    datagram
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty())
+    let mut rest = datagram;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match find_byte(rest, b'\n') {
+            Some(i) => rest.split_at(i),
+            None => (rest, &[][..]),
+        };
+        rest = next.get(1..).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() {
+            return Some(line);
+        }
+    })
 }
 
 /// Parses one line (without its newline).
@@ -337,21 +419,15 @@ fn parse_value_slow(s: &str) -> Option<f64> {
     s.parse::<f64>().ok()
 }
 
-/// Splits at the first `sep` (ASCII): the part before and, if found, after.
-#[inline]
-fn split_field(s: &str, sep: char) -> (&str, Option<&str>) {
-    match s.split_once(sep) {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
-    }
-}
-
 /// `name:value[:value…]|type[|@rate][|#tags][|T<ts>][|c:…][|e:…][|card:…]`,
 /// read as the Agent does: fields split on `|`, name and value at the first
 /// `:`, no trimming of whitespace anywhere (`a:1|c ` has type `c `).
 fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
-    let (head, rest) = split_field(s, '|');
-    let (name, raw_values) = head.split_once(':').ok_or(ParseError::MissingColon)?;
+    let (head, rest) = cut(s, b'|');
+    let (name, raw_values) = match cut(head, b':') {
+        (name, Some(values)) => (name, values),
+        (_, None) => return Err(ParseError::MissingColon),
+    };
     if name.is_empty() {
         return Err(ParseError::EmptyName);
     }
@@ -359,25 +435,27 @@ fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
         return Err(ParseError::EmptyValue);
     }
     let rest = rest.ok_or(ParseError::MissingType)?;
-    let (ty, fields) = split_field(rest, '|');
-    let kind = match ty.as_bytes() {
-        b"c" => MetricType::Counter,
-        b"g" => MetricType::Gauge,
-        b"h" => MetricType::Histogram,
-        b"ms" => MetricType::Timer,
-        b"s" => MetricType::Set,
-        b"d" => MetricType::Distribution,
-        b"" => return Err(ParseError::MissingType),
+    // The type is one or two bytes: match it directly rather than scanning.
+    let (kind, after) = match rest.as_bytes() {
+        [b'c', after @ ..] => (MetricType::Counter, after),
+        [b'g', after @ ..] => (MetricType::Gauge, after),
+        [b'h', after @ ..] => (MetricType::Histogram, after),
+        [b'm', b's', after @ ..] => (MetricType::Timer, after),
+        [b's', after @ ..] => (MetricType::Set, after),
+        [b'd', after @ ..] => (MetricType::Distribution, after),
+        [] | [b'|', ..] => return Err(ParseError::MissingType),
+        _ => return Err(ParseError::UnknownType),
+    };
+    let fields = match after {
+        [] => None,
+        [b'|', ..] => Some(rest.get(rest.len() - after.len() + 1..).unwrap_or_default()),
         _ => return Err(ParseError::UnknownType),
     };
     // A set keeps its raw member, colons and all; anything else must be a
     // list of numbers with empty items skipped (`1::2`), as in the Agent.
     if kind != MetricType::Set {
         let mut any = false;
-        for item in raw_values.split(':') {
-            if item.is_empty() {
-                continue;
-            }
+        for item in SplitNonEmpty::new(raw_values, b':') {
             parse_value(item).ok_or(ParseError::BadValue)?;
             any = true;
         }
@@ -394,35 +472,24 @@ fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
         tags: Tags::default(),
         timestamp: None,
     };
-    let Some(fields) = fields else {
-        return Ok(metric);
-    };
     // Optional fields in any order; a repeated one: the last wins. Unknown
     // fields (`c:` container id, `e:`, `card:`, anything else, even empty)
     // are ignored, as the Agent does.
-    for field in fields.split('|') {
-        let Some((&first, _)) = field.as_bytes().split_first() else {
-            continue;
-        };
-        // `first` is ASCII in every arm, so `field[1..]` is a char boundary.
-        match first {
-            b'#' => metric.tags = Tags(field.get(1..).unwrap_or_default()),
-            b'@' => {
-                let rate = field
-                    .get(1..)
-                    .and_then(parse_value)
-                    .ok_or(ParseError::BadSampleRate)?;
+    for field in SplitNonEmpty::new(fields.unwrap_or_default(), b'|') {
+        // Each arm's first byte is ASCII, so `field[1..]` is a char boundary.
+        let body = field.get(1..).unwrap_or_default();
+        match field.as_bytes().first() {
+            Some(b'#') => metric.tags = Tags(body),
+            Some(b'@') => {
+                let rate = parse_value(body).ok_or(ParseError::BadSampleRate)?;
                 // NaN fails both comparisons.
                 if !(rate > 0.0 && rate <= 1.0) {
                     return Err(ParseError::BadSampleRate);
                 }
                 metric.sample_rate = rate;
             }
-            b'T' => {
-                let ts = field
-                    .get(1..)
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .ok_or(ParseError::BadTimestamp)?;
+            Some(b'T') => {
+                let ts = body.parse::<i64>().map_err(|_| ParseError::BadTimestamp)?;
                 // The Agent rejects timestamps below 1 too.
                 if ts < 1 {
                     return Err(ParseError::BadTimestamp);
@@ -433,6 +500,14 @@ fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
         }
     }
     Ok(metric)
+}
+
+/// Splits at the first `sep` (ASCII): the part before and, if found, after.
+fn split_field(s: &str, sep: char) -> (&str, Option<&str>) {
+    match s.split_once(sep) {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    }
 }
 
 /// The non-empty tags of a `#a,b:c` field body, owned (events and checks are rare).
@@ -971,6 +1046,27 @@ mod tests {
             .map(|l| parse_line(l).is_ok())
             .collect();
         assert_eq!(results, [true, false, false, true]);
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        // every length across two SWAR words, every needle position, and
+        // bytes that trip naive has-zero tricks (0x80, 0xff, needle ^ 1)
+        for len in 0..40 {
+            for at in 0..=len {
+                for filler in [b'a', 0x80, 0xff, b'|' ^ 1, 0x00] {
+                    let mut hay = vec![filler; len];
+                    if at < len {
+                        hay[at] = b'|';
+                    }
+                    if at + 1 < len {
+                        hay[at + 1] = b'|';
+                    }
+                    let want = hay.iter().position(|&c| c == b'|');
+                    assert_eq!(find_byte(&hay, b'|'), want, "{hay:?}");
+                }
+            }
+        }
     }
 
     #[test]
