@@ -362,6 +362,7 @@ EOF
 		fi
 		mapfile -t cmd < <(server_cmd "${s}" "${port}")
 		log "${s}: startup x${STARTUP_RUNS}"
+		echo "startup ${s}: loadgen startup --json --port ${port} --runs ${STARTUP_RUNS} --ready ${ready} -- ${cmd[*]}" >>"${RUN}/commands.txt"
 		"${LOADGEN}" startup --json --port "${port}" --runs "${STARTUP_RUNS}" --ready "${ready}" \
 			-- "${cmd[@]}" | record "server=${s}" "phase=startup" "round=1"
 		[[ -n ${PID[sink]:-} ]] && stop_pid "${PID[sink]}" && PID[sink]=
