@@ -13,6 +13,16 @@
 //! - [`Metric::set_value`] is the raw set member (colons kept).
 //! - [`Tags`] iterates tags in the order given, including any `host:` tag;
 //!   the aggregator sorts, deduplicates and extracts `host:`.
+//!
+//! Agent behaviour followed (datadog-agent `comp/dogstatsd/server`): name and
+//! value split at the first `:`; nothing is trimmed; sets keep colons; empty
+//! items in a value list are skipped but a list with no number is an error;
+//! `@rate`, `#tags`, `T<ts>` in any order, last one wins, unknown fields
+//! ignored; `T` below 1 is rejected; event lengths are bytes and `\n` is
+//! unescaped in title and text; bad optional event/check fields are ignored.
+//! Deliberate differences: a rate outside (0, 1] is an error; a service check
+//! needs the prefix `_sc|` (the Agent's bare `_sc` also captures metrics such
+//! as `_scale:1|c`); event lengths must land on `|` or the end of the line.
 
 /// The DogStatsD metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

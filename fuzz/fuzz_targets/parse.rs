@@ -1,0 +1,35 @@
+//! Fuzz target: any bytes through `lines` + `parse_line`.
+//!
+//! In: arbitrary datagram bytes. Out: nothing; fails on a panic or a broken
+//! invariant of an accepted line (non-empty name, rate in (0, 1], values and
+//! tags readable, event title non-empty, lines free of `\n` and trailing `\r`).
+#![no_main]
+
+use dynostat::protocol::{lines, parse_line, Parsed, MAX_LINE_LEN};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // The whole input as one line, too (it may contain newlines).
+    let _ = parse_line(data);
+    for line in lines(data) {
+        assert!(!line.is_empty());
+        assert!(!line.contains(&b'\n'));
+        assert!(line.last() != Some(&b'\r'));
+        match parse_line(line) {
+            Ok(Parsed::Metric(m)) => {
+                assert!(line.len() <= MAX_LINE_LEN);
+                assert!(!m.name.is_empty());
+                assert!(m.sample_rate > 0.0 && m.sample_rate <= 1.0);
+                assert!(m.timestamp.map_or(true, |t| t > 0));
+                let _ = m.values().count();
+                let _ = m.set_value();
+                for tag in m.tags.iter() {
+                    assert!(!tag.is_empty() && !tag.contains(','));
+                }
+            }
+            Ok(Parsed::Event(e)) => assert!(!e.title.is_empty()),
+            Ok(Parsed::ServiceCheck(c)) => assert!(!c.name.is_empty()),
+            Err(_) => {}
+        }
+    }
+});
