@@ -938,3 +938,613 @@ fn at_rank(ones: &[f64], weighted: &[(f64, u32)], target: u64) -> Option<f64> {
         last = Some(v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AlertType, CheckStatus, Priority, Tags};
+
+    const NOW: i64 = 1_700_000_000;
+    const TS: i64 = 1_699_999_990;
+
+    fn opts() -> AggregatorOptions {
+        AggregatorOptions {
+            context_limit: 1_000,
+            histogram_aggregates: vec![
+                HistogramAggregate::Max,
+                HistogramAggregate::Median,
+                HistogramAggregate::Avg,
+                HistogramAggregate::Count,
+            ],
+            histogram_percentiles: vec![0.95],
+        }
+    }
+
+    fn metric<'a>(name: &'a str, raw: &'a str, kind: MetricType, tags: &'a str) -> Metric<'a> {
+        Metric {
+            name,
+            raw_values: raw,
+            kind,
+            sample_rate: 1.0,
+            tags: Tags(tags),
+            timestamp: None,
+        }
+    }
+
+    fn rated<'a>(name: &'a str, raw: &'a str, kind: MetricType, rate: f64) -> Metric<'a> {
+        Metric {
+            sample_rate: rate,
+            ..metric(name, raw, kind, "")
+        }
+    }
+
+    fn stamped<'a>(name: &'a str, raw: &'a str, kind: MetricType, ts: i64) -> Metric<'a> {
+        Metric {
+            timestamp: Some(ts),
+            ..metric(name, raw, kind, "")
+        }
+    }
+
+    fn flush(agg: &mut Aggregator) -> Flush {
+        agg.take().into_flush(TS, 10)
+    }
+
+    fn find<'a>(f: &'a Flush, name: &str) -> &'a Series {
+        let found: Vec<&Series> = f.series.iter().filter(|s| s.metric == name).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one series {name} in {:#?}",
+            f.series
+        );
+        found[0]
+    }
+
+    fn value(f: &Flush, name: &str) -> f64 {
+        let s = find(f, name);
+        assert_eq!(s.points.len(), 1, "{name}");
+        assert_eq!(s.points[0].0, TS, "{name} timestamp");
+        s.points[0].1
+    }
+
+    fn names(f: &Flush) -> Vec<&str> {
+        f.series.iter().map(|s| s.metric.as_str()).collect()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn counter_anchor_example_is_a_rate_of_2_3() {
+        // ANCHORS: 2@0.5 then 1, 2, 5, 0, 8, 3 flushes 2.3 over 10 s.
+        let mut agg = Aggregator::new(opts());
+        assert_eq!(
+            agg.insert(&rated("c", "2", MetricType::Counter, 0.5), NOW),
+            InsertOutcome::Accepted
+        );
+        for v in ["1", "2", "5", "0", "8", "3"] {
+            assert_eq!(
+                agg.insert(&metric("c", v, MetricType::Counter, ""), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        let f = flush(&mut agg);
+        assert_eq!(f.series.len(), 1);
+        let s = find(&f, "c");
+        assert_eq!(s.kind, SeriesKind::Rate);
+        assert_eq!(s.interval, Some(10));
+        assert_eq!(s.unit, None);
+        assert!(close(value(&f, "c"), 2.3), "{}", value(&f, "c"));
+    }
+
+    #[test]
+    fn counter_rate_uses_the_given_interval() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("c", "30", MetricType::Counter, ""), NOW);
+        let f = agg.take().into_flush(TS, 15);
+        assert_eq!(f.series[0].points, vec![(TS, 2.0)]);
+        assert_eq!(f.series[0].interval, Some(15));
+    }
+
+    #[test]
+    fn gauge_keeps_the_last_value_and_ignores_the_rate() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("g", "5", MetricType::Gauge, ""), NOW);
+        agg.insert(&rated("g", "7", MetricType::Gauge, 0.1), NOW);
+        agg.insert(&metric("g", "1:2:-3.5", MetricType::Gauge, ""), NOW);
+        let f = flush(&mut agg);
+        let s = find(&f, "g");
+        assert_eq!(s.kind, SeriesKind::Gauge);
+        assert_eq!(s.interval, None);
+        assert_eq!(value(&f, "g"), -3.5);
+    }
+
+    #[test]
+    fn set_counts_unique_members_as_a_gauge() {
+        let mut agg = Aggregator::new(opts());
+        for m in ["a", "b", "a", "abc:def", "b", "abc:def", "c"] {
+            assert_eq!(
+                agg.insert(&rated("users", m, MetricType::Set, 0.5), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        let f = flush(&mut agg);
+        assert_eq!(find(&f, "users").kind, SeriesKind::Gauge);
+        assert_eq!(value(&f, "users"), 4.0);
+    }
+
+    #[test]
+    fn histogram_anchor_example() {
+        // ANCHORS: 1, 10, 4, 5, 2, 2 gives max 10, median 2, avg 4, count 0.6, 95percentile 10.
+        let mut agg = Aggregator::new(opts());
+        for v in ["1", "10", "4", "5", "2", "2"] {
+            agg.insert(&metric("h", v, MetricType::Histogram, ""), NOW);
+        }
+        let f = flush(&mut agg);
+        assert_eq!(
+            names(&f),
+            ["h.max", "h.median", "h.avg", "h.count", "h.95percentile"]
+        );
+        assert_eq!(value(&f, "h.max"), 10.0);
+        assert_eq!(value(&f, "h.median"), 2.0);
+        assert_eq!(value(&f, "h.avg"), 4.0);
+        assert!(close(value(&f, "h.count"), 0.6));
+        assert_eq!(value(&f, "h.95percentile"), 10.0);
+        for s in &f.series {
+            if s.metric == "h.count" {
+                assert_eq!((s.kind, s.interval), (SeriesKind::Rate, Some(10)));
+            } else {
+                assert_eq!(
+                    (s.kind, s.interval),
+                    (SeriesKind::Gauge, None),
+                    "{}",
+                    s.metric
+                );
+            }
+            assert_eq!(s.unit, None);
+        }
+    }
+
+    #[test]
+    fn multi_value_line_is_several_samples() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(
+            &metric("h", "1:10:4::5:2:2", MetricType::Histogram, ""),
+            NOW,
+        );
+        let f = flush(&mut agg);
+        assert!(close(value(&f, "h.count"), 0.6));
+        assert_eq!(value(&f, "h.median"), 2.0);
+    }
+
+    #[test]
+    fn timer_is_a_histogram_in_milliseconds_except_count() {
+        let mut agg = Aggregator::new(opts());
+        for v in ["100", "300"] {
+            agg.insert(&metric("t", v, MetricType::Timer, ""), NOW);
+        }
+        let f = flush(&mut agg);
+        assert_eq!(value(&f, "t.avg"), 200.0);
+        assert_eq!(value(&f, "t.median"), 100.0);
+        for s in &f.series {
+            let want = if s.metric == "t.count" {
+                None
+            } else {
+                Some("millisecond")
+            };
+            assert_eq!(s.unit, want, "{}", s.metric);
+        }
+    }
+
+    #[test]
+    fn histogram_samples_weigh_int_one_over_rate() {
+        let mut agg = Aggregator::new(opts());
+        // 1 weighs 4, 100 weighs 1: count 5, sorted weights [1 x4, 100 x1].
+        agg.insert(&rated("h", "1", MetricType::Histogram, 0.25), NOW);
+        agg.insert(&metric("h", "100", MetricType::Histogram, ""), NOW);
+        // 0.3 → 1/0.3 = 3.33 → weight 3.
+        agg.insert(&rated("w", "2", MetricType::Histogram, 0.3), NOW);
+        let f = agg.take().into_flush(TS, 1);
+        assert_eq!(value(&f, "h.count"), 5.0);
+        assert_eq!(value(&f, "h.median"), 1.0);
+        assert!(close(value(&f, "h.avg"), 104.0 / 5.0));
+        // target (95*5-1)/100 = 4: the 5th unit of weight is the 100.
+        assert_eq!(value(&f, "h.95percentile"), 100.0);
+        assert_eq!(value(&f, "w.count"), 3.0);
+        assert_eq!(value(&f, "w.avg"), 2.0);
+    }
+
+    #[test]
+    fn percentiles_are_configurable_and_named_like_the_agent() {
+        let mut o = opts();
+        o.histogram_aggregates = vec![
+            HistogramAggregate::Min,
+            HistogramAggregate::Sum,
+            HistogramAggregate::Count,
+        ];
+        // Unsorted and duplicated on purpose; the Agent sorts.
+        o.histogram_percentiles = vec![0.99, 0.5, 0.29, 0.99];
+        let mut agg = Aggregator::new(o);
+        for v in 1..=100 {
+            let s = v.to_string();
+            agg.insert(&metric("lat", &s, MetricType::Histogram, ""), NOW);
+        }
+        let f = flush(&mut agg);
+        assert_eq!(
+            names(&f),
+            [
+                "lat.min",
+                "lat.sum",
+                "lat.count",
+                "lat.29percentile",
+                "lat.50percentile",
+                "lat.99percentile"
+            ]
+        );
+        assert_eq!(value(&f, "lat.min"), 1.0);
+        assert_eq!(value(&f, "lat.sum"), 5050.0);
+        assert_eq!(value(&f, "lat.count"), 10.0);
+        // target (p*100-1)/100 = p-1 (0-based) → the value p.
+        assert_eq!(value(&f, "lat.29percentile"), 29.0);
+        assert_eq!(value(&f, "lat.50percentile"), 50.0);
+        assert_eq!(value(&f, "lat.99percentile"), 99.0);
+    }
+
+    #[test]
+    fn one_sample_histogram_reports_it_everywhere() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("h", "7", MetricType::Histogram, ""), NOW);
+        let f = flush(&mut agg);
+        for n in ["h.max", "h.median", "h.avg", "h.95percentile"] {
+            assert_eq!(value(&f, n), 7.0, "{n}");
+        }
+        assert!(close(value(&f, "h.count"), 0.1));
+    }
+
+    #[test]
+    fn distribution_keeps_raw_values_weighted_and_capped() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("d", "1:2", MetricType::Distribution, "b,a"), NOW);
+        agg.insert(&rated("d2", "5", MetricType::Distribution, 0.25), NOW);
+        agg.insert(&rated("d3", "9", MetricType::Distribution, 0.000_01), NOW);
+        let f = flush(&mut agg);
+        assert!(f.series.is_empty(), "{:?}", f.series);
+        assert_eq!(f.distributions.len(), 3);
+        let d = &f.distributions[0];
+        assert_eq!(d.metric, "d");
+        assert_eq!(d.points, vec![(TS, vec![1.0, 2.0])]);
+        assert_eq!(d.tags, ["a", "b"]);
+        assert_eq!(d.host, None);
+        assert_eq!(f.distributions[1].points, vec![(TS, vec![5.0; 4])]);
+        assert_eq!(
+            f.distributions[2].points[0].1.len(),
+            MAX_DISTRIBUTION_REPEAT as usize
+        );
+    }
+
+    #[test]
+    fn distribution_and_histogram_of_one_name_are_separate_contexts() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("x", "1", MetricType::Distribution, ""), NOW);
+        agg.insert(&metric("x", "1", MetricType::Histogram, ""), NOW);
+        assert_eq!(agg.contexts(), 2);
+        let f = flush(&mut agg);
+        assert_eq!(f.distributions.len(), 1);
+        assert_eq!(value(&f, "x.max"), 1.0);
+    }
+
+    #[test]
+    fn tag_order_and_duplicates_make_one_context() {
+        let mut agg = Aggregator::new(opts());
+        for tags in [
+            "b:2,a:1",
+            "a:1,b:2",
+            "a:1,b:2,a:1",
+            "b:2,,a:1,b:2",
+            "a:1,a:1,b:2",
+        ] {
+            agg.insert(&metric("c", "1", MetricType::Counter, tags), NOW);
+        }
+        agg.insert(&metric("c", "1", MetricType::Counter, "a:1"), NOW);
+        agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW);
+        assert_eq!(agg.contexts(), 3);
+        let f = flush(&mut agg);
+        assert_eq!(f.series.len(), 3);
+        assert_eq!(f.series[0].tags, ["a:1", "b:2"]);
+        assert!(close(f.series[0].points[0].1, 0.5));
+        assert_eq!(f.series[1].tags, ["a:1"]);
+        assert!(f.series[2].tags.is_empty());
+    }
+
+    #[test]
+    fn host_tag_sets_the_host_last_wins_and_is_removed() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(
+            &metric("g", "1", MetricType::Gauge, "host:a,env:prod,host:b"),
+            NOW,
+        );
+        agg.insert(&metric("g", "2", MetricType::Gauge, "env:prod,host:b"), NOW);
+        agg.insert(&metric("g", "3", MetricType::Gauge, "env:prod,host:a"), NOW);
+        agg.insert(&metric("g", "4", MetricType::Gauge, "env:prod"), NOW);
+        agg.insert(&metric("g", "5", MetricType::Gauge, "env:prod,host:"), NOW);
+        assert_eq!(agg.contexts(), 3);
+        let f = flush(&mut agg);
+        let got: Vec<(Option<&str>, &[String], f64)> = f
+            .series
+            .iter()
+            .map(|s| (s.host.as_deref(), &s.tags[..], s.points[0].1))
+            .collect();
+        let prod = ["env:prod".to_owned()];
+        assert_eq!(
+            got,
+            [
+                (Some("b"), &prod[..], 2.0),
+                (Some("a"), &prod[..], 3.0),
+                (None, &prod[..], 5.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn context_limit_drops_new_contexts_only() {
+        let mut o = opts();
+        o.context_limit = 2;
+        let mut agg = Aggregator::new(o);
+        assert_eq!(
+            agg.insert(&metric("a", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::Accepted
+        );
+        assert_eq!(
+            agg.insert(&metric("b", "1", MetricType::Counter, "x"), NOW),
+            InsertOutcome::Accepted
+        );
+        assert_eq!(
+            agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::ContextLimit
+        );
+        assert_eq!(
+            agg.insert(&stamped("c", "1", MetricType::Gauge, NOW), NOW),
+            InsertOutcome::ContextLimit
+        );
+        // Existing contexts, even in a new spelling, still count.
+        assert_eq!(
+            agg.insert(&metric("b", "1", MetricType::Counter, "x,x"), NOW),
+            InsertOutcome::Accepted
+        );
+        assert_eq!(agg.contexts(), 2);
+        let f = flush(&mut agg);
+        assert_eq!(names(&f), ["a", "b"]);
+        // A new interval has room again.
+        assert_eq!(
+            agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+
+    #[test]
+    fn timestamped_gauges_and_counters_go_out_as_received() {
+        let mut agg = Aggregator::new(opts());
+        let t1 = NOW - 100;
+        let t2 = NOW - 50;
+        assert_eq!(
+            agg.insert(&stamped("g", "3", MetricType::Gauge, t2), NOW),
+            InsertOutcome::Accepted
+        );
+        agg.insert(&stamped("g", "1", MetricType::Gauge, t1), NOW);
+        agg.insert(&stamped("c", "20", MetricType::Counter, t1), NOW);
+        agg.insert(&stamped("c", "40", MetricType::Counter, t1), NOW);
+        // Not mixed with the aggregated context of the same name.
+        agg.insert(&metric("g", "9", MetricType::Gauge, ""), NOW);
+        let f = flush(&mut agg);
+        assert_eq!(names(&f), ["g", "c", "g"]);
+        assert_eq!(f.series[0].kind, SeriesKind::Gauge);
+        assert_eq!(f.series[0].points, vec![(t1, 1.0), (t2, 3.0)]);
+        assert_eq!(f.series[1].kind, SeriesKind::Rate);
+        assert_eq!(f.series[1].interval, Some(10));
+        assert_eq!(f.series[1].points, vec![(t1, 2.0), (t1, 4.0)]);
+        assert_eq!(f.series[2].points, vec![(TS, 9.0)]);
+    }
+
+    #[test]
+    fn timestamped_histograms_sets_distributions_and_stale_points_are_discarded() {
+        let mut agg = Aggregator::new(opts());
+        for kind in [
+            MetricType::Histogram,
+            MetricType::Timer,
+            MetricType::Set,
+            MetricType::Distribution,
+        ] {
+            assert_eq!(
+                agg.insert(&stamped("x", "1", kind, NOW), NOW),
+                InsertOutcome::Discarded,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            agg.insert(&stamped("x", "1", MetricType::Gauge, NOW - 7_200), NOW),
+            InsertOutcome::Discarded
+        );
+        assert_eq!(
+            agg.insert(&stamped("x", "1", MetricType::Gauge, NOW + 3_600), NOW),
+            InsertOutcome::Discarded
+        );
+        assert_eq!(agg.contexts(), 0);
+        assert_eq!(flush(&mut agg), Flush::default());
+    }
+
+    #[test]
+    fn nan_and_inf_produce_no_point() {
+        let mut agg = Aggregator::new(opts());
+        for v in ["nan", "NaN", "inf", "-inf", "nan:inf"] {
+            for kind in [
+                MetricType::Counter,
+                MetricType::Gauge,
+                MetricType::Histogram,
+                MetricType::Distribution,
+            ] {
+                assert_eq!(
+                    agg.insert(&metric("n", v, kind, ""), NOW),
+                    InsertOutcome::Discarded,
+                    "{v} {kind:?}"
+                );
+            }
+        }
+        assert_eq!(agg.contexts(), 0, "no empty context was created");
+        agg.insert(&metric("g", "4", MetricType::Gauge, ""), NOW);
+        assert_eq!(
+            agg.insert(&metric("g", "nan", MetricType::Gauge, ""), NOW),
+            InsertOutcome::Discarded
+        );
+        // A line with one good value is taken; the NaN is skipped.
+        assert_eq!(
+            agg.insert(&metric("h", "nan:3:inf", MetricType::Histogram, ""), NOW),
+            InsertOutcome::Accepted
+        );
+        let f = flush(&mut agg);
+        assert_eq!(value(&f, "g"), 4.0);
+        assert_eq!(value(&f, "h.max"), 3.0);
+        assert!(close(value(&f, "h.count"), 0.1));
+    }
+
+    #[test]
+    fn mixed_types_fold_into_the_first_like_the_agent() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("m", "1", MetricType::Counter, ""), NOW);
+        assert_eq!(
+            agg.insert(&metric("m", "9", MetricType::Gauge, ""), NOW),
+            InsertOutcome::Accepted
+        );
+        assert_eq!(
+            agg.insert(&metric("m", "x", MetricType::Set, ""), NOW),
+            InsertOutcome::Discarded
+        );
+        agg.insert(&metric("s", "x", MetricType::Set, ""), NOW);
+        assert_eq!(
+            agg.insert(&metric("s", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::Discarded
+        );
+        let f = flush(&mut agg);
+        assert_eq!(value(&f, "m"), 1.0);
+        assert_eq!(value(&f, "s"), 1.0);
+    }
+
+    #[test]
+    fn an_idle_context_does_not_reappear() {
+        let mut agg = Aggregator::new(opts());
+        agg.insert(&metric("old", "1", MetricType::Counter, "a"), NOW);
+        agg.insert(&metric("old.h", "1", MetricType::Histogram, ""), NOW);
+        agg.insert(&metric("old.s", "1", MetricType::Set, ""), NOW);
+        agg.insert(&metric("kept", "1", MetricType::Gauge, ""), NOW);
+        assert_eq!(agg.contexts(), 4);
+        let first = flush(&mut agg);
+        assert_eq!(first.series.len(), 8);
+        assert_eq!(agg.contexts(), 0, "take() leaves nothing behind");
+        agg.insert(&metric("kept", "2", MetricType::Gauge, ""), NOW);
+        let second = flush(&mut agg);
+        assert_eq!(names(&second), ["kept"]);
+        assert_eq!(value(&second, "kept"), 2.0);
+        assert_eq!(flush(&mut agg), Flush::default());
+    }
+
+    #[test]
+    fn events_and_checks_are_collected_and_capped() {
+        let mut agg = Aggregator::new(opts());
+        let event = Event {
+            title: "t".into(),
+            text: "x".into(),
+            timestamp: None,
+            host: None,
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Info,
+            tags: vec![],
+        };
+        let check = ServiceCheck {
+            name: "up".into(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec![],
+            message: None,
+        };
+        for _ in 0..MAX_EVENTS + 3 {
+            agg.insert_event(event.clone());
+        }
+        for _ in 0..MAX_SERVICE_CHECKS + 2 {
+            agg.insert_service_check(check.clone());
+        }
+        let bucket = agg.take();
+        assert_eq!(bucket.overflowed(), 5);
+        let f = bucket.into_flush(TS, 10);
+        assert_eq!(f.events.len(), MAX_EVENTS);
+        assert_eq!(f.service_checks.len(), MAX_SERVICE_CHECKS);
+        assert_eq!(f.events[0], event);
+        assert_eq!(agg.take().overflowed(), 0);
+    }
+
+    #[test]
+    fn hundred_thousand_contexts() {
+        let mut o = opts();
+        o.context_limit = 200_000;
+        let mut agg = Aggregator::new(o);
+        for i in 0..100_000u32 {
+            let name = format!("app.metric.{}", i % 100);
+            let tags = format!("shard:{},env:prod,service:web", i / 100);
+            assert_eq!(
+                agg.insert(&metric(&name, "1", MetricType::Counter, &tags), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        assert_eq!(agg.contexts(), 100_000);
+        // Second pass: every one is an existing context, in another tag order.
+        for i in 0..100_000u32 {
+            let name = format!("app.metric.{}", i % 100);
+            let tags = format!("service:web,env:prod,shard:{}", i / 100);
+            agg.insert(&metric(&name, "1", MetricType::Counter, &tags), NOW);
+        }
+        assert_eq!(agg.contexts(), 100_000);
+        let f = flush(&mut agg);
+        assert_eq!(f.series.len(), 100_000);
+        assert!(f.series.iter().all(|s| s.points == [(TS, 0.2)]));
+        assert_eq!(f.series[0].tags, ["env:prod", "service:web", "shard:0"]);
+    }
+
+    #[test]
+    fn canonical_key_round_trips() {
+        let mut spans = Vec::new();
+        let mut key = String::new();
+        canonicalise(
+            &mut spans,
+            &mut key,
+            Class::Aggregated,
+            "m",
+            "z,host:h1,a:b,z,,host:h2",
+        );
+        assert_eq!(key, "am\nh2\na:b,z");
+        let ctx = ContextKey::parse(&key).expect("parses");
+        assert_eq!(ctx.class, Class::Aggregated);
+        assert_eq!((ctx.name, ctx.host, ctx.tags), ("m", Some("h2"), "a:b,z"));
+    }
+
+    #[test]
+    fn alias_cache_is_bounded_but_lookups_stay_correct() {
+        let mut o = opts();
+        o.context_limit = 1;
+        let mut agg = Aggregator::new(o);
+        let limit = agg.prepared.alias_limit;
+        // Many spellings of one context: duplicates make each raw field unique.
+        for i in 0..limit + 10 {
+            let tags = format!("a{}", ",a".repeat(i));
+            assert_eq!(
+                agg.insert(&metric("c", "1", MetricType::Counter, &tags), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        assert_eq!(agg.cur.aliases.len(), limit);
+        let f = flush(&mut agg);
+        assert_eq!(f.series.len(), 1);
+        assert!(close(f.series[0].points[0].1, (limit + 10) as f64 / 10.0));
+    }
+}
