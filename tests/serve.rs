@@ -392,6 +392,9 @@ fn a_real_cadence_client_is_understood() {
 #[test]
 fn without_a_key_flushes_print_to_the_console() {
     let mut s = Serve::builder().start();
+    // Idle flushes (self-telemetry only) print nothing.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(s.stdout(), "", "an idle listener is quiet");
     s.send(b"console.test:3|c|#a:b\nconsole.gauge:5|g");
     assert!(
         s.wait_stdout(T, "console.test"),

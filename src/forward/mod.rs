@@ -187,7 +187,23 @@ impl Forwarder {
     /// queued without a try while the intake is backing off.
     pub async fn submit(&mut self, flush: Flush) {
         if self.console {
-            console::print(&console::render(&flush, &self.deco));
+            // A flush that holds only self-telemetry would print 17 rows
+            // every interval while nothing happens: show flushes with
+            // something received, and then only the non-zero telemetry.
+            let received = flush
+                .series
+                .iter()
+                .any(|s| !s.metric.starts_with("dynostat."))
+                || !flush.distributions.is_empty()
+                || !flush.events.is_empty()
+                || !flush.service_checks.is_empty();
+            if received {
+                let mut shown = flush.clone();
+                shown.series.retain(|s| {
+                    !s.metric.starts_with("dynostat.") || s.points.iter().any(|p| p.1 != 0.0)
+                });
+                console::print(&console::render(&shown, &self.deco));
+            }
         }
         if self.http.is_none() {
             return;
