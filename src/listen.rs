@@ -531,8 +531,11 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         let contexts = agg.contexts();
         (agg.take(), contexts)
     };
-    let mut out = bucket.into_flush(bucket_start, interval);
     let stats = &shared.stats;
+    // Events and service checks past the per-interval cap were counted as
+    // received by the receive loop; count them as discarded too.
+    Stats::add(&stats.samples_discarded, bucket.overflowed());
+    let mut out = bucket.into_flush(bucket_start, interval);
     stats.contexts.store(contexts as u64, Ordering::Relaxed);
     stats.flush_ms.store(
         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
