@@ -1051,6 +1051,8 @@ mod tests {
         assert_eq!(lines(b"a:1|c\n").count(), 1);
         assert_eq!(lines(b"").count(), 0);
         assert_eq!(lines(b"\n\n").count(), 0);
+        // only one trailing `\r` is dropped, as the Agent's dropCR does
+        assert_eq!(lines(b"a\r\r\n").collect::<Vec<_>>(), [b"a\r"]);
         // a bad line drops only itself
         let results: Vec<_> = lines(b"a:1|c\nbad\nb:x|g\nc:2|h")
             .map(|l| parse_line(l).is_ok())
