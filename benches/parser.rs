@@ -1,13 +1,12 @@
 //! Parser benchmark: a realistic 1432-byte DogStatsD datagram (about 30
 //! lines, 3 tags each, mixed c/g/h/s) through `lines` + `parse_line`, with and
-//! without reading the values and tags back as the aggregator does; plus the
-//! float fast path against `str::parse::<f64>`.
+//! without reading the values and tags back as the aggregator does.
 //!
 //! Run: `cargo bench --bench parser`. Throughput is reported in lines/s
 //! (elements); ns per line = 1e9 / that.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use dynostat::protocol::{lines, parse_line, parse_value, Parsed};
+use dynostat::protocol::{lines, parse_line, Parsed};
 
 /// Builds a datagram of whole lines no longer than `limit` bytes: counters,
 /// gauges, histograms and sets in turn, 3 tags each, values typical of real
@@ -73,28 +72,5 @@ fn bench_datagram(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_values(c: &mut Criterion) {
-    let values = ["1", "42", "0.5", "-3.25", "1234.5678", "17", "250", "0.001"];
-    let mut g = c.benchmark_group("value");
-    g.throughput(Throughput::Elements(values.len() as u64));
-    g.bench_function("parse_value", |b| {
-        b.iter(|| {
-            values
-                .iter()
-                .map(|v| parse_value(black_box(v)).unwrap_or(0.0))
-                .sum::<f64>()
-        })
-    });
-    g.bench_function("std_str_parse", |b| {
-        b.iter(|| {
-            values
-                .iter()
-                .map(|v| black_box(v).parse::<f64>().unwrap_or(0.0))
-                .sum::<f64>()
-        })
-    });
-    g.finish();
-}
-
-criterion_group!(benches, bench_datagram, bench_values);
+criterion_group!(benches, bench_datagram);
 criterion_main!(benches);
