@@ -7,7 +7,8 @@
 //! Must never: allocate per sample for an existing context, grow past the
 //! context limit, or do the heavy per-flush work (sorting samples, building
 //! series) while holding the listener's lock: [`Aggregator::take`] is a cheap
-//! swap and [`Bucket::into_flush`] does the rest off the receive path.
+//! swap and [`Bucket::into_chunks`] (or [`Bucket::into_flush`]) does the rest
+//! off the receive path, a bounded number of contexts at a time.
 //!
 //! # How a sample finds its context
 //!
@@ -791,7 +792,7 @@ impl Aggregator {
     }
 
     /// Swaps out this interval's state. Cheap: call it under the lock. Only
-    /// moves; freeing the old maps happens in [`Bucket::into_flush`].
+    /// moves; freeing the old maps happens in [`Bucket::into_chunks`].
     pub fn take(&mut self) -> Bucket {
         Bucket {
             prepared: Arc::clone(&self.prepared),
@@ -815,7 +816,27 @@ impl Bucket {
     /// Turns the bucket into series, stamped `timestamp` (unix seconds, the
     /// interval's start as the Agent does), with RATE values over `interval_secs`.
     /// Series come out in the order their contexts were first seen.
+    ///
+    /// Builds every series at once: the flush loop uses [`Bucket::into_chunks`]
+    /// instead, which keeps memory near the live size.
     pub fn into_flush(self, timestamp: i64, interval_secs: u64) -> Flush {
+        let mut out = Flush {
+            series: Vec::with_capacity(self.interval.states.len()),
+            ..Flush::default()
+        };
+        for chunk in self.into_chunks(timestamp, interval_secs, CHUNK_CONTEXTS) {
+            out.append(chunk);
+        }
+        out
+    }
+
+    /// As [`Bucket::into_flush`], but a bounded number of contexts at a time:
+    /// each [`Flush`] the iterator yields holds the series of at most
+    /// `max_contexts` contexts (the first one also holds the events and
+    /// service checks), and each context's state is freed as its series are
+    /// built. Appending every chunk in order gives exactly
+    /// [`Bucket::into_flush`]'s result.
+    pub fn into_chunks(self, timestamp: i64, interval_secs: u64, max_contexts: usize) -> Chunks {
         let Interval {
             aliases,
             canon,
@@ -832,21 +853,77 @@ impl Bucket {
                 *slot = Some(key);
             }
         }
-        let interval = interval_secs.max(1);
-        let mut out = Flush {
-            series: Vec::with_capacity(states.len()),
-            distributions: Vec::new(),
-            events,
-            service_checks,
+        Chunks {
+            prepared: self.prepared,
+            states: states.into_iter(),
+            keys: keys.into_iter(),
+            first: Some((events, service_checks)),
+            timestamp,
+            interval: interval_secs.max(1),
+            max_contexts: max_contexts.max(1),
+        }
+    }
+}
+
+/// Contexts per chunk in [`Bucket::into_flush`] and the flush loop: about
+/// 1-2 MB of series at a time.
+pub const CHUNK_CONTEXTS: usize = 4_096;
+
+/// A bucket being turned into [`Flush`]es chunk by chunk; see [`Bucket::into_chunks`].
+#[derive(Debug)]
+pub struct Chunks {
+    prepared: Arc<Prepared>,
+    states: std::vec::IntoIter<State>,
+    keys: std::vec::IntoIter<Option<Box<str>>>,
+    /// Events and service checks, until the first chunk takes them.
+    first: Option<(Vec<Event>, Vec<ServiceCheck>)>,
+    timestamp: i64,
+    interval: u64,
+    max_contexts: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = Flush;
+
+    /// The next chunk; the first one always comes, even from an empty bucket.
+    fn next(&mut self) -> Option<Flush> {
+        let mut out = match self.first.take() {
+            Some((events, service_checks)) => Flush {
+                events,
+                service_checks,
+                ..Flush::default()
+            },
+            None if self.states.as_slice().is_empty() => return None,
+            None => Flush::default(),
         };
-        for (state, key) in states.into_iter().zip(keys) {
+        for (state, key) in (&mut self.states)
+            .zip(&mut self.keys)
+            .take(self.max_contexts)
+        {
             let Some(key) = key else { continue };
             let Some(ctx) = ContextKey::parse(&key) else {
                 continue;
             };
-            flush_state(state, &ctx, &self.prepared, timestamp, interval, &mut out);
+            flush_state(
+                state,
+                &ctx,
+                &self.prepared,
+                self.timestamp,
+                self.interval,
+                &mut out,
+            );
         }
-        out
+        Some(out)
+    }
+}
+
+impl Flush {
+    /// Appends `other`'s items after this flush's, kind by kind.
+    pub fn append(&mut self, mut other: Flush) {
+        self.series.append(&mut other.series);
+        self.distributions.append(&mut other.distributions);
+        self.events.append(&mut other.events);
+        self.service_checks.append(&mut other.service_checks);
     }
 }
 
@@ -1603,6 +1680,76 @@ mod tests {
         assert_eq!(f.series.len(), 100_000);
         assert!(f.series.iter().all(|s| s.points == [(TS, 0.2)]));
         assert_eq!(f.series[0].tags, ["env:prod", "service:web", "shard:0"]);
+    }
+
+    /// Every kind of context, an event and a check, the same each call.
+    fn mixed_bucket() -> Bucket {
+        let mut agg = Aggregator::new(opts());
+        let kinds = [
+            MetricType::Counter,
+            MetricType::Gauge,
+            MetricType::Set,
+            MetricType::Histogram,
+            MetricType::Timer,
+            MetricType::Distribution,
+        ];
+        for i in 0..50u32 {
+            let name = format!("m.{}", i % 7);
+            let tags = format!("shard:{i},env:x");
+            let kind = kinds[i as usize % kinds.len()];
+            for v in ["1", "2.5", "7"] {
+                agg.insert(&metric(&name, v, kind, &tags), NOW);
+            }
+        }
+        agg.insert(&stamped("ts.g", "3", MetricType::Gauge, NOW - 5), NOW);
+        agg.insert(&stamped("ts.c", "4", MetricType::Counter, NOW - 5), NOW);
+        agg.insert_event(Event {
+            title: "t".into(),
+            text: "x".into(),
+            timestamp: None,
+            host: None,
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Info,
+            tags: vec![],
+        });
+        agg.insert_service_check(ServiceCheck {
+            name: "up".into(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec![],
+            message: None,
+        });
+        agg.take()
+    }
+
+    #[test]
+    fn chunks_join_into_the_whole_flush() {
+        let whole: Vec<Flush> = mixed_bucket().into_chunks(TS, 10, usize::MAX).collect();
+        assert_eq!(whole.len(), 1);
+        let whole = whole.into_iter().next().expect("one chunk");
+        assert_eq!(whole, mixed_bucket().into_flush(TS, 10));
+        assert_eq!(whole.events.len(), 1);
+        assert_eq!(whole.service_checks.len(), 1);
+        assert!(!whole.distributions.is_empty());
+        let contexts = mixed_bucket().contexts();
+        assert_eq!(contexts, 52);
+        for max in [1, 3, 7, 51, 52] {
+            let chunks: Vec<Flush> = mixed_bucket().into_chunks(TS, 10, max).collect();
+            assert_eq!(chunks.len(), contexts.div_ceil(max), "max {max}");
+            assert!(chunks.iter().skip(1).all(|c| c.events.is_empty()));
+            let mut joined = Flush::default();
+            for c in chunks {
+                joined.append(c);
+            }
+            assert_eq!(joined, whole, "max {max}");
+        }
+        // An empty bucket still yields one (empty) chunk, then nothing.
+        let mut empty = Aggregator::new(opts()).take().into_chunks(TS, 10, 4);
+        assert_eq!(empty.next(), Some(Flush::default()));
+        assert_eq!(empty.next(), None);
     }
 
     #[test]

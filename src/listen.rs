@@ -524,7 +524,15 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
 }
 
 /// Closes the open bucket and hands it, with self-telemetry, to the forwarder.
+///
+/// The bucket goes over in chunks of [`crate::aggregate::CHUNK_CONTEXTS`]
+/// contexts, each built, encoded and dropped before the next, so a flush of
+/// many contexts costs little more memory than the contexts themselves. The
+/// self-telemetry comes last, once every chunk is built, so
+/// `dynostat.flush.duration_ms` covers the whole build (not the encoding
+/// between chunks).
 async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, interval: u64) {
+    use std::cell::Cell;
     let started = Instant::now();
     let (bucket, contexts) = {
         let mut agg = shared.lock();
@@ -535,27 +543,53 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     // Events and service checks past the per-interval cap were counted as
     // received by the receive loop; count them as discarded too.
     Stats::add(&stats.samples_discarded, bucket.overflowed());
-    let mut out = bucket.into_flush(bucket_start, interval);
-    stats.contexts.store(contexts as u64, Ordering::Relaxed);
-    stats.flush_ms.store(
-        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
-    let dropped = stats.contexts_dropped.load(Ordering::Relaxed);
-    if dropped > 0 {
-        tracing::warn!(
-            dropped,
-            "new contexts dropped at the context limit; raise DYNOSTAT_CONTEXT_LIMIT or send fewer tag combinations"
+    let built = Cell::new(started.elapsed());
+    // series, distributions, events, service checks
+    let counts = Cell::new([0usize; 4]);
+    let mut chunks = bucket.into_chunks(bucket_start, interval, crate::aggregate::CHUNK_CONTEXTS);
+    let bucket_chunks = std::iter::from_fn(|| {
+        let t = Instant::now();
+        let chunk = chunks.next();
+        built.set(built.get() + t.elapsed());
+        if let Some(c) = &chunk {
+            let [s, d, e, k] = counts.get();
+            counts.set([
+                s + c.series.len(),
+                d + c.distributions.len(),
+                e + c.events.len(),
+                k + c.service_checks.len(),
+            ]);
+        }
+        chunk
+    });
+    let telemetry = std::iter::once_with(|| {
+        stats.contexts.store(contexts as u64, Ordering::Relaxed);
+        stats.flush_ms.store(
+            u64::try_from(built.get().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
         );
-    }
-    out.series
-        .extend(stats.drain_series(bucket_start, interval));
-    tracing::debug!(
-        series = out.series.len(),
-        distributions = out.distributions.len(),
-        events = out.events.len(),
-        service_checks = out.service_checks.len(),
-        "flush"
-    );
-    forwarder.submit(out).await;
+        let dropped = stats.contexts_dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "new contexts dropped at the context limit; raise DYNOSTAT_CONTEXT_LIMIT or send fewer tag combinations"
+            );
+        }
+        let series = stats.drain_series(bucket_start, interval);
+        let [s, d, e, k] = counts.get();
+        tracing::debug!(
+            series = s + series.len(),
+            distributions = d,
+            events = e,
+            service_checks = k,
+            "flush"
+        );
+        crate::aggregate::Flush {
+            series,
+            ..Default::default()
+        }
+    });
+    forwarder
+        .submit_chunks(bucket_chunks.chain(telemetry))
+        .await;
 }

@@ -1,6 +1,7 @@
 //! Forwarding: turns a [`Flush`] into Datadog API requests, or a console table.
 //!
-//! In: [`Flush`]es from the flush loop. Out: gzip-compressed `POST`s to
+//! In: [`Flush`]es from the flush loop, whole or in chunks (encoded one by
+//! one, so a big flush is never held whole). Out: gzip-compressed `POST`s to
 //! `/api/v2/series`, `/api/v1/distribution_points`, `/api/v1/events` and
 //! `/api/v1/check_run`, split below the intake's limits ([`payload`]), with a
 //! bounded retry queue ([`retry`]); and/or a table on stdout ([`console`]).
@@ -42,7 +43,7 @@ use tokio::time::Instant;
 use crate::aggregate::Flush;
 use crate::config::{escape_truncate, ApiKey, Config};
 use crate::stats::Stats;
-use payload::{encode_flush, Decoration, Limits, Payload};
+use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
 use retry::{Evicted, Queued, RetryQueue};
 
 /// Longest wait for one request, connection included.
@@ -210,6 +211,39 @@ impl Forwarder {
         }
         let encoded = encode_flush(&flush, &self.deco, self.limits);
         drop(flush);
+        self.send_encoded(encoded).await;
+    }
+
+    /// As [`Forwarder::submit`] for a flush that arrives in chunks (see
+    /// [`crate::aggregate::Bucket::into_chunks`]): each chunk is encoded and
+    /// dropped before the next is taken, so only the compressed payloads
+    /// accumulate. Every chunk is taken, even when nothing is forwarded (the
+    /// last one may drain the self-telemetry). The console table needs the
+    /// whole flush to sort it: with the console on, the chunks are joined.
+    pub async fn submit_chunks<I: IntoIterator<Item = Flush>>(&mut self, chunks: I) {
+        if self.console {
+            let mut all = Flush::default();
+            for chunk in chunks {
+                all.append(chunk);
+            }
+            return self.submit(all).await;
+        }
+        if self.http.is_none() {
+            chunks.into_iter().for_each(drop);
+            return;
+        }
+        let encoded = {
+            let mut enc = FlushEncoder::new(&self.deco, self.limits);
+            for chunk in chunks {
+                enc.push(&chunk);
+            }
+            enc.finish()
+        };
+        self.send_encoded(encoded).await;
+    }
+
+    /// Logs what could not be encoded, then sends the payloads.
+    async fn send_encoded(&mut self, encoded: Encoded) {
         if !encoded.oversize.is_empty() {
             let n = encoded.oversize.len() as u64;
             Stats::add(&self.stats.failures, n);

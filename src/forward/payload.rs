@@ -256,7 +256,9 @@ impl Builder {
         let suffix = self.endpoint.suffix();
         let _ = self.gz.write_all(suffix);
         self.raw_len += suffix.len();
-        let body = self.gz.finish().ok()?;
+        let mut body = self.gz.finish().ok()?;
+        // Payloads wait for each other and in the retry queue: keep only their bytes.
+        body.shrink_to_fit();
         Some(Payload {
             endpoint: self.endpoint,
             body,
@@ -604,46 +606,79 @@ pub struct Encoded {
 
 /// Encodes a whole flush.
 pub fn encode_flush(flush: &crate::aggregate::Flush, deco: &Decoration, limits: Limits) -> Encoded {
-    let mut out = Encoded::default();
-    let mut buf = Vec::with_capacity(512);
+    let mut enc = FlushEncoder::new(deco, limits);
+    enc.push(flush);
+    enc.finish()
+}
 
-    let mut enc = Encoder::new(Endpoint::Series, limits);
-    for s in &flush.series {
-        if deco.series_json(s, &mut buf).is_none() {
-            out.empty += 1;
-        } else if enc.push(&buf).is_err() {
-            out.oversize.push((Endpoint::Series, s.metric.clone()));
+/// Encodes a flush that arrives in chunks: each chunk's items are serialized
+/// and compressed as it is pushed, so the caller can drop the chunk before
+/// building the next. Pushing chunks one by one gives the same payloads as
+/// [`encode_flush`] on their concatenation.
+pub struct FlushEncoder<'a> {
+    deco: &'a Decoration,
+    series: Encoder,
+    distributions: Encoder,
+    events: Encoder,
+    checks: Encoder,
+    buf: Vec<u8>,
+    out: Encoded,
+}
+
+impl<'a> FlushEncoder<'a> {
+    /// An encoder with nothing pushed yet.
+    pub fn new(deco: &'a Decoration, limits: Limits) -> Self {
+        Self {
+            deco,
+            series: Encoder::new(Endpoint::Series, limits),
+            distributions: Encoder::new(Endpoint::Distributions, limits),
+            events: Encoder::new(Endpoint::Events, limits),
+            checks: Encoder::new(Endpoint::Checks, limits),
+            buf: Vec::with_capacity(512),
+            out: Encoded::default(),
         }
     }
-    out.payloads.extend(enc.finish());
 
-    let mut enc = Encoder::new(Endpoint::Distributions, limits);
-    for d in &flush.distributions {
-        if deco.distribution_json(d, &mut buf).is_none() {
-            out.empty += 1;
-        } else if enc.push(&buf).is_err() {
-            out.oversize
-                .push((Endpoint::Distributions, d.metric.clone()));
+    /// Serializes and compresses every item of `flush`.
+    pub fn push(&mut self, flush: &crate::aggregate::Flush) {
+        let (deco, buf, out) = (self.deco, &mut self.buf, &mut self.out);
+        for s in &flush.series {
+            if deco.series_json(s, buf).is_none() {
+                out.empty += 1;
+            } else if self.series.push(buf).is_err() {
+                out.oversize.push((Endpoint::Series, s.metric.clone()));
+            }
+        }
+        for d in &flush.distributions {
+            if deco.distribution_json(d, buf).is_none() {
+                out.empty += 1;
+            } else if self.distributions.push(buf).is_err() {
+                out.oversize
+                    .push((Endpoint::Distributions, d.metric.clone()));
+            }
+        }
+        for e in &flush.events {
+            if deco.event_json(e, buf).is_some() && self.events.push(buf).is_err() {
+                out.oversize.push((Endpoint::Events, e.title.clone()));
+            }
+        }
+        for c in &flush.service_checks {
+            if deco.check_json(c, buf).is_some() && self.checks.push(buf).is_err() {
+                out.oversize.push((Endpoint::Checks, c.name.clone()));
+            }
         }
     }
-    out.payloads.extend(enc.finish());
 
-    let mut enc = Encoder::new(Endpoint::Events, limits);
-    for e in &flush.events {
-        if deco.event_json(e, &mut buf).is_some() && enc.push(&buf).is_err() {
-            out.oversize.push((Endpoint::Events, e.title.clone()));
-        }
+    /// Closes the open payloads: series first, then distributions, events
+    /// and service checks.
+    pub fn finish(self) -> Encoded {
+        let mut out = self.out;
+        out.payloads.extend(self.series.finish());
+        out.payloads.extend(self.distributions.finish());
+        out.payloads.extend(self.events.finish());
+        out.payloads.extend(self.checks.finish());
+        out
     }
-    out.payloads.extend(enc.finish());
-
-    let mut enc = Encoder::new(Endpoint::Checks, limits);
-    for c in &flush.service_checks {
-        if deco.check_json(c, &mut buf).is_some() && enc.push(&buf).is_err() {
-            out.oversize.push((Endpoint::Checks, c.name.clone()));
-        }
-    }
-    out.payloads.extend(enc.finish());
-    out
 }
 
 #[cfg(test)]
@@ -711,6 +746,66 @@ mod tests {
             assert_eq!(out, kept, "seed {seed}");
             assert_eq!(kept.len() + refused, 500);
         }
+    }
+
+    #[test]
+    fn chunked_encoding_equals_whole_encoding() {
+        use crate::aggregate::{Flush, Series};
+        let series = |i: usize| Series {
+            metric: format!("m.{i}"),
+            kind: if i % 2 == 0 {
+                SeriesKind::Gauge
+            } else {
+                SeriesKind::Rate
+            },
+            points: vec![(1_700_000_000, if i % 13 == 0 { f64::NAN } else { 1.0 })],
+            tags: vec![format!("shard:{i}"), "env:x".to_owned()],
+            host: None,
+            interval: Some(10),
+            unit: None,
+        };
+        let dist = |i: usize| DistributionSeries {
+            metric: format!("d.{i}"),
+            points: vec![(1_700_000_000, vec![1.0, 2.0])],
+            tags: vec![],
+            host: None,
+        };
+        let chunks: Vec<Flush> = (0..7)
+            .map(|c| Flush {
+                series: (c * 40..c * 40 + 40).map(series).collect(),
+                distributions: (c * 3..c * 3 + 3).map(dist).collect(),
+                ..Flush::default()
+            })
+            .collect();
+        let mut whole = Flush::default();
+        for c in chunks.clone() {
+            whole.append(c);
+        }
+        let deco = Decoration {
+            global_tags: vec!["g:1".to_owned()],
+            hostname: Some("h".to_owned()),
+        };
+        let limits = Limits {
+            max_compressed: 2_000,
+            max_uncompressed: 6_000,
+            max_items: 25,
+        };
+        let once = encode_flush(&whole, &deco, limits);
+        let mut enc = FlushEncoder::new(&deco, limits);
+        for c in &chunks {
+            enc.push(c);
+        }
+        let chunked = enc.finish();
+        assert!(once.payloads.len() > 2);
+        assert_eq!(once.empty, chunked.empty);
+        assert_eq!(once.oversize, chunked.oversize);
+        let items = |e: &Encoded| -> Vec<(Endpoint, Vec<serde_json::Value>)> {
+            e.payloads
+                .iter()
+                .map(|p| (p.endpoint, items_of(p)))
+                .collect()
+        };
+        assert_eq!(items(&once), items(&chunked));
     }
 
     #[test]
