@@ -8,7 +8,8 @@
 //! In: the scripts under `bin/`, `lib/`, `profile.d/`, `tests/buildpack/`, the
 //! debug `dynostat` binary for the quick tests, and for the boot test the
 //! static release binary, built once per machine into `<target>/dyno-test` by
-//! `scripts/release-build.sh` (without LTO, which keeps it to a few minutes).
+//! `scripts/release-build.sh` (without LTO and optimisation, which keeps it to a
+//! minute or two; linking is exactly as released).
 //!
 //! Needs bash, coreutils, curl, `file`, `shellcheck` and `unshare`
 //! (`scripts/install-test-deps.sh` installs them). Nothing leaves 127.0.0.1:
@@ -626,7 +627,7 @@ fn builds() -> &'static Builds {
             ("CARGO_TARGET_DIR", target.as_os_str()),
             ("CARGO_PROFILE_RELEASE_LTO", "false".as_ref()),
             ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16".as_ref()),
-            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1".as_ref()),
+            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0".as_ref()),
             ("CARGO", cargo.as_ref()),
         ];
         let out = Command::new(repo().join("scripts/release-build.sh"))

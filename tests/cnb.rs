@@ -236,7 +236,7 @@ fn builds() -> &'static Builds {
             ("CARGO_TARGET_DIR", target.as_os_str()),
             ("CARGO_PROFILE_RELEASE_LTO", "false".as_ref()),
             ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16".as_ref()),
-            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1".as_ref()),
+            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0".as_ref()),
             ("CARGO", cargo.as_ref()),
         ];
         let out = Output::of(
