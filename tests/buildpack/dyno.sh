@@ -52,12 +52,6 @@ processes() {
 if [[ "${1:-}" != "--inside" ]]; then
 	slug="$(cd "${1:?Usage: dyno.sh <slug-dir> <command>}" && pwd)"
 	command="${2:?Usage: dyno.sh <slug-dir> <command>}"
-	case "${slug}/" in
-	/tmp/*)
-		say "the slug must not live under /tmp, which the dyno gets as a fresh tmpfs: ${slug}"
-		exit 3
-		;;
-	esac
 	if unshare -rm --pid --fork --mount-proc true 2>/dev/null; then
 		userns=(-r)
 	elif [[ "$(id -u)" == 0 ]] && unshare -m --pid --fork --mount-proc true 2>/dev/null; then
@@ -74,6 +68,25 @@ slug="$2"
 command="$3"
 stop_timeout="${DYNO_STOP_TIMEOUT:-30}"
 
+# A slug under /tmp (a checkout in /tmp, say) would vanish under the dyno's
+# fresh tmpfs: bind it first onto a directory outside /tmp, as Heroku's /app.
+case "${slug}/" in
+/tmp/*)
+	for dir in /app /mnt /srv /media /opt; do
+		if [[ -d "${dir}" ]] && mount --bind "${slug}" "${dir}"; then
+			slug="${dir}"
+			break
+		fi
+	done
+	case "${slug}/" in
+	/tmp/*)
+		say "the slug is under /tmp, which the dyno gets as a fresh tmpfs, and no directory outside /tmp could take it: ${slug}"
+		exit 3
+		;;
+	esac
+	;;
+esac
+
 # Heroku's filesystem: the slug ($HOME) and /tmp writable, everything else read-only.
 mount --bind "${slug}" "${slug}" || {
 	say "cannot bind-mount ${slug}"
@@ -85,10 +98,20 @@ while read -r _ _ _ _ mountpoint _; do
 	esac
 	mount -o remount,ro,bind "${mountpoint}" 2>/dev/null || say "could not make ${mountpoint} read-only"
 done </proc/self/mountinfo
+# The test's probe helpers, when they live under /tmp too, are carried over
+# into the new tmpfs (and left out of the listing of /tmp at the end).
+probe_copy=""
+if [[ "${DYNO_PROBE:-}" == /tmp/* && -r "${DYNO_PROBE}" ]]; then
+	probe_copy="$(<"${DYNO_PROBE}")"
+fi
 mount -t tmpfs -o mode=1777 tmpfs /tmp || {
 	say "cannot mount a tmpfs on /tmp"
 	exit 3
 }
+if [[ -n "${probe_copy}" ]]; then
+	printf '%s\n' "${probe_copy}" >/tmp/.dyno-probe.sh
+	export DYNO_PROBE=/tmp/.dyno-probe.sh
+fi
 if (: >/.dyno-write-probe) 2>/dev/null; then
 	rm -f /.dyno-write-probe
 	say "the root is still writable; refusing to boot"
@@ -152,6 +175,6 @@ done
 wait 2>/dev/null || true
 elapsed="$(awk -v a="${started}" -v b="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", b - a }')"
 say "all processes exited after ${elapsed} s"
-leftovers="$(cd /tmp && find . -mindepth 1 -maxdepth 2 | head -n 5 | tr '\n' ' ')"
+leftovers="$(cd /tmp && find . -mindepth 1 -maxdepth 2 ! -name .dyno-probe.sh | head -n 5 | tr '\n' ' ')"
 say "/tmp after shutdown: ${leftovers:-empty}"
 exit 0
