@@ -21,125 +21,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::slug::{
+    arch, builds, clean_command, http_get, repo, scratch, sha256, Artifact, Output,
+};
 use common::{free_tcp_port, free_udp_port, Intake};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The test API key: it must reach the intake's header and nothing else.
 const API_KEY: &str = "dd0123456789abcdef0123456789abcd";
 const APP_NAME: &str = "dynostat-boot-test";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The architecture name in release artifacts, as `uname -m` prints it.
-fn arch() -> &'static str {
-    std::env::consts::ARCH
-}
-
-/// A temp directory under the target dir, not under /tmp: a booted dyno gets
-/// a fresh tmpfs on /tmp, which would hide a slug kept there.
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("buildpack-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("create a temp dir under CARGO_TARGET_TMPDIR")
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a checksum")
-        .to_owned()
-}
-
-/// The output of a finished script.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn of(out: std::process::Output) -> Self {
-        Self {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn both(&self) -> String {
-        format!("--- stdout\n{}--- stderr\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// A command with an empty environment but PATH: nothing from the test
-/// runner's environment (DYNOSTAT_*, DD_*) leaks into the scripts.
-fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// A release artifact laid out as the compile script downloads it:
-/// `dynostat-<arch>` and `dynostat-<arch>.sha256` in a directory.
-struct Artifact {
-    _dir: tempfile::TempDir,
-    binary: PathBuf,
-    sha256: String,
-}
-
-impl Artifact {
-    /// Lays out a copy of `binary` with its checksum file.
-    fn of(binary: &Path) -> Self {
-        let dir = scratch();
-        let name = format!("dynostat-{}", arch());
-        let dest = dir.path().join(&name);
-        fs::copy(binary, &dest).expect("copy the binary into the artifact dir");
-        let sum = sha256(&dest);
-        fs::write(
-            dir.path().join(format!("{name}.sha256")),
-            format!("{sum}  {name}\n"),
-        )
-        .expect("write the .sha256 file");
-        Self {
-            _dir: dir,
-            binary: dest,
-            sha256: sum,
-        }
-    }
-
-    /// The debug `dynostat` that cargo built for these tests.
-    fn debug() -> Self {
-        Self::of(Path::new(common::bin()))
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.binary.display())
-    }
-
-    fn checksum_file(&self) -> PathBuf {
-        PathBuf::from(format!("{}.sha256", self.binary.display()))
-    }
-}
 
 /// An app checkout to compile: BUILD_DIR, CACHE_DIR and ENV_DIR in one temp dir.
 struct App {
@@ -604,64 +501,8 @@ fn has_command(name: &str) -> bool {
 
 // ---------------------------------------------------------------------------
 // The static release binary and the example app, built once per test run
-// (and kept between runs in <target>/dyno-test, so later runs only relink).
-
-struct Builds {
-    /// `dynostat-<arch>` and `.sha256`, as scripts/release-build.sh lays them out.
-    dist: PathBuf,
-    example_app: PathBuf,
-}
-
-fn builds() -> &'static Builds {
-    static BUILDS: OnceLock<Builds> = OnceLock::new();
-    BUILDS.get_or_init(|| {
-        // Its own target dir: the running `cargo test` holds the lock on ours.
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
-            .join("dyno-test");
-        let dist = target.join("dist");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // Release, minus what makes it slow; linking stays exactly as released.
-        let fast = [
-            ("CARGO_TARGET_DIR", target.as_os_str()),
-            ("CARGO_PROFILE_RELEASE_LTO", "false".as_ref()),
-            ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16".as_ref()),
-            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0".as_ref()),
-            ("CARGO", cargo.as_ref()),
-        ];
-        let out = Command::new(repo().join("scripts/release-build.sh"))
-            .arg("--out")
-            .arg(&dist)
-            .envs(fast)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/release-build.sh");
-        let out = Output::of(out);
-        assert!(
-            out.status.success(),
-            "scripts/release-build.sh failed:\n{}",
-            out.both()
-        );
-        let out = Command::new(&cargo)
-            .args(["build", "--release", "--locked", "-p", "example-app"])
-            .current_dir(repo())
-            .envs(fast)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build -p example-app");
-        let out = Output::of(out);
-        assert!(
-            out.status.success(),
-            "building example-app failed:\n{}",
-            out.both()
-        );
-        Builds {
-            dist,
-            example_app: target.join("release/example-app"),
-        }
-    })
-}
+// by `common::slug::builds` (and kept between runs in <target>/dyno-test, so
+// later runs only relink).
 
 #[test]
 fn release_binary_is_statically_linked() {
@@ -1180,24 +1021,6 @@ fn dyno_boot_on_a_read_only_root_delivers_every_metric_through_sigterm() {
         !keys.is_empty() && keys.iter().all(|k| k == API_KEY),
         "{keys:?}"
     );
-}
-
-/// One HTTP/1.1 GET on 127.0.0.1; returns the whole response.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the app");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set a read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send a request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
 }
 
 /// Every path under `dir` with its size and modification time.

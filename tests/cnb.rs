@@ -24,16 +24,18 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::slug::{
+    arch, builds, clean_command, http_get, repo, scratch, sha256, Artifact, Output,
+};
 use common::{free_tcp_port, free_udp_port, Intake};
 use serde_json::Value;
 
@@ -45,15 +47,6 @@ const FIR_DYNO: &str = "web-12a34b56d-e78f9";
 /// The directory the lifecycle gives a buildpack, `<layers>/<escaped id>`.
 const BP_LAYERS: &str = "dynostat_dynostat";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The architecture name in release artifacts, as `uname -m` prints it.
-fn arch() -> &'static str {
-    std::env::consts::ARCH
-}
-
 /// The same architecture, as CNB names it (`CNB_TARGET_ARCH`).
 fn cnb_arch() -> &'static str {
     match arch() {
@@ -61,58 +54,6 @@ fn cnb_arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cnb-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("create a temp dir under CARGO_TARGET_TMPDIR")
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a checksum")
-        .to_owned()
-}
-
-/// The output of a finished script.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn of(out: std::process::Output) -> Self {
-        Self {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn both(&self) -> String {
-        format!("--- stdout\n{}--- stderr\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// A command with an empty environment but PATH and LANG: nothing from the
-/// test runner's environment (DD_*, DYNOSTAT_*) leaks in.
-fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null());
-    cmd
 }
 
 /// The Python interpreter's real path: the launcher stand-in runs with a
@@ -154,124 +95,6 @@ fn toml_file(path: &Path) -> Value {
         out.both()
     );
     serde_json::from_str(&out.stdout).expect("tomllib's JSON")
-}
-
-// ---------------------------------------------------------------------------
-// Release artifacts.
-
-/// `dynostat-<arch>` and `dynostat-<arch>.sha256` in a directory, as
-/// scripts/release-build.sh lays them out and bin/build downloads them.
-struct Artifact {
-    _dir: Option<tempfile::TempDir>,
-    binary: PathBuf,
-    sha256: String,
-}
-
-impl Artifact {
-    /// Lays out a copy of `binary`, plus `extra` bytes at its end (an ELF
-    /// file still runs with trailing bytes: a different build, same code).
-    fn of(binary: &Path, extra: &[u8]) -> Self {
-        let dir = scratch();
-        let name = format!("dynostat-{}", arch());
-        let dest = dir.path().join(&name);
-        let mut bytes = fs::read(binary).expect("read the binary");
-        bytes.extend_from_slice(extra);
-        fs::write(&dest, bytes).expect("write the artifact");
-        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).expect("chmod");
-        let sum = sha256(&dest);
-        fs::write(
-            dir.path().join(format!("{name}.sha256")),
-            format!("{sum}  {name}\n"),
-        )
-        .expect("write the .sha256 file");
-        Self {
-            _dir: Some(dir),
-            binary: dest,
-            sha256: sum,
-        }
-    }
-
-    /// The debug `dynostat` that cargo built for these tests.
-    fn debug() -> Self {
-        Self::of(Path::new(common::bin()), b"")
-    }
-
-    /// The static release binary, where scripts/release-build.sh put it.
-    fn release() -> Self {
-        let dist = &builds().dist;
-        let binary = dist.join(format!("dynostat-{}", arch()));
-        let sums = fs::read_to_string(dist.join(format!("dynostat-{}.sha256", arch())))
-            .expect("the release .sha256");
-        let sha256 = sums.split_whitespace().next().expect("a sum").to_owned();
-        Self {
-            _dir: None,
-            binary,
-            sha256,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.binary.display())
-    }
-}
-
-struct Builds {
-    dist: PathBuf,
-    example_app: PathBuf,
-}
-
-/// The static release binary and the example app, built exactly as
-/// tests/buildpack.rs builds them (same target dir, same settings), so the
-/// second of the two test files to run finds them up to date.
-fn builds() -> &'static Builds {
-    static BUILDS: OnceLock<Builds> = OnceLock::new();
-    BUILDS.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
-            .join("dyno-test");
-        let dist = target.join("dist");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let fast = [
-            ("CARGO_TARGET_DIR", target.as_os_str()),
-            ("CARGO_PROFILE_RELEASE_LTO", "false".as_ref()),
-            ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16".as_ref()),
-            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0".as_ref()),
-            ("CARGO", cargo.as_ref()),
-        ];
-        let out = Output::of(
-            Command::new(repo().join("scripts/release-build.sh"))
-                .arg("--out")
-                .arg(&dist)
-                .envs(fast)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run scripts/release-build.sh"),
-        );
-        assert!(
-            out.status.success(),
-            "scripts/release-build.sh failed:\n{}",
-            out.both()
-        );
-        let out = Output::of(
-            Command::new(&cargo)
-                .args(["build", "--release", "--locked", "-p", "example-app"])
-                .current_dir(repo())
-                .envs(fast)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run cargo build -p example-app"),
-        );
-        assert!(
-            out.status.success(),
-            "building example-app failed:\n{}",
-            out.both()
-        );
-        Builds {
-            dist,
-            example_app: target.join("release/example-app"),
-        }
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -790,7 +613,7 @@ fn build_installs_a_verified_launch_layer_and_reuses_it() {
     );
 
     // Another binary (another sha256): installed afresh, metadata updated.
-    let other = Artifact::of(Path::new(common::bin()), b"\0rebuilt");
+    let other = Artifact::with_trailer(Path::new(common::bin()), b"\0rebuilt");
     let third = cnb.build_ok(&other);
     assert!(
         !third.stdout.contains("Reusing"),
@@ -1175,24 +998,6 @@ fn with_the_launcher_as_pid_1_the_agent_stays_with_the_app() {
 
 // ---------------------------------------------------------------------------
 // The whole thing: a Fir dyno, from build to SIGTERM.
-
-/// One HTTP/1.1 GET on 127.0.0.1; returns the whole response.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the app");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set a read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send a request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
-}
 
 #[test]
 fn fir_dyno_delivers_every_metric_with_fir_tags_through_sigterm() {
