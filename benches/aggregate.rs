@@ -2,8 +2,9 @@
 //! the memory held by 100,000 live contexts.
 //!
 //! Run: `cargo bench --bench aggregate`. Needs `[[bench]] name = "aggregate"
-//! harness = false` in Cargo.toml. The memory figure is printed before the
-//! timings; it counts live heap bytes through a counting global allocator.
+//! harness = false` in Cargo.toml. The memory figures are printed before the
+//! timings; they count live and peak heap bytes through a counting global
+//! allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -18,6 +19,13 @@ use dynostat::protocol::{Metric, MetricType, Tags};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The highest `LIVE` since the last reset.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn count_up(n: usize) {
+    let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: every call forwards to the system allocator with the caller's
 // arguments; the counter has no effect on the memory handed out.
@@ -26,7 +34,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as ours.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            count_up(layout.size());
         }
         p
     }
@@ -42,7 +50,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            count_up(new_size);
         }
         p
     }
@@ -185,6 +193,74 @@ fn report_memory() {
     drop(flush);
 }
 
+/// A bucket of 100,000 contexts shaped like `examples/loadgen.rs`'s load:
+/// counters, gauges, histograms (3 samples each) and sets in turn, 3 tags.
+fn loadgen_bucket() -> dynostat::aggregate::Bucket {
+    let mut agg = Aggregator::new(options(200_000));
+    for round in 0..3 {
+        for k in 0..100_000u32 {
+            let (name, kind, value) = match k % 4 {
+                0 => (format!("lg.cnt.m{k}"), MetricType::Counter, "1".to_owned()),
+                1 => (format!("lg.gge.m{k}"), MetricType::Gauge, format!("{k}.5")),
+                2 => (
+                    format!("lg.hst.m{k}"),
+                    MetricType::Histogram,
+                    format!("{}", k + round),
+                ),
+                _ => (format!("lg.set.m{k}"), MetricType::Set, format!("u{round}")),
+            };
+            let tags = format!("env:bench,svc:web,shard:{}", k % 16);
+            let m = Metric {
+                name: &name,
+                raw_values: &value,
+                kind,
+                sample_rate: 1.0,
+                tags: Tags(&tags),
+                timestamp: None,
+            };
+            agg.insert(&m, NOW);
+        }
+    }
+    agg.take()
+}
+
+/// Peak heap above the live bucket while a flush of it is built and encoded:
+/// all at once (`into_flush`, then `encode_flush`) against chunk by chunk
+/// (`into_chunks` into a `FlushEncoder`, as the flush loop does).
+fn report_flush_peak() {
+    use dynostat::aggregate::CHUNK_CONTEXTS;
+    use dynostat::forward::payload::{encode_flush, Decoration, FlushEncoder, Limits};
+    let deco = Decoration::default();
+    let mib = |b: usize| b as f64 / 1_048_576.0;
+
+    let base = LIVE.load(Ordering::Relaxed);
+    let bucket = loadgen_bucket();
+    let live = LIVE.load(Ordering::Relaxed) - base;
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    let flush = bucket.into_flush(NOW, 10);
+    let encoded = encode_flush(&flush, &deco, Limits::default());
+    drop(flush);
+    let whole = PEAK.load(Ordering::Relaxed) - base;
+    let payloads = encoded.payloads.len();
+    drop(encoded);
+
+    let bucket = loadgen_bucket();
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    let mut enc = FlushEncoder::new(&deco, Limits::default());
+    for chunk in bucket.into_chunks(NOW, 10, CHUNK_CONTEXTS) {
+        enc.push(&chunk);
+    }
+    let encoded = enc.finish();
+    let chunked = PEAK.load(Ordering::Relaxed) - base;
+    assert_eq!(encoded.payloads.len(), payloads);
+    println!(
+        "memory: 100000 loadgen-shaped contexts hold {:.1} MiB; peak heap through the flush: {:.1} MiB built whole, {:.1} MiB in chunks of {CHUNK_CONTEXTS} ({payloads} payloads)",
+        mib(live),
+        mib(whole),
+        mib(chunked),
+    );
+}
+
 /// This thread's CPU time in nanoseconds: steadier than wall time on a
 /// shared, noisy machine.
 fn thread_cpu_ns() -> u128 {
@@ -238,6 +314,7 @@ fn report_cpu() {
 
 fn main() {
     report_memory();
+    report_flush_peak();
     report_cpu();
     let mut c = Criterion::default().configure_from_args();
     bench_insert(&mut c);
