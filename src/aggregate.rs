@@ -44,7 +44,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
-use crate::protocol::{Event, Metric, MetricType, ServiceCheck};
+use crate::protocol::{parse_value_bytes as parse_value, Event, Metric, MetricType, ServiceCheck};
 
 /// Events kept per interval; more are counted in [`Bucket::overflowed`].
 pub const MAX_EVENTS: usize = 10_000;
@@ -576,49 +576,6 @@ impl Iterator for Values<'_> {
             }
         }
     }
-}
-
-/// Powers of ten exactly representable as f64.
-const POW10: [f64; 16] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-];
-
-/// Parses one value like `f64::from_str`. Fast path (Clinger's): an optional
-/// `-`, at most 15 digits with at most one `.`; the digits form an integer
-/// below 2^53 and 10^k is exact, so one IEEE division gives the correctly
-/// rounded result, the same bits `f64::from_str` returns. Anything else
-/// (exponents, `+`, `nan`, `inf`, long mantissas) takes `f64::from_str`.
-#[inline]
-fn parse_value(item: &[u8]) -> Option<f64> {
-    let (neg, digits) = match item.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, item),
-    };
-    let mut mantissa: u64 = 0;
-    let mut count = 0usize;
-    let mut frac: Option<usize> = None;
-    let mut fast = digits.len() <= 16;
-    if fast {
-        for (i, &b) in digits.iter().enumerate() {
-            if b.is_ascii_digit() {
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                count += 1;
-            } else if b == b'.' && frac.is_none() {
-                frac = Some(i);
-            } else {
-                fast = false;
-                break;
-            }
-        }
-    }
-    if fast && count > 0 && count <= 15 {
-        let decimals = frac.map_or(0, |i| digits.len() - i - 1);
-        // Exact: mantissa < 10^15 < 2^53.
-        #[allow(clippy::cast_precision_loss)]
-        let v = mantissa as f64 / POW10.get(decimals).copied().unwrap_or(1.0);
-        return Some(if neg { -v } else { v });
-    }
-    std::str::from_utf8(item).ok()?.parse().ok()
 }
 
 /// Writes the canonical key of `(class, name, raw tags)` into `key`: tags

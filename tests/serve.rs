@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{has_tags, Intake, Serve};
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(15);
+const T: Duration = Duration::from_secs(30);
 const KEY: &str = "test-key-0123456789abcdef";
 
 fn approx(a: f64, b: f64) -> bool {
