@@ -44,7 +44,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
-use crate::protocol::{parse_value_bytes as parse_value, Event, Metric, MetricType, ServiceCheck};
+use crate::protocol::{Event, Metric, MetricType, ServiceCheck};
 
 /// Events kept per interval; more are counted in [`Bucket::overflowed`].
 pub const MAX_EVENTS: usize = 10_000;
@@ -490,7 +490,7 @@ impl Interval {
             };
         let ts = m.timestamp.unwrap_or_default();
         let mut accepted = false;
-        for v in Values::new(m.raw_values) {
+        for v in m.values() {
             if !v.is_finite() {
                 // NaN and Inf parse but produce no point, as in the Agent.
                 continue;
@@ -525,55 +525,6 @@ impl Interval {
             InsertOutcome::Accepted
         } else {
             InsertOutcome::Discarded
-        }
-    }
-}
-
-/// The numeric values of a line, exactly as [`Metric::values`] yields them
-/// (split on `:`, empty items skipped, unparseable items skipped) but with a
-/// fast path for plain decimals. Speed: [`Metric::values`] costs ~150
-/// instructions per single-value line (`str::split` + `f64::from_str`), this
-/// ~30 (callgrind on `benches/aggregate.rs`).
-struct Values<'a> {
-    rest: &'a [u8],
-    done: bool,
-}
-
-impl<'a> Values<'a> {
-    fn new(raw: &'a str) -> Self {
-        Self {
-            rest: raw.as_bytes(),
-            done: false,
-        }
-    }
-}
-
-impl Iterator for Values<'_> {
-    type Item = f64;
-
-    #[inline]
-    fn next(&mut self) -> Option<f64> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let item = match self.rest.iter().position(|&b| b == b':') {
-                Some(p) => {
-                    let (item, rest) = self.rest.split_at(p);
-                    self.rest = rest.get(1..).unwrap_or_default();
-                    item
-                }
-                None => {
-                    self.done = true;
-                    self.rest
-                }
-            };
-            if item.is_empty() {
-                continue;
-            }
-            if let Some(v) = parse_value(item) {
-                return Some(v);
-            }
         }
     }
 }
@@ -1825,78 +1776,6 @@ mod tests {
         let f = flush(&mut agg);
         assert_eq!(f.series.len(), 1);
         assert!(close(f.series[0].points[0].1, (limit + 10) as f64 / 10.0));
-    }
-
-    #[test]
-    fn fast_value_parser_matches_the_standard_one() {
-        let items = [
-            "0",
-            "-0",
-            "1",
-            "42.5",
-            "-3.25",
-            "007.50",
-            "1.",
-            ".5",
-            "-.5",
-            ".",
-            "-",
-            "",
-            "123456789012345",
-            "1234567890123456",
-            "0.1",
-            "0.3",
-            "2.675",
-            "9007199254740993",
-            "1e3",
-            "+1",
-            "nan",
-            "inf",
-            "-inf",
-            "1.2.3",
-            "abc",
-            "1_0",
-            "0.000000000000001",
-            "99999999999999.9",
-            "3.14159265358979",
-        ];
-        for item in items {
-            let want = item.parse::<f64>().ok();
-            let got = parse_value(item.as_bytes());
-            assert_eq!(
-                got.map(f64::to_bits),
-                want.map(f64::to_bits),
-                "{item:?}: {got:?} vs {want:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn values_iterate_like_metric_values() {
-        for raw in [
-            "1",
-            "1:2:3",
-            "1::2",
-            ":1:",
-            "",
-            ":",
-            "a:1:nan:-2.5e1",
-            "1:x:",
-        ] {
-            let m = metric("m", raw, MetricType::Histogram, "");
-            let want: Vec<u64> = m.values().map(f64::to_bits).collect();
-            let got: Vec<u64> = Values::new(raw).map(f64::to_bits).collect();
-            assert_eq!(got, want, "{raw:?}");
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn fast_value_parser_agrees_on_random_decimals(s in "-?[0-9]{0,17}(\\.[0-9]{0,17})?") {
-            let want = s.parse::<f64>().ok().map(f64::to_bits);
-            let got = parse_value(s.as_bytes()).map(f64::to_bits);
-            proptest::prop_assert_eq!(got, want, "{:?}", s);
-        }
     }
 
     #[test]

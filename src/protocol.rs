@@ -1127,6 +1127,58 @@ mod tests {
     }
 
     #[test]
+    fn fast_value_parser_matches_the_standard_one() {
+        let items = [
+            "0",
+            "-0",
+            "1",
+            "42.5",
+            "-3.25",
+            "007.50",
+            "1.",
+            ".5",
+            "-.5",
+            ".",
+            "-",
+            "",
+            "123456789012345",
+            "1234567890123456",
+            "0.1",
+            "0.3",
+            "2.675",
+            "9007199254740993",
+            "1e3",
+            "+1",
+            "nan",
+            "inf",
+            "-inf",
+            "1.2.3",
+            "abc",
+            "1_0",
+            "0.000000000000001",
+            "99999999999999.9",
+            "3.14159265358979",
+        ];
+        for item in items {
+            let want = item.parse::<f64>().ok();
+            let got = parse_value_bytes(item.as_bytes());
+            assert_eq!(
+                got.map(f64::to_bits),
+                want.map(f64::to_bits),
+                "{item:?}: {got:?} vs {want:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_value_parser_agrees_on_random_decimals(s in "-?[0-9]{0,17}(\\.[0-9]{0,17})?") {
+            let want = s.parse::<f64>().ok().map(f64::to_bits);
+            let got = parse_value_bytes(s.as_bytes()).map(f64::to_bits);
+            proptest::prop_assert_eq!(got, want, "{:?}", s);
+        }
+    }
+    #[test]
     fn error_codes_are_distinct() {
         use ParseError::*;
         let all = [
