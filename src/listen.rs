@@ -353,9 +353,23 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
                     .rposition(|&b| b == b'\n')
                     .map_or(&[][..], |p| &data[..p]);
             }
+            // One UTF-8 check per datagram rather than per line; a datagram
+            // with invalid bytes falls back to per-line checks, so only its
+            // bad lines are dropped.
+            let text = std::str::from_utf8(data).ok();
             for line in protocol::lines(data) {
                 c.lines += 1;
-                match protocol::parse_line(line) {
+                let parsed = match text {
+                    Some(text) => {
+                        // `lines` cuts at ASCII bytes, so the offsets are
+                        // char boundaries of `text`.
+                        let start = line.as_ptr() as usize - data.as_ptr() as usize;
+                        text.get(start..start + line.len())
+                            .map_or_else(|| protocol::parse_line(line), protocol::parse_str)
+                    }
+                    None => protocol::parse_line(line),
+                };
+                match parsed {
                     Ok(Parsed::Metric(m)) => match agg.insert(&m, now) {
                         InsertOutcome::Accepted => c.metrics += 1,
                         InsertOutcome::ContextLimit => c.contexts_dropped += 1,

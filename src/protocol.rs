@@ -356,7 +356,17 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
     if line.len() > MAX_LINE_LEN {
         return Err(ParseError::TooLong);
     }
-    let s = std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?;
+    parse_str(std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?)
+}
+
+/// [`parse_line`] for a line already known to be UTF-8, e.g. one cut from a
+/// datagram validated whole: the listener checks each datagram once instead
+/// of each line (~120 fewer instructions per line by callgrind, see
+/// docs/PERFORMANCE.md).
+pub fn parse_str(s: &str) -> Result<Parsed<'_>, ParseError> {
+    if s.len() > MAX_LINE_LEN {
+        return Err(ParseError::TooLong);
+    }
     if s.starts_with('_') {
         if s.starts_with("_e{") {
             return parse_event(s).map(Parsed::Event);
@@ -1178,6 +1188,22 @@ mod tests {
             proptest::prop_assert_eq!(got, want, "{:?}", s);
         }
     }
+    #[test]
+    fn parse_str_agrees_with_parse_line() {
+        for line in [
+            "a:1|c",
+            "a:1:2::3|h|@0.5|#x:y,z|T1700000000",
+            "daemon:abc:def|s",
+            "_e{2,3}:ab|cde|t:error",
+            "_sc|db|1|m:slow",
+            "bad",
+            "a:x|c",
+            "é:1|g|#ü",
+        ] {
+            assert_eq!(parse_str(line), parse_line(line.as_bytes()), "{line:?}");
+        }
+    }
+
     #[test]
     fn error_codes_are_distinct() {
         use ParseError::*;

@@ -541,3 +541,25 @@ fn repeated_sigterm_still_flushes() {
     assert!(st.success(), "{st:?}\n{}", s.stderr());
     assert!(approx(intake.total("twice", &[]), 5.0));
 }
+
+/// The listener checks UTF-8 once per datagram; a datagram with one invalid
+/// line must still count its other lines.
+#[test]
+fn invalid_utf8_drops_only_its_own_line() {
+    let intake = Intake::start();
+    let mut s = Serve::builder().intake(&intake).start();
+    s.send(b"good:1|c\n\xff\xfe:1|c\ngood:2|c|#t:\xc3\xa9");
+    s.signal(libc::SIGTERM);
+    assert!(
+        s.wait_exit(T).is_some_and(|st| st.success()),
+        "stderr:\n{}",
+        s.stderr()
+    );
+    assert!(
+        approx(intake.total("good", &[]), 3.0),
+        "{:#?}",
+        intake.series_named("good")
+    );
+    assert!(approx(intake.total("good", &["t:\u{e9}"]), 2.0));
+    assert!(intake.total("dynostat.parse_errors", &[]) >= 1.0);
+}
