@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput};
 use dynostat::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
-use dynostat::config::HistogramAggregate;
+use dynostat::config::defaults;
 use dynostat::protocol::{Metric, MetricType, Tags};
 
 /// Counts live heap bytes so the memory report needs no OS-specific RSS reading.
@@ -66,13 +66,8 @@ const INSERTS_PER_INTERVAL: u64 = 10_000_000;
 fn options(context_limit: usize) -> AggregatorOptions {
     AggregatorOptions {
         context_limit,
-        histogram_aggregates: vec![
-            HistogramAggregate::Max,
-            HistogramAggregate::Median,
-            HistogramAggregate::Avg,
-            HistogramAggregate::Count,
-        ],
-        histogram_percentiles: vec![0.95],
+        histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
+        histogram_percentiles: defaults::PERCENTILES.to_vec(),
     }
 }
 

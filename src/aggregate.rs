@@ -1087,6 +1087,7 @@ fn at_rank(ones: &[f64], weighted: &[(f64, u32)], target: u64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::defaults;
     use crate::protocol::{AlertType, CheckStatus, Priority, Tags};
 
     const NOW: i64 = 1_700_000_000;
@@ -1095,13 +1096,8 @@ mod tests {
     fn opts() -> AggregatorOptions {
         AggregatorOptions {
             context_limit: 1_000,
-            histogram_aggregates: vec![
-                HistogramAggregate::Max,
-                HistogramAggregate::Median,
-                HistogramAggregate::Avg,
-                HistogramAggregate::Count,
-            ],
-            histogram_percentiles: vec![0.95],
+            histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
+            histogram_percentiles: defaults::PERCENTILES.to_vec(),
         }
     }
 

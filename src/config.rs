@@ -217,6 +217,13 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_SECS: f64 = 5.0;
     /// `DD_HISTOGRAM_PERCENTILES`.
     pub const PERCENTILES: &[f64] = &[0.95];
+    /// `DD_HISTOGRAM_AGGREGATES`, as in the Agent.
+    pub const HISTOGRAM_AGGREGATES: &[super::HistogramAggregate] = &[
+        super::HistogramAggregate::Max,
+        super::HistogramAggregate::Median,
+        super::HistogramAggregate::Avg,
+        super::HistogramAggregate::Count,
+    ];
 }
 
 /// Everything `dynostat serve` needs.
@@ -385,12 +392,7 @@ impl Config {
 
         let histogram_aggregates = match r.string("DD_HISTOGRAM_AGGREGATES")? {
             Some(list) => parse_aggregates(&list)?,
-            None => vec![
-                HistogramAggregate::Max,
-                HistogramAggregate::Median,
-                HistogramAggregate::Avg,
-                HistogramAggregate::Count,
-            ],
+            None => defaults::HISTOGRAM_AGGREGATES.to_vec(),
         };
         let histogram_percentiles = match r.string("DD_HISTOGRAM_PERCENTILES")? {
             Some(list) => parse_percentiles(&list)?,
