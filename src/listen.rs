@@ -548,11 +548,8 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
 async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, interval: u64) {
     use std::cell::Cell;
     let started = Instant::now();
-    let (bucket, contexts) = {
-        let mut agg = shared.lock();
-        let contexts = agg.contexts();
-        (agg.take(), contexts)
-    };
+    let bucket = shared.lock().take();
+    let contexts = bucket.contexts();
     let stats = &shared.stats;
     // Events and service checks past the per-interval cap were counted as
     // received by the receive loop; count them as discarded too.
