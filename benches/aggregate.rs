@@ -11,9 +11,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput};
-use dynostat::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
+use dynostat::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use dynostat::config::defaults;
-use dynostat::protocol::{Metric, MetricType, Tags};
+use dynostat::dogstatsd::protocol::{Metric, MetricType, Tags};
 
 /// Counts live heap bytes so the memory report needs no OS-specific RSS reading.
 struct Counting;
@@ -190,7 +190,7 @@ fn report_memory() {
 
 /// A bucket of 100,000 contexts shaped like `examples/loadgen.rs`'s load:
 /// counters, gauges, histograms (3 samples each) and sets in turn, 3 tags.
-fn loadgen_bucket() -> dynostat::aggregate::Bucket {
+fn loadgen_bucket() -> dynostat::dogstatsd::aggregate::Bucket {
     let mut agg = Aggregator::new(options(200_000));
     for round in 0..3 {
         for k in 0..100_000u32 {
@@ -223,7 +223,7 @@ fn loadgen_bucket() -> dynostat::aggregate::Bucket {
 /// all at once (`into_flush`, then `encode_flush`) against chunk by chunk
 /// (`into_chunks` into a `FlushEncoder`, as the flush loop does).
 fn report_flush_peak() {
-    use dynostat::aggregate::CHUNK_CONTEXTS;
+    use dynostat::dogstatsd::aggregate::CHUNK_CONTEXTS;
     use dynostat::forward::payload::{encode_flush, Decoration, FlushEncoder, Limits};
     let deco = Decoration::default();
     let mib = |b: usize| b as f64 / 1_048_576.0;

@@ -6,7 +6,7 @@
 //! (elements); ns per line = 1e9 / that.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use dynostat::protocol::{lines, parse_line, Parsed};
+use dynostat::dogstatsd::protocol::{lines, parse_line, Parsed};
 
 /// Builds a datagram of whole lines no longer than `limit` bytes: counters,
 /// gauges, histograms and sets in turn, 3 tags each, values typical of real

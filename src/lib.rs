@@ -4,29 +4,25 @@
 //! The modules follow the data's path:
 //!
 //! ```text
-//! listen (UDP / Unix sockets) → protocol (parse) → aggregate (10 s buckets)
-//!        → forward (Datadog HTTP API, retry queue) or console table
+//! serve (UDP / Unix sockets, flush clock, shutdown)
+//!   → dogstatsd::protocol (parse) → dogstatsd::aggregate (buckets)
+//!   → forward (Datadog HTTP API, retry queue) or console table
 //! ```
 //!
 //! and the process side:
 //!
 //! ```text
-//! supervise (Job: spawn, restart, signal, reap) ← agent (dyno sidecar)
-//!                                               ← runner (`start` / `run`, Procfile + .env)
+//! process::supervise (Job: spawn, restart, signal, reap)
+//!   ← dyno::agent (dyno sidecar, Cedar) ← dyno::execd (Fir exec.d)
+//!   ← process::runner (`start` / `run`, Procfile + .env)
 //! ```
 //!
 //! [`config`] is the only module that reads environment variables.
 
-pub mod aggregate;
 pub mod config;
+pub mod dogstatsd;
 pub mod forward;
-pub mod listen;
-pub mod protocol;
-pub mod stats;
+pub mod serve;
 
-pub mod agent;
-pub mod dotenv;
-pub mod execd;
-pub mod procfile;
-pub mod runner;
-pub mod supervise;
+pub mod dyno;
+pub mod process;

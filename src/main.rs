@@ -21,11 +21,11 @@ enum Command {
     /// Supervise `serve` beside a dyno's app (what the boot script runs).
     Agent,
     /// Run the Procfile's processes, foreman-style, with the listener beside them.
-    Start(dynostat::runner::StartArgs),
+    Start(dynostat::process::runner::StartArgs),
     /// Run one command with the env files loaded and the listener beside it.
-    Run(dynostat::runner::RunArgs),
+    Run(dynostat::process::runner::RunArgs),
     /// Validate the Procfile and env files and print what would run.
-    Check(dynostat::runner::CheckArgs),
+    Check(dynostat::process::runner::CheckArgs),
     /// Print the version and build information.
     Version,
     /// CNB exec.d program: start the agent detached, write env TOML to fd 3, exit.
@@ -36,8 +36,8 @@ enum Command {
 fn main() -> ExitCode {
     // The CNB launcher runs `<layer>/exec.d/dynostat` (a symlink to this
     // binary) with no arguments.
-    if dynostat::execd::invoked_as_exec_d() {
-        return exit(dynostat::execd::main());
+    if dynostat::dyno::execd::invoked_as_exec_d() {
+        return exit(dynostat::dyno::execd::main());
     }
     let cli = Cli::parse();
     match cli.command {
@@ -49,8 +49,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            dynostat::listen::init_logging(config.log_level);
-            match dynostat::listen::serve(config) {
+            dynostat::serve::init_logging(config.log_level);
+            match dynostat::serve::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dynostat: {e:#}");
@@ -58,11 +58,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Agent => exit(dynostat::agent::main()),
-        Command::Start(args) => exit(dynostat::runner::start(&args)),
-        Command::Run(args) => exit(dynostat::runner::run(&args)),
-        Command::Check(args) => exit(dynostat::runner::check(&args)),
-        Command::ExecD => exit(dynostat::execd::main()),
+        Command::Agent => exit(dynostat::dyno::agent::main()),
+        Command::Start(args) => exit(dynostat::process::runner::start(&args)),
+        Command::Run(args) => exit(dynostat::process::runner::run(&args)),
+        Command::Check(args) => exit(dynostat::process::runner::check(&args)),
+        Command::ExecD => exit(dynostat::dyno::execd::main()),
         Command::Version => {
             println!(
                 "dynostat {} ({} {})",

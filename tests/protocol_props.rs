@@ -1,4 +1,4 @@
-//! Property tests for the DogStatsD parser (`dynostat::protocol`).
+//! Property tests for the DogStatsD parser (`dynostat::dogstatsd::protocol`).
 //!
 //! In: random bytes, and structured-random well-formed lines. Out: pass or a
 //! shrunk counterexample. Checks that the parser never panics, that
@@ -9,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use dynostat::protocol::{lines, parse_line, parse_value, MetricType, Parsed};
+use dynostat::dogstatsd::protocol::{lines, parse_line, parse_value, MetricType, Parsed};
 use proptest::prelude::*;
 
 /// Counts allocations made by the current thread.

@@ -5,7 +5,7 @@
 //! tags readable, event title non-empty, lines non-empty and free of `\n`).
 #![no_main]
 
-use dynostat::protocol::{lines, parse_line, Parsed, MAX_LINE_LEN};
+use dynostat::dogstatsd::protocol::{lines, parse_line, Parsed, MAX_LINE_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

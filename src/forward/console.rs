@@ -18,8 +18,8 @@
 use std::fmt::Write as _;
 
 use super::payload::{alert_type_name, Decoration, TagList};
-use crate::aggregate::{Flush, SeriesKind};
-use crate::protocol::CheckStatus;
+use crate::dogstatsd::aggregate::{Flush, SeriesKind};
+use crate::dogstatsd::protocol::CheckStatus;
 
 /// Distribution values shown before `…`.
 const MAX_DIST_VALUES: usize = 8;

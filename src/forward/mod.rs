@@ -40,9 +40,9 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::time::Instant;
 
-use crate::aggregate::Flush;
+use crate::dogstatsd::aggregate::Flush;
 use crate::config::{escape_truncate, ApiKey, Config};
-use crate::stats::Stats;
+use crate::dogstatsd::stats::Stats;
 use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
 use retry::{Evicted, Queued, RetryQueue};
 
@@ -215,7 +215,7 @@ impl Forwarder {
     }
 
     /// As [`Forwarder::submit`] for a flush that arrives in chunks (see
-    /// [`crate::aggregate::Bucket::into_chunks`]): each chunk is encoded and
+    /// [`crate::dogstatsd::aggregate::Bucket::into_chunks`]): each chunk is encoded and
     /// dropped before the next is taken, so only the compressed payloads
     /// accumulate. Every chunk is taken, even when nothing is forwarded (the
     /// last one may drain the self-telemetry). The console table needs the

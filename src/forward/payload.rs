@@ -28,8 +28,8 @@ use flate2::Compression;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
-use crate::aggregate::{DistributionSeries, Series, SeriesKind};
-use crate::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
+use crate::dogstatsd::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::dogstatsd::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
 
 /// The `/api/v2/series` limits: 512,000 bytes compressed, 5,242,880 decompressed.
 pub const MAX_COMPRESSED: usize = 512_000;
@@ -605,7 +605,7 @@ pub struct Encoded {
 }
 
 /// Encodes a whole flush.
-pub fn encode_flush(flush: &crate::aggregate::Flush, deco: &Decoration, limits: Limits) -> Encoded {
+pub fn encode_flush(flush: &crate::dogstatsd::aggregate::Flush, deco: &Decoration, limits: Limits) -> Encoded {
     let mut enc = FlushEncoder::new(deco, limits);
     enc.push(flush);
     enc.finish()
@@ -640,7 +640,7 @@ impl<'a> FlushEncoder<'a> {
     }
 
     /// Serializes and compresses every item of `flush`.
-    pub fn push(&mut self, flush: &crate::aggregate::Flush) {
+    pub fn push(&mut self, flush: &crate::dogstatsd::aggregate::Flush) {
         let (deco, buf, out) = (self.deco, &mut self.buf, &mut self.out);
         for s in &flush.series {
             if deco.series_json(s, buf).is_none() {
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn chunked_encoding_equals_whole_encoding() {
-        use crate::aggregate::{Flush, Series};
+        use crate::dogstatsd::aggregate::{Flush, Series};
         let series = |i: usize| Series {
             metric: format!("m.{i}"),
             kind: if i % 2 == 0 {

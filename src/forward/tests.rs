@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use super::payload::{encode_flush, Decoration, Limits};
 use super::*;
-use crate::aggregate::{DistributionSeries, Series, SeriesKind};
-use crate::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
+use crate::dogstatsd::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::dogstatsd::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
 
 const KEY: &str = "sekrit-key-0123456789abcdef";
 

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
-use crate::protocol::{Event, Metric, MetricType, ServiceCheck};
+use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
 
 /// Events kept per interval; more are counted in [`Bucket::overflowed`].
 pub const MAX_EVENTS: usize = 10_000;
@@ -1088,7 +1088,7 @@ fn at_rank(ones: &[f64], weighted: &[(f64, u32)], target: u64) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::config::defaults;
-    use crate::protocol::{AlertType, CheckStatus, Priority, Tags};
+    use crate::dogstatsd::protocol::{AlertType, CheckStatus, Priority, Tags};
 
     const NOW: i64 = 1_700_000_000;
     const TS: i64 = 1_699_999_990;

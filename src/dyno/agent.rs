@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{AgentConfig, LogLevel};
-use crate::supervise::{self, Backoff, Job};
+use crate::process::supervise::{self, Backoff, Job};
 
 /// How long the listener gets for its final flush after the signal:
 /// Heroku SIGKILLs everything 30 s after SIGTERM.
@@ -68,7 +68,7 @@ pub fn main() -> i32 {
     } else {
         config.log_level
     };
-    crate::listen::init_logging(level);
+    crate::serve::init_logging(level);
 
     if let Some(ty) = config.dyno_type() {
         if !config.dyno_types.allows(ty) {

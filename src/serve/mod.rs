@@ -3,7 +3,7 @@
 //!
 //! In: UDP datagrams on `DD_BIND_HOST:DD_DOGSTATSD_PORT` and, optionally, a
 //! Unix datagram socket at `DD_DOGSTATSD_SOCKET`. Out: a
-//! [`crate::aggregate::Flush`] every interval, handed to the
+//! [`crate::dogstatsd::aggregate::Flush`] every interval, handed to the
 //! [`crate::forward::Forwarder`] on the main thread's single-threaded runtime.
 //!
 //! Threads: one receive thread per socket (batch reads with `recvmmsg` into
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
+use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::config::{escape_truncate, Config};
 use crate::forward::Forwarder;
-use crate::protocol::{self, ParseError, Parsed};
-use crate::stats::Stats;
+use crate::dogstatsd::protocol::{self, ParseError, Parsed};
+use crate::dogstatsd::stats::Stats;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
 /// per socket; larger batches gave no measurable gain in `scripts/bench.sh`.
@@ -539,7 +539,7 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
 
 /// Closes the open bucket and hands it, with self-telemetry, to the forwarder.
 ///
-/// The bucket goes over in chunks of [`crate::aggregate::CHUNK_CONTEXTS`]
+/// The bucket goes over in chunks of [`crate::dogstatsd::aggregate::CHUNK_CONTEXTS`]
 /// contexts, each built, encoded and dropped before the next, so a flush of
 /// many contexts costs little more memory than the contexts themselves. The
 /// self-telemetry comes last, once every chunk is built, so
@@ -557,7 +557,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     let built = Cell::new(started.elapsed());
     // series, distributions, events, service checks
     let counts = Cell::new([0usize; 4]);
-    let mut chunks = bucket.into_chunks(bucket_start, interval, crate::aggregate::CHUNK_CONTEXTS);
+    let mut chunks = bucket.into_chunks(bucket_start, interval, crate::dogstatsd::aggregate::CHUNK_CONTEXTS);
     let bucket_chunks = std::iter::from_fn(|| {
         let t = Instant::now();
         let chunk = chunks.next();
@@ -595,7 +595,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
             service_checks = k,
             "flush"
         );
-        crate::aggregate::Flush {
+        crate::dogstatsd::aggregate::Flush {
             series,
             ..Default::default()
         }

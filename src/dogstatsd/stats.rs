@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::aggregate::{Series, SeriesKind};
+use crate::dogstatsd::aggregate::{Series, SeriesKind};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $field:ident => $name:literal, $kind:ident;)*) => {

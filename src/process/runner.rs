@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{Config, RunnerEnv};
-use crate::dotenv;
-use crate::procfile::{self, Procfile};
-use crate::supervise::{self, Exit, Job, StartOptions};
+use crate::process::dotenv;
+use crate::process::procfile::{self, Procfile};
+use crate::process::supervise::{self, Exit, Job, StartOptions};
 
 /// `dynostat start` arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,0 +1,11 @@
+//! The DogStatsD pipeline's data: datagrams are parsed ([`protocol`]) into
+//! metrics, events and service checks, which are aggregated into per-interval
+//! buckets ([`aggregate`]); [`stats`] holds the listener's and forwarder's own
+//! counters, reported as `dynostat.*`.
+//!
+//! Must never: do I/O. Sockets are in [`crate::serve`], HTTP in
+//! [`crate::forward`].
+
+pub mod aggregate;
+pub mod protocol;
+pub mod stats;
