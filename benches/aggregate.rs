@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput};
-use dynostat::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use dynostat::config::defaults;
+use dynostat::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use dynostat::dogstatsd::protocol::{Metric, MetricType, Tags};
 
 /// Counts live heap bytes so the memory report needs no OS-specific RSS reading.

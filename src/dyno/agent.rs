@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::{AgentConfig, LogLevel};
+use crate::config::{vars, AgentConfig, LogLevel};
 use crate::process::supervise::{self, Backoff, Job};
 
 /// How long the listener gets for its final flush after the signal:
@@ -293,7 +293,7 @@ fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
     let mut cmd = Command::new(exe);
     cmd.arg("serve").stdin(Stdio::null());
     if level != config.log_level {
-        cmd.env("DD_LOG_LEVEL", "warn");
+        cmd.env(vars::DD_LOG_LEVEL, "warn");
     }
     Job::start(&mut cmd)
 }

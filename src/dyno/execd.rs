@@ -12,7 +12,7 @@
 //!   DogStatsD clients find the listener (the boot script's exports, on Fir);
 //! - `dynostat agent` started **detached**: its own session, stdin from
 //!   `/dev/null`, stdout and stderr shared with the app's log stream, and
-//!   [`WATCH_PID_VAR`] set to this program's parent. That parent is the
+//!   `DYNOSTAT_WATCH_PID` set to this program's parent. That parent is the
 //!   launcher, which then `exec`s the app under the same pid, so the agent
 //!   leaves with the app by watching that pid (its own parent, this program,
 //!   is gone at once).
@@ -36,14 +36,10 @@ use std::process::{Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
-use crate::config::{AgentConfig, Env, LogLevel, ProcessEnv};
+use crate::config::{vars, AgentConfig, LogLevel};
 
 /// The file descriptor on which the CNB launcher reads an exec.d program's output.
 pub const ENV_FD: RawFd = 3;
-
-/// The variable that tells `dynostat agent` which process to leave with: the
-/// pid of the app (the launcher's pid, which the app keeps across `exec`).
-pub const WATCH_PID_VAR: &str = "DYNOSTAT_WATCH_PID";
 
 /// The name of the directory the launcher runs programs from.
 const EXEC_D_DIR: &str = "exec.d";
@@ -78,14 +74,11 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// Reads the two variables through the config module's [`Env`].
-    // TODO(lead): move these two into `AgentConfig` so that config.rs stays
-    // the only reader of the environment.
-    fn from_env() -> Self {
-        let set = |name: &str| ProcessEnv.get(name).is_some_and(|v| !v.is_empty());
+    /// The two facts, as `config` read them.
+    fn of(config: &AgentConfig) -> Self {
         Self {
-            agent_host_set: set("DD_AGENT_HOST"),
-            log_level_set: set("DD_LOG_LEVEL"),
+            agent_host_set: config.agent_host_set,
+            log_level_set: config.log_level_set,
         }
     }
 }
@@ -135,9 +128,9 @@ pub fn plan(config: &AgentConfig, facts: Facts) -> Plan {
         };
     }
 
-    let mut env = vec![("DD_DOGSTATSD_PORT", config.port.to_string())];
+    let mut env = vec![(vars::DD_DOGSTATSD_PORT, config.port.to_string())];
     if !facts.agent_host_set {
-        env.push(("DD_AGENT_HOST", client_host(config)));
+        env.push((vars::DD_AGENT_HOST, client_host(config)));
     }
 
     if let Some(ty) = config.dyno_type() {
@@ -228,7 +221,7 @@ pub fn main() -> i32 {
         }
     };
 
-    let plan = plan(&config, Facts::from_env());
+    let plan = plan(&config, Facts::of(&config));
     if let Some(line) = &plan.notice {
         eprintln!("dynostat: {line}");
     }
@@ -289,12 +282,12 @@ fn spawn_agent(watch_pid: i32, quiet: bool) -> io::Result<u32> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("agent")
-        .env(WATCH_PID_VAR, watch_pid.to_string())
+        .env(vars::DYNOSTAT_WATCH_PID, watch_pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     if quiet {
-        cmd.env("DD_LOG_LEVEL", "warn");
+        cmd.env(vars::DD_LOG_LEVEL, "warn");
     }
     // SAFETY: the closure runs in the forked child before exec and calls only
     // setsid(2), which is async-signal-safe; it allocates nothing.
@@ -347,6 +340,11 @@ mod tests {
             agent_host_set: true,
             log_level_set: false,
         };
+        assert_eq!(
+            Facts::of(&c),
+            facts,
+            "config notes that DD_AGENT_HOST is set"
+        );
         let p = plan(&c, facts);
         assert_eq!(p.env, vec![("DD_DOGSTATSD_PORT", "9125".to_owned())]);
     }

@@ -40,8 +40,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::time::Instant;
 
-use crate::dogstatsd::aggregate::Flush;
 use crate::config::{escape_truncate, ApiKey, Config};
+use crate::dogstatsd::aggregate::Flush;
 use crate::dogstatsd::stats::Stats;
 use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
 use retry::{Evicted, Queued, RetryQueue};
@@ -532,7 +532,7 @@ impl Http {
             .hickory_dns(true)
             // A redirect would carry the DD-API-KEY header to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
-            // Proxies from the environment would bypass config.rs; none are read.
+            // Proxies from the environment would bypass `config`; none are read.
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(50))

@@ -605,7 +605,11 @@ pub struct Encoded {
 }
 
 /// Encodes a whole flush.
-pub fn encode_flush(flush: &crate::dogstatsd::aggregate::Flush, deco: &Decoration, limits: Limits) -> Encoded {
+pub fn encode_flush(
+    flush: &crate::dogstatsd::aggregate::Flush,
+    deco: &Decoration,
+    limits: Limits,
+) -> Encoded {
     let mut enc = FlushEncoder::new(deco, limits);
     enc.push(flush);
     enc.finish()

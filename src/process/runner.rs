@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, RunnerEnv};
+use crate::config::{vars, Config, RunnerEnv};
 use crate::process::dotenv;
 use crate::process::procfile::{self, Procfile};
 use crate::process::supervise::{self, Exit, Job, StartOptions};
@@ -573,12 +573,12 @@ pub fn start(args: &StartArgs) -> i32 {
             Ok(None) => {
                 let spawned = serve_command().and_then(|mut cmd| {
                     cmd.envs(&from_files)
-                        .env_remove("DYNO")
-                        .env_remove("PS")
-                        .env_remove("PORT")
+                        .env_remove(vars::DYNO)
+                        .env_remove(vars::PS)
+                        .env_remove(vars::PORT)
                         .current_dir(&root);
-                    if !effective.contains_key("DYNOSTAT_CONSOLE") {
-                        cmd.env("DYNOSTAT_CONSOLE", "true");
+                    if !effective.contains_key(vars::DYNOSTAT_CONSOLE) {
+                        cmd.env(vars::DYNOSTAT_CONSOLE, "true");
                     }
                     spawn_piped(cmd, "statsd", None, &out, &tx)
                 });
@@ -608,9 +608,9 @@ pub fn start(args: &StartArgs) -> i32 {
         cmd.arg("-c")
             .arg(&inst.command)
             .envs(&from_files)
-            .env("PORT", inst.port.to_string())
-            .env("PS", &inst.name)
-            .env("DYNO", &inst.name)
+            .env(vars::PORT, inst.port.to_string())
+            .env(vars::PS, &inst.name)
+            .env(vars::DYNO, &inst.name)
             .current_dir(&root)
             .stdin(Stdio::null());
         match spawn_piped(cmd, &inst.name, Some(i), &out, &tx) {
@@ -675,7 +675,7 @@ pub fn start(args: &StartArgs) -> i32 {
 fn dotenv_merged_port(files: &[PathBuf]) -> Option<String> {
     dotenv::read_files(files)
         .ok()
-        .and_then(|f| dotenv::merge(&f).remove("PORT"))
+        .and_then(|f| dotenv::merge(&f).remove(vars::PORT))
 }
 
 /// The base port: `-p`, else `PORT` in the env files, else `$PORT`, else 5000.
@@ -880,7 +880,7 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     let mut effective = real.vars.clone();
     effective.extend(from_files.clone());
-    let on_dyno = real.vars.contains_key("DYNO");
+    let on_dyno = real.on_dyno;
 
     let mut statsd = None;
     if !args.no_statsd {

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::config::{escape_truncate, Config};
-use crate::forward::Forwarder;
+use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::dogstatsd::protocol::{self, ParseError, Parsed};
 use crate::dogstatsd::stats::Stats;
+use crate::forward::Forwarder;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
 /// per socket; larger batches gave no measurable gain in `scripts/bench.sh`.
@@ -557,7 +557,11 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     let built = Cell::new(started.elapsed());
     // series, distributions, events, service checks
     let counts = Cell::new([0usize; 4]);
-    let mut chunks = bucket.into_chunks(bucket_start, interval, crate::dogstatsd::aggregate::CHUNK_CONTEXTS);
+    let mut chunks = bucket.into_chunks(
+        bucket_start,
+        interval,
+        crate::dogstatsd::aggregate::CHUNK_CONTEXTS,
+    );
     let bucket_chunks = std::iter::from_fn(|| {
         let t = Instant::now();
         let chunk = chunks.next();

@@ -1,0 +1,298 @@
+//! Configuration: the ONE place that reads environment variables.
+//!
+//! In: the process environment. Out: one typed configuration per command:
+//! [`Config`] for `serve` ([`serve`]), [`AgentConfig`] for `agent` and the
+//! exec.d helper ([`agent`]), and [`RunnerEnv`] for `start` / `run`
+//! ([`runner`]). This file holds what they share: the [`Env`] lookup, the
+//! typed [`Reader`], [`ConfigError`], [`ApiKey`], [`LogLevel`], the
+//! `$DYNO` helpers, the [`defaults`] and the names of the variables other
+//! modules set for children ([`vars`]). Every default and every error
+//! message lives under `config/`; the README's configuration table mirrors
+//! it. An invalid value is a one-line [`ConfigError`] that names the
+//! variable and the fix; the CLI exits 2 on it.
+//!
+//! Must never: log or format the API key. [`ApiKey`] redacts itself in
+//! `Debug` and has no `Display`.
+
+mod agent;
+mod runner;
+mod serve;
+
+pub use agent::{AgentConfig, DynoTypes};
+pub use runner::RunnerEnv;
+pub use serve::{Config, HistogramAggregate};
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+
+/// A variable lookup: the real environment in production, a map in unit tests.
+pub trait Env {
+    /// The value of `name`, or `None` when it is unset. Values that are not
+    /// valid UTF-8 are reported as errors by the caller, never panicked on.
+    fn get(&self, name: &str) -> Option<OsString>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<OsString> {
+        BTreeMap::get(self, name).map(OsString::from)
+    }
+}
+
+/// An invalid configuration value: names the variable, the value and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// The offending value, truncated and escaped (never the API key).
+    pub value: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            value: escape_truncate(value, 64),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Escapes control characters and truncates to `max` chars, for error messages.
+pub fn escape_truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// The Datadog API key. Never printed: `Debug` shows `ApiKey(<redacted>)`,
+/// and there is no `Display`. Use [`ApiKey::expose`] only to build the header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key. Surrounding whitespace (a common copy-paste slip) is trimmed.
+    pub fn new(key: &str) -> Self {
+        Self(key.trim().to_owned())
+    }
+
+    /// The raw key, for the `DD-API-KEY` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Log verbosity, from `DD_LOG_LEVEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Lifecycle events (the default).
+    Info,
+    /// Per-flush detail.
+    Debug,
+    /// Everything, including per-packet detail.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` level filter for this level.
+    pub fn as_filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            Self::Error => LevelFilter::ERROR,
+            Self::Warn => LevelFilter::WARN,
+            Self::Info => LevelFilter::INFO,
+            Self::Debug => LevelFilter::DEBUG,
+            Self::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// The dyno type of a `$DYNO` value, for both Cedar and Fir forms.
+///
+/// - Cedar: `web.1` → `web`, `run.9157` → `run`, `web-api.2` → `web-api`.
+/// - Fir: `web-12a34b56d-e78f9` → `web` (the last two `-` segments are the
+///   deployment and instance ids).
+pub fn dyno_type(dyno: &str) -> &str {
+    if let Some((ty, _)) = dyno.rsplit_once('.') {
+        return ty;
+    }
+    let mut parts = dyno.rsplitn(3, '-');
+    let (Some(inst), Some(dep), Some(ty)) = (parts.next(), parts.next(), parts.next()) else {
+        return dyno;
+    };
+    let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if is_id(inst) && is_id(dep) && !ty.is_empty() {
+        ty
+    } else {
+        dyno
+    }
+}
+
+/// Defaults, named so docs and tests can refer to them.
+pub mod defaults {
+    /// `DD_SITE`.
+    pub const SITE: &str = "datadoghq.com";
+    /// `DD_DOGSTATSD_PORT`.
+    pub const PORT: u16 = 8125;
+    /// `DD_BIND_HOST`.
+    pub const BIND_HOST: &str = "127.0.0.1";
+    /// `DD_DOGSTATSD_BUFFER_SIZE`, as in the Agent.
+    pub const BUFFER_SIZE: usize = 8192;
+    /// `DD_DOGSTATSD_SO_RCVBUF`: 25 MiB, as the Agent's high-throughput docs advise.
+    pub const SO_RCVBUF: usize = 25 * 1024 * 1024;
+    /// `DYNOSTAT_FLUSH_INTERVAL`, seconds.
+    pub const FLUSH_INTERVAL_SECS: u64 = 10;
+    /// `DYNOSTAT_CONTEXT_LIMIT`: live contexts per interval.
+    pub const CONTEXT_LIMIT: usize = 200_000;
+    /// `DYNOSTAT_RETRY_QUEUE_BYTES`: 15 MiB, as the Agent's forwarder.
+    pub const RETRY_QUEUE_BYTES: usize = 15 * 1024 * 1024;
+    /// `DYNOSTAT_SHUTDOWN_GRACE`, seconds of receiving after SIGTERM.
+    pub const SHUTDOWN_GRACE_SECS: f64 = 1.0;
+    /// `DYNOSTAT_SHUTDOWN_TIMEOUT`, seconds to flush and drain after the grace.
+    pub const SHUTDOWN_TIMEOUT_SECS: f64 = 5.0;
+    /// `DD_HISTOGRAM_PERCENTILES`.
+    pub const PERCENTILES: &[f64] = &[0.95];
+    /// `DD_HISTOGRAM_AGGREGATES`, as in the Agent.
+    pub const HISTOGRAM_AGGREGATES: &[super::HistogramAggregate] = &[
+        super::HistogramAggregate::Max,
+        super::HistogramAggregate::Median,
+        super::HistogramAggregate::Avg,
+        super::HistogramAggregate::Count,
+    ];
+}
+
+/// Names of variables that other modules set (for children) or test for in
+/// a map of variables, so that only `config/` spells them.
+pub mod vars {
+    /// The dyno name, e.g. `web.1`; set for each process by `start`.
+    pub const DYNO: &str = "DYNO";
+    /// foreman's name for the process, e.g. `web.1`; set by `start`.
+    pub const PS: &str = "PS";
+    /// The port a process should listen on; set by `start`.
+    pub const PORT: &str = "PORT";
+    /// Where clients send metrics; exported by the exec.d helper.
+    pub const DD_AGENT_HOST: &str = "DD_AGENT_HOST";
+    /// The DogStatsD port; exported by the exec.d helper.
+    pub const DD_DOGSTATSD_PORT: &str = "DD_DOGSTATSD_PORT";
+    /// The log level; set to `warn` for quiet children.
+    pub const DD_LOG_LEVEL: &str = "DD_LOG_LEVEL";
+    /// Console output of `serve`; `start` turns it on unless it is set.
+    pub const DYNOSTAT_CONSOLE: &str = "DYNOSTAT_CONSOLE";
+    /// The pid the agent leaves with; set by the exec.d helper.
+    pub const DYNOSTAT_WATCH_PID: &str = "DYNOSTAT_WATCH_PID";
+}
+
+/// Typed reads with the variable name in every error.
+struct Reader<'a>(&'a dyn Env);
+
+impl Reader<'_> {
+    fn string(&self, var: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.0.get(var) {
+            None => Ok(None),
+            Some(v) => v.into_string().map(Some).map_err(|v| {
+                let shown = if var == "DD_API_KEY" {
+                    "<redacted>".to_owned()
+                } else {
+                    v.to_string_lossy().into_owned()
+                };
+                ConfigError::new(var, &shown, "is not valid UTF-8")
+            }),
+        }
+    }
+
+    fn bool(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
+        let Some(v) = self.string(var)? else {
+            return Ok(None);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" | "" => Ok(Some(false)),
+            _ => Err(ConfigError::new(
+                var,
+                &v,
+                "not a boolean; use true or false",
+            )),
+        }
+    }
+
+    fn uint(
+        &self,
+        var: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<usize>, ConfigError> {
+        let Some(v) = self.string(var)? else {
+            return Ok(None);
+        };
+        match v.trim().parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ConfigError::new(
+                var,
+                &v,
+                format!("not a whole number between {min} and {max}"),
+            )),
+        }
+    }
+
+    fn seconds(&self, var: &'static str, min: f64, max: f64) -> Result<Option<f64>, ConfigError> {
+        let Some(v) = self.string(var)? else {
+            return Ok(None);
+        };
+        match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= min && n <= max => Ok(Some(n)),
+            _ => Err(ConfigError::new(
+                var,
+                &v,
+                format!("not a number of seconds between {min} and {max}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map environment from pairs, for the tests of every configuration.
+    pub(super) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn dyno_types_cedar_and_fir() {
+        assert_eq!(dyno_type("web.1"), "web");
+        assert_eq!(dyno_type("web-api.2"), "web-api");
+        assert_eq!(dyno_type("run.9157"), "run");
+        assert_eq!(dyno_type("web-12a34b56d-e78f9"), "web");
+        assert_eq!(dyno_type("web-api-12a34b56d-e78f9"), "web-api");
+        assert_eq!(dyno_type("worker"), "worker");
+    }
+}
