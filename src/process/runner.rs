@@ -480,9 +480,60 @@ struct Proc {
     significant: bool,
 }
 
-/// Runs `start`; returns the exit code.
+/// Runs `start`; returns the exit code. The steps: [`prepare`] everything
+/// that can be wrong before anything runs, then a [`Session`] starts the
+/// listener and the processes, waits for the first exit or a signal, and
+/// stops them all.
 pub fn start(args: &StartArgs) -> i32 {
     let real = RunnerEnv::from_env();
+    let plan = match prepare(args, &real) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("dynostat start: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    supervise::become_subreaper();
+    let mut session = match Session::new(&plan) {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("dynostat start: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    if !plan.no_statsd {
+        session.start_listener(&plan);
+    }
+    if let Err(code) = session.start_instances(&plan) {
+        return code;
+    }
+    let code = session.wait_first_exit();
+    session.stop(plan.timeout, code)
+}
+
+/// What `start` runs, decided before anything starts.
+struct StartPlan {
+    /// The directory processes run in.
+    root: PathBuf,
+    /// Colour the prefixes.
+    color: bool,
+    /// Print `HH:MM:SS` before each line.
+    timestamps: bool,
+    /// Seconds between SIGTERM and SIGKILL at shutdown.
+    timeout: Duration,
+    /// Do not run the listener.
+    no_statsd: bool,
+    /// Variables the env files set for children, after precedence.
+    from_files: BTreeMap<String, String>,
+    /// The environment children see: the real one plus `from_files`.
+    effective: BTreeMap<String, String>,
+    /// The process instances, in Procfile order.
+    instances: Vec<Instance>,
+}
+
+/// Reads and checks the flags, the Procfile, the formation, the env files
+/// and the ports. An `Err` is the message for bad input (exit 2).
+fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("."));
     let color = match args.color.as_str() {
         // NO_COLOR disables automatic colour; an explicit --color=always
@@ -490,104 +541,119 @@ pub fn start(args: &StartArgs) -> i32 {
         "auto" => !real.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         "always" => true,
         "never" => false,
-        other => {
-            eprintln!("dynostat start: --color={other}: use auto, always or never");
-            return EXIT_USAGE;
-        }
+        other => return Err(format!("--color={other}: use auto, always or never")),
     };
 
     let procfile_shown = args.procfile.display().to_string();
-    let procfile = match procfile::read(&root.join(&args.procfile), &procfile_shown) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("dynostat start: {e}");
-            }
-            return EXIT_USAGE;
-        }
-    };
-    let formation = match args.formation.as_deref().map(Formation::parse).transpose() {
-        Ok(f) => f.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("dynostat start: -m: {e}");
-            return EXIT_USAGE;
-        }
-    };
+    let procfile =
+        procfile::read(&root.join(&args.procfile), &procfile_shown).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\ndynostat start: ")
+        })?;
+    let formation = args
+        .formation
+        .as_deref()
+        .map(Formation::parse)
+        .transpose()
+        .map_err(|e| format!("-m: {e}"))?
+        .unwrap_or_default();
     let known = procfile.names().join(", ");
     if let Some(bad) = formation.unknown(&procfile).first() {
-        eprintln!("dynostat start: -m: `{bad}` is not in {procfile_shown} (it has {known})");
-        return EXIT_USAGE;
+        return Err(format!(
+            "-m: `{bad}` is not in {procfile_shown} (it has {known})"
+        ));
     }
     if let Some(bad) = args.names.iter().find(|n| procfile.get(n).is_none()) {
-        eprintln!("dynostat start: `{bad}` is not in {procfile_shown} (it has {known})");
-        return EXIT_USAGE;
+        return Err(format!(
+            "`{bad}` is not in {procfile_shown} (it has {known})"
+        ));
     }
     let files = env_files(&root, &args.env);
-    let from_files = match file_vars(&real, &files, args.env_override) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("dynostat start: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let base = match base_port(args.port, &dotenv_merged_port(&files), real.port.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("dynostat start: {e}");
-            return EXIT_USAGE;
-        }
-    };
+    let from_files = file_vars(real, &files, args.env_override).map_err(|e| e.to_string())?;
+    let base = base_port(args.port, &dotenv_merged_port(&files), real.port.as_deref())?;
     let instances = plan(&procfile, &formation, &args.names, base);
     if instances.is_empty() {
-        eprintln!("dynostat start: nothing to run: the formation gives every process 0 instances");
-        return EXIT_USAGE;
+        return Err("nothing to run: the formation gives every process 0 instances".to_owned());
     }
-
-    supervise::become_subreaper();
-    let width = instances
-        .iter()
-        .map(|i| i.name.len())
-        .chain([6])
-        .max()
-        .unwrap_or(6);
-    let out = Arc::new(Output {
-        color,
-        timestamps: !args.no_timestamp,
-        width,
-        lock: Mutex::new(()),
-    });
-    let (tx, rx) = mpsc::channel();
-    if let Err(e) = watch_signals(tx.clone(), &[]) {
-        eprintln!("dynostat start: cannot install signal handlers: {e}");
-        return 1;
-    }
-
-    let mut procs: Vec<Proc> = Vec::new();
-    let mut readers = 0usize;
     let mut effective = real.vars.clone();
     effective.extend(from_files.clone());
+    Ok(StartPlan {
+        root,
+        color,
+        timestamps: !args.no_timestamp,
+        timeout: Duration::from_secs(args.timeout),
+        no_statsd: args.no_statsd,
+        from_files,
+        effective,
+        instances,
+    })
+}
 
-    // The listener first, so the app's first metrics find it.
-    if !args.no_statsd {
-        match statsd_port_check(&effective) {
+/// The running side of `start`: the shared output, the event channel and
+/// the processes started so far.
+struct Session {
+    out: Arc<Output>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    procs: Vec<Proc>,
+    /// Output readers that have not reached end of file.
+    readers: usize,
+}
+
+impl Session {
+    /// Sets up the output (prefix width from the instance names) and the
+    /// signal handlers.
+    fn new(plan: &StartPlan) -> std::io::Result<Self> {
+        let width = plan
+            .instances
+            .iter()
+            .map(|i| i.name.len())
+            .chain([6])
+            .max()
+            .unwrap_or(6);
+        let out = Arc::new(Output {
+            color: plan.color,
+            timestamps: plan.timestamps,
+            width,
+            lock: Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel();
+        watch_signals(tx.clone(), &[])?;
+        Ok(Self {
+            out,
+            tx,
+            rx,
+            procs: Vec::new(),
+            readers: 0,
+        })
+    }
+
+    /// Starts the listener as `statsd`, first, so the app's first metrics
+    /// find it. Any trouble is a `system` line; the app runs without it.
+    fn start_listener(&mut self, plan: &StartPlan) {
+        let out = &self.out;
+        match statsd_port_check(&plan.effective) {
             Ok(None) => {
                 let spawned = serve_command().and_then(|mut cmd| {
-                    cmd.envs(&from_files)
+                    cmd.envs(&plan.from_files)
                         .env_remove(vars::DYNO)
                         .env_remove(vars::PS)
                         .env_remove(vars::PORT)
-                        .current_dir(&root);
-                    if !effective.contains_key(vars::DYNOSTAT_CONSOLE) {
+                        .current_dir(&plan.root);
+                    if !plan.effective.contains_key(vars::DYNOSTAT_CONSOLE) {
                         cmd.env(vars::DYNOSTAT_CONSOLE, "true");
                     }
-                    spawn_piped(cmd, "statsd", None, &out, &tx)
+                    spawn_piped(cmd, "statsd", None, out, &self.tx)
                 });
                 match spawned {
                     Ok(mut job) => {
-                        readers += 1;
+                        self.readers += 1;
                         out.system(&format!("statsd started with pid {}", job.pid()));
-                        wait_listening(&mut job, &effective);
-                        procs.push(Proc {
+                        wait_listening(&mut job, &plan.effective);
+                        self.procs.push(Proc {
                             name: "statsd".into(),
                             job,
                             exit: None,
@@ -603,72 +669,83 @@ pub fn start(args: &StartArgs) -> i32 {
             Err(e) => out.system(&format!("statsd: {e}; running without the listener")),
         }
     }
-    for (i, inst) in instances.iter().enumerate() {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&inst.command)
-            .envs(&from_files)
-            .env(vars::PORT, inst.port.to_string())
-            .env(vars::PS, &inst.name)
-            .env(vars::DYNO, &inst.name)
-            .current_dir(&root)
-            .stdin(Stdio::null());
-        match spawn_piped(cmd, &inst.name, Some(i), &out, &tx) {
-            Ok(job) => {
-                readers += 1;
-                out.system(&format!("{} started with pid {}", inst.name, job.pid()));
-                procs.push(Proc {
-                    name: inst.name.clone(),
-                    job,
-                    exit: None,
-                    significant: true,
-                });
-            }
-            Err(e) => {
-                out.system(&format!("{} could not start: {e}", inst.name));
-                stop_all(
-                    &mut procs,
-                    &out,
-                    &rx,
-                    Duration::from_secs(args.timeout),
-                    None,
-                );
-                finish(&out, &rx, readers);
-                return 1;
+
+    /// Starts every instance with its `PORT`, `PS` and `DYNO`. If one cannot
+    /// start, stops those already running and returns `Err(1)`.
+    fn start_instances(&mut self, plan: &StartPlan) -> Result<(), i32> {
+        for (i, inst) in plan.instances.iter().enumerate() {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(&inst.command)
+                .envs(&plan.from_files)
+                .env(vars::PORT, inst.port.to_string())
+                .env(vars::PS, &inst.name)
+                .env(vars::DYNO, &inst.name)
+                .current_dir(&plan.root)
+                .stdin(Stdio::null());
+            match spawn_piped(cmd, &inst.name, Some(i), &self.out, &self.tx) {
+                Ok(job) => {
+                    self.readers += 1;
+                    self.out
+                        .system(&format!("{} started with pid {}", inst.name, job.pid()));
+                    self.procs.push(Proc {
+                        name: inst.name.clone(),
+                        job,
+                        exit: None,
+                        significant: true,
+                    });
+                }
+                Err(e) => {
+                    self.out
+                        .system(&format!("{} could not start: {e}", inst.name));
+                    stop_all(&mut self.procs, &self.out, &self.rx, plan.timeout, None);
+                    finish(&self.out, &self.rx, self.readers);
+                    return Err(1);
+                }
             }
         }
+        Ok(())
     }
 
-    let timeout = Duration::from_secs(args.timeout);
-    // Run until the first significant exit or a signal.
-    let mut first: Option<i32> = None;
-    while first.is_none() {
-        match rx.recv_timeout(TICK) {
-            Ok(Event::Signal(sig)) => {
-                let name = signal_name(sig);
-                out.system(&format!("{name} received, stopping all processes"));
-                first = Some(128 + sig);
+    /// Runs until the first significant exit (its code) or a signal
+    /// (128 + its number).
+    fn wait_first_exit(&mut self) -> i32 {
+        let mut first: Option<i32> = None;
+        while first.is_none() {
+            match self.rx.recv_timeout(TICK) {
+                Ok(Event::Signal(sig)) => {
+                    let name = signal_name(sig);
+                    self.out
+                        .system(&format!("{name} received, stopping all processes"));
+                    first = Some(128 + sig);
+                }
+                Ok(Event::OutputDone) => self.readers = self.readers.saturating_sub(1),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            Ok(Event::OutputDone) => readers = readers.saturating_sub(1),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        for p in &mut procs {
-            if p.exit.is_none() {
-                if let Some(exit) = p.job.try_wait() {
-                    p.exit = Some(exit);
-                    out.system(&format!("{} {exit}", p.name));
-                    if p.significant && first.is_none() {
-                        first = Some(exit.code());
+            for p in &mut self.procs {
+                if p.exit.is_none() {
+                    if let Some(exit) = p.job.try_wait() {
+                        p.exit = Some(exit);
+                        self.out.system(&format!("{} {exit}", p.name));
+                        if p.significant && first.is_none() {
+                            first = Some(exit.code());
+                        }
                     }
                 }
             }
         }
+        first.unwrap_or(1)
     }
-    let code = first.unwrap_or(1);
-    let code = stop_all(&mut procs, &out, &rx, timeout, Some(code)).unwrap_or(code);
-    finish(&out, &rx, readers);
-    code
+
+    /// Stops everything and lets the readers print what remains; returns
+    /// the exit code (`code`, unless a signal during shutdown changes it).
+    fn stop(mut self, timeout: Duration, code: i32) -> i32 {
+        let code =
+            stop_all(&mut self.procs, &self.out, &self.rx, timeout, Some(code)).unwrap_or(code);
+        finish(&self.out, &self.rx, self.readers);
+        code
+    }
 }
 
 /// `PORT`'s value in the env files, if any, for the base-port rule.
