@@ -7,16 +7,28 @@
 //! per-socket `drops` column of `/proc/net/udp{,6}`), from which it estimates
 //! the lines the server actually received.
 //!
-//! Two modes:
+//! Modes:
 //! - `loadgen [send] --port P --lines N --rate R --contexts C --server-pid PID`
-//!   sends a mixed load (counters, gauges, histograms, sets; 3 tags per line;
-//!   lines packed into datagrams of at most 1432 bytes, about 30 lines each).
+//!   sends a load of one of three shapes (`--shape`): `mixed` (counters,
+//!   gauges, histograms, sets; 3 tags per line; lines packed into datagrams
+//!   of at most 1432 bytes, about 30 lines each), `counters` (the same with
+//!   counters only) or `long` (the shape of Datadog's SMP "3k contexts"
+//!   DogStatsD cases: 3,000 contexts, names of 1 to 200 characters, 2 to 50
+//!   tags of 3 to 150 characters, 8 KiB datagrams).
 //! - `loadgen startup --port P --runs 20 -- CMD ARGS...` execs CMD repeatedly
 //!   and reports the time from exec until the UDP port is bound and until the
 //!   child writes a line containing "listening" to stderr (median of the runs).
 //!
-//! - `loadgen sink --port P --seconds S` reads and discards datagrams for at
-//!   most S seconds: an upstream for a proxy peer (statsdproxy) to forward to.
+//! - `loadgen floor --port P --seconds S` is the floor receiver: `recvmmsg`
+//!   batches into reused buffers, parsing nothing, with the same socket
+//!   buffer as dynostat asks for. What a server costs beyond it is its own
+//!   work. `loadgen sink` is the same receiver, as the upstream a proxy peer
+//!   (statsdproxy) forwards to.
+//!
+//! Server CPU is the sum of every thread's on-CPU time from
+//! `/proc/PID/task/*/schedstat` (nanoseconds), finer than the 10 ms ticks of
+//! `/proc/PID/stat`; a thread that exits between the two reads takes its
+//! time with it (the servers measured here keep their threads).
 //!
 //! It must never send anywhere but 127.0.0.1, and every wait it does is bounded
 //! by a deadline. It uses only `std`, so it also builds without cargo:
@@ -39,9 +51,15 @@ fn usage() -> &'static str {
   loadgen [send] [--port 8125] [--lines 10000000] [--rate 0] [--contexts 1000]
                  [--server-pid PID] [--format table|json] [--label NAME]
                  [--max-datagram 1432] [--drain-timeout-ms 10000] [--settle-ms 300]
-                 [--wait-port-ms 0] [--hist-type h|ms]
+                 [--wait-port-ms 0] [--hist-type h|ms] [--shape mixed|counters|long]
       --rate is lines per second; 0 sends as fast as one thread can.
-      --server-pid reads /proc/PID/stat (utime+stime) and /proc/PID/status
+      --shape: mixed (c/g/h/s in turn, 3 short tags, 1432-byte datagrams),
+        counters (the same, counters only), or long (3,000 contexts, names
+        of 1-200 characters, 2-50 tags of 3-150 characters, 8 KiB datagrams,
+        types weighted c 208 : g 66 : d 72 : s 9 : h 1, as in Datadog's SMP
+        \"3k contexts\" DogStatsD cases); --contexts and --max-datagram
+        override the long shape's 3000 and 8192.
+      --server-pid reads /proc/PID/task/*/schedstat (CPU) and /proc/PID/status
         (VmRSS, VmHWM, RssAnon) after; CPU is read after the server's socket
         queue has drained (bounded by --drain-timeout-ms) and --settle-ms more.
       --wait-port-ms waits up to that long for the port to be bound first.
@@ -53,9 +71,13 @@ fn usage() -> &'static str {
       exec to the UDP port being bound and to a stderr line containing
       \"listening\" (--ready port: the port only, for servers that log no
       such line); each child is killed (SIGKILL) after it is ready.
+  loadgen floor [--port 8126] [--seconds 600]
+      the floor receiver: binds 127.0.0.1:PORT with dynostat's socket buffer,
+      reads with recvmmsg (32 datagrams of up to 8 KiB a call) into reused
+      buffers, parses nothing, exits after --seconds and prints the calls,
+      datagrams and bytes it read.
   loadgen sink [--port 8126] [--seconds 600]
-      binds 127.0.0.1:PORT, discards what arrives, exits after --seconds and
-      prints the datagrams and bytes it read."
+      the same receiver, as an upstream for a proxy peer."
 }
 
 fn main() -> ExitCode {
@@ -66,7 +88,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("startup") => StartupOpts::parse(&args[1..]).and_then(|o| run_startup(&o)),
-        Some("sink") => run_sink(&args[1..]),
+        Some("floor") => run_floor(&args[1..], "floor"),
+        Some("sink") => run_floor(&args[1..], "sink"),
         Some("send") => SendOpts::parse(&args[1..]).and_then(|o| run_send(&o)),
         _ => SendOpts::parse(&args).and_then(|o| run_send(&o)),
     };
@@ -115,6 +138,27 @@ fn parse_format(value: Option<&String>) -> Result<Format, Fail> {
 // send mode
 // ---------------------------------------------------------------------------
 
+/// The line shapes `--shape` picks.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// Counters, gauges, histograms and sets in turn, 3 short tags.
+    Mixed,
+    /// The mixed load's counter lines only.
+    Counters,
+    /// Long names and many long tags, as in Datadog's SMP "3k contexts" cases.
+    Long,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Mixed => "mixed",
+            Shape::Counters => "counters",
+            Shape::Long => "long",
+        }
+    }
+}
+
 struct SendOpts {
     port: u16,
     lines: u64,
@@ -128,6 +172,7 @@ struct SendOpts {
     settle: Duration,
     wait_port: Duration,
     hist_type: &'static str,
+    shape: Shape,
 }
 
 impl SendOpts {
@@ -145,14 +190,19 @@ impl SendOpts {
             settle: Duration::from_millis(300),
             wait_port: Duration::ZERO,
             hist_type: "h",
+            shape: Shape::Mixed,
         };
+        let (mut contexts_set, mut datagram_set) = (false, false);
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {
                 "--port" => o.port = parse_num(flag, it.next())?,
                 "--lines" => o.lines = parse_num(flag, it.next())?,
                 "--rate" => o.rate = parse_num(flag, it.next())?,
-                "--contexts" => o.contexts = parse_num(flag, it.next())?,
+                "--contexts" => {
+                    o.contexts = parse_num(flag, it.next())?;
+                    contexts_set = true;
+                }
                 "--server-pid" => o.server_pid = Some(parse_num(flag, it.next())?),
                 "--format" => o.format = parse_format(it.next())?,
                 "--json" => o.format = Format::Json,
@@ -162,7 +212,23 @@ impl SendOpts {
                         .ok_or_else(|| Fail::Usage("--label needs a value".into()))?
                         .clone()
                 }
-                "--max-datagram" => o.max_datagram = parse_num(flag, it.next())?,
+                "--max-datagram" => {
+                    o.max_datagram = parse_num(flag, it.next())?;
+                    datagram_set = true;
+                }
+                "--shape" => {
+                    o.shape = match it.next().map(String::as_str) {
+                        Some("mixed") => Shape::Mixed,
+                        Some("counters") => Shape::Counters,
+                        Some("long") => Shape::Long,
+                        other => {
+                            return Err(Fail::Usage(format!(
+                                "--shape {}: expected mixed, counters or long",
+                                other.unwrap_or("(missing)")
+                            )))
+                        }
+                    }
+                }
                 "--drain-timeout-ms" => {
                     o.drain_timeout = Duration::from_millis(parse_num(flag, it.next())?)
                 }
@@ -185,6 +251,15 @@ impl SendOpts {
                 other => return Err(Fail::Usage(format!("unknown option {other}"))),
             }
         }
+        if o.shape == Shape::Long {
+            // The SMP case's defaults, unless given.
+            if !contexts_set {
+                o.contexts = LONG_CONTEXTS;
+            }
+            if !datagram_set {
+                o.max_datagram = LONG_MAX_DATAGRAM;
+            }
+        }
         if o.contexts == 0 {
             return Err(Fail::Usage("--contexts must be at least 1".into()));
         }
@@ -204,15 +279,169 @@ struct Datagram {
     lines: u64,
 }
 
-/// Writes line `j` of the load: context `j % contexts`, a metric type chosen
-/// by the context (counter, gauge, histogram, set in turn), and three tags.
-/// About 45 bytes a line, so about 30 lines fit in 1432 bytes.
-fn write_line(out: &mut String, j: u64, contexts: u32, hist_type: &str) {
+/// Contexts of the long shape, unless `--contexts` says otherwise.
+const LONG_CONTEXTS: u32 = 3_000;
+/// Datagram size of the long shape, unless `--max-datagram` says otherwise.
+const LONG_MAX_DATAGRAM: usize = 8_192;
+
+/// A small deterministic generator (SplitMix64): the same load every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// `n` characters from `alphabet`.
+    fn word(&mut self, out: &mut String, n: u64, alphabet: &[u8]) {
+        for _ in 0..n {
+            out.push(char::from(
+                alphabet[(self.next_u64() % alphabet.len() as u64) as usize],
+            ));
+        }
+    }
+}
+
+/// One context of the long shape: its name, type and tag field, fixed.
+struct LongContext {
+    name: String,
+    kind: &'static str,
+    tags: String,
+}
+
+/// The long shape's contexts: names of 1 to 200 characters, 2 to 50 tags of
+/// 3 to 150 characters (`key:value`), types weighted as the SMP cases weigh
+/// them (counters 208, gauges 66, distributions 72, sets 9, histograms 1).
+/// Tags are cut from the end of a context whose line would not fit one
+/// datagram, so no line is ever larger than `max_datagram`.
+fn long_contexts(contexts: u32, max_datagram: usize) -> Vec<LongContext> {
+    const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_.";
+    const TAG: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-./";
+    const WEIGHTS: [(&str, u64); 5] = [("c", 208), ("g", 66), ("d", 72), ("s", 9), ("h", 1)];
+    let total: u64 = WEIGHTS.iter().map(|w| w.1).sum();
+    let mut rng = Rng(0x5EED_3000);
+    (0..contexts)
+        .map(|_| {
+            let mut name = String::new();
+            let len = rng.range(1, 200);
+            // A name starts with a letter, as the Agent's clients require.
+            rng.word(&mut name, 1, &NAME[..26]);
+            rng.word(&mut name, len - 1, NAME);
+            let mut pick = rng.next_u64() % total;
+            let mut kind = "c";
+            for (k, w) in WEIGHTS {
+                if pick < w {
+                    kind = k;
+                    break;
+                }
+                pick -= w;
+            }
+            let mut tags = String::new();
+            // Room for the value, type and separators of the longest line.
+            let budget = max_datagram.saturating_sub(name.len() + 40);
+            for _ in 0..rng.range(2, 50) {
+                let len = rng.range(3, 150);
+                if tags.len() + 1 + len as usize > budget {
+                    break;
+                }
+                if !tags.is_empty() {
+                    tags.push(',');
+                }
+                let key = rng.range(1, (len - 2).min(20));
+                rng.word(&mut tags, key, TAG);
+                tags.push(':');
+                rng.word(&mut tags, len - key - 1, TAG);
+            }
+            LongContext { name, kind, tags }
+        })
+        .collect()
+}
+
+/// Writes the lines of the load, one at a time.
+enum LineSource {
+    /// Mixed or counters only.
+    Short {
+        contexts: u32,
+        hist_type: &'static str,
+        counters_only: bool,
+    },
+    /// The long shape: contexts picked at random, values varying.
+    Long {
+        contexts: Vec<LongContext>,
+        rng: Rng,
+    },
+}
+
+impl LineSource {
+    fn new(o: &SendOpts) -> Self {
+        match o.shape {
+            Shape::Mixed | Shape::Counters => LineSource::Short {
+                contexts: o.contexts,
+                hist_type: o.hist_type,
+                counters_only: o.shape == Shape::Counters,
+            },
+            Shape::Long => LineSource::Long {
+                contexts: long_contexts(o.contexts, o.max_datagram),
+                rng: Rng(0x1_0AD),
+            },
+        }
+    }
+
+    /// Contexts in the load.
+    fn contexts(&self) -> u64 {
+        match self {
+            LineSource::Short { contexts, .. } => u64::from(*contexts),
+            LineSource::Long { contexts, .. } => contexts.len() as u64,
+        }
+    }
+
+    /// Line `j` of the load.
+    fn write(&mut self, out: &mut String, j: u64) {
+        match self {
+            LineSource::Short {
+                contexts,
+                hist_type,
+                counters_only,
+            } => write_line(out, j, *contexts, hist_type, *counters_only),
+            LineSource::Long { contexts, rng } => {
+                let c = &contexts[(rng.next_u64() % contexts.len() as u64) as usize];
+                let v = rng.next_u64();
+                // `write!` into a String cannot fail.
+                let _ = match c.kind {
+                    "c" => write!(out, "{}:{}|c", c.name, 1 + v % 3),
+                    "g" => write!(out, "{}:{}.{}|g", c.name, v % 10_000, v % 100),
+                    "s" => write!(out, "{}:u{}|s", c.name, v % 500),
+                    k => write!(out, "{}:{}.{}|{k}", c.name, v % 1_000, v % 10),
+                };
+                if !c.tags.is_empty() {
+                    out.push_str("|#");
+                    out.push_str(&c.tags);
+                }
+            }
+        }
+    }
+}
+
+/// Writes line `j` of the mixed load: context `j % contexts`, a metric type
+/// chosen by the context (counter, gauge, histogram, set in turn; counters
+/// only with `counters_only`), and three tags. About 45 bytes a line, so
+/// about 30 lines fit in 1432 bytes.
+fn write_line(out: &mut String, j: u64, contexts: u32, hist_type: &str, counters_only: bool) {
     let k = j % u64::from(contexts);
     let round = j / u64::from(contexts);
     let shard = k % 16;
+    let kind = if counters_only { 0 } else { k % 4 };
     // `write!` into a String cannot fail.
-    let _ = match k % 4 {
+    let _ = match kind {
         0 => write!(out, "lg.cnt.m{k}:{}|c", 1 + round % 3),
         1 => write!(out, "lg.gge.m{k}:{}.5|g", (j * 7) % 1000),
         2 => write!(out, "lg.hst.m{k}:{}|{hist_type}", (j * 13) % 997),
@@ -224,16 +453,16 @@ fn write_line(out: &mut String, j: u64, contexts: u32, hist_type: &str) {
 /// Builds the datagrams once, so sending costs only the syscall. The pool
 /// covers every context at least twice (and at least 1024 datagrams), then
 /// is replayed in a loop.
-fn build_pool(contexts: u32, max_datagram: usize, hist_type: &str) -> Vec<Datagram> {
+fn build_pool(source: &mut LineSource, max_datagram: usize) -> Vec<Datagram> {
     let mut pool = Vec::new();
     let mut cur = String::with_capacity(max_datagram);
     let mut cur_lines = 0u64;
     let mut line = String::with_capacity(128);
-    let min_lines = 2 * u64::from(contexts);
+    let min_lines = 2 * source.contexts();
     let mut j = 0u64;
     loop {
         line.clear();
-        write_line(&mut line, j, contexts, hist_type);
+        source.write(&mut line, j);
         let need = if cur.is_empty() {
             line.len()
         } else {
@@ -260,26 +489,26 @@ fn build_pool(contexts: u32, max_datagram: usize, hist_type: &str) -> Vec<Datagr
     pool
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64, Fail> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)
-        .map_err(|e| Fail::Run(format!("cannot read {path}: {e} (is the server running?)")))?;
-    // The command name (field 2) may hold spaces; the fields after it are fixed.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| Fail::Run(format!("{path}: unexpected format")))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is index 0, so utime (field 14) is index 11, stime 12.
-    let get = |i: usize| -> Result<f64, Fail> {
-        fields
-            .get(i)
+/// The summed on-CPU time of every thread of a process, in seconds: the
+/// first field of each `/proc/PID/task/TID/schedstat` (nanoseconds).
+fn cpu_seconds(pid: u32) -> Result<f64, Fail> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir)
+        .map_err(|e| Fail::Run(format!("cannot read {dir}: {e} (is the server running?)")))?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .next()
             .and_then(|f| f.parse::<u64>().ok())
-            .map(|v| v as f64 / ticks)
-            .ok_or_else(|| Fail::Run(format!("{path}: missing field {i}")))
-    };
-    Ok(get(11)? + get(12)?)
+            .ok_or_else(|| Fail::Run(format!("{}: unexpected format", path.display())))?;
+    }
+    Ok(ns as f64 / 1e9)
 }
 
 /// (VmRSS, VmHWM, RssAnon) in KiB.
@@ -295,26 +524,6 @@ fn rss_kib(pid: u32) -> Option<(u64, u64, u64)> {
             .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
-}
-
-/// Clock ticks per second, from the auxiliary vector (AT_CLKTCK = 17), so no
-/// libc call is needed; 100 if it cannot be read (the Linux default).
-fn clock_ticks() -> f64 {
-    if let Ok(aux) = std::fs::read("/proc/self/auxv") {
-        for pair in aux.chunks_exact(16) {
-            let mut k = [0u8; 8];
-            let mut v = [0u8; 8];
-            k.copy_from_slice(&pair[..8]);
-            v.copy_from_slice(&pair[8..]);
-            if u64::from_ne_bytes(k) == 17 {
-                let ticks = u64::from_ne_bytes(v);
-                if ticks > 0 {
-                    return ticks as f64;
-                }
-            }
-        }
-    }
-    100.0
 }
 
 /// `Udp:` counters from /proc/net/snmp (system-wide): (InDatagrams,
@@ -389,10 +598,10 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
             o.wait_port.as_millis()
         )));
     }
-    let pool = build_pool(o.contexts, o.max_datagram, o.hist_type);
+    let mut source = LineSource::new(o);
+    let pool = build_pool(&mut source, o.max_datagram);
     let pool_lines: u64 = pool.iter().map(|d| d.lines).sum();
     let pool_bytes: usize = pool.iter().map(|d| d.bytes.len()).sum();
-    let ticks = clock_ticks();
 
     let sock = UdpSocket::bind("127.0.0.1:0")
         .map_err(|e| Fail::Run(format!("cannot bind a UDP socket on 127.0.0.1: {e}")))?;
@@ -400,7 +609,7 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
         .map_err(|e| Fail::Run(format!("cannot connect to 127.0.0.1:{}: {e}", o.port)))?;
 
     let cpu_before = match o.server_pid {
-        Some(pid) => Some(cpu_seconds(pid, ticks)?),
+        Some(pid) => Some(cpu_seconds(pid)?),
         None => None,
     };
     let snmp_before = snmp_udp();
@@ -459,7 +668,7 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
     thread::sleep(o.settle);
 
     let cpu_after = match o.server_pid {
-        Some(pid) => Some(cpu_seconds(pid, ticks)?),
+        Some(pid) => Some(cpu_seconds(pid)?),
         None => None,
     };
     let rss = o.server_pid.and_then(rss_kib);
@@ -494,7 +703,8 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
     let mut rows: Vec<(&str, String)> = vec![
         ("label", format!("\"{}\"", json_escape(&o.label))),
         ("port", o.port.to_string()),
-        ("contexts", o.contexts.to_string()),
+        ("shape", format!("\"{}\"", o.shape.name())),
+        ("contexts", source.contexts().to_string()),
         ("hist_type", format!("\"{}\"", o.hist_type)),
         ("target_rate", o.rate.to_string()),
         ("sent_lines", sent_lines.to_string()),
@@ -520,9 +730,10 @@ fn run_send(o: &SendOpts) -> Result<(), Fail> {
     rows.push(("snmp_rcvbuf_errors", opt(snmp_rcvbuf)));
     rows.push(("snmp_in_errors", opt(snmp_inerr)));
     rows.push(("received_lines_snmp", opt(received_snmp)));
-    rows.push(("server_cpu_s", opt_f(cpu, 3)));
-    rows.push(("cpu_s_per_m_sent", opt_f(per_m(sent_lines), 4)));
-    rows.push(("cpu_s_per_m_received", opt_f(per_m(received_socket), 4)));
+    rows.push(("cpu_source", "\"schedstat\"".to_string()));
+    rows.push(("server_cpu_s", opt_f(cpu, 6)));
+    rows.push(("cpu_s_per_m_sent", opt_f(per_m(sent_lines), 5)));
+    rows.push(("cpu_s_per_m_received", opt_f(per_m(received_socket), 5)));
     rows.push(("server_rss_kib", opt(rss.map(|r| r.0))));
     rows.push(("server_hwm_kib", opt(rss.map(|r| r.1))));
     rows.push(("server_rss_anon_kib", opt(rss.map(|r| r.2))));
@@ -570,10 +781,72 @@ fn print_report(format: Format, rows: &[(&str, String)]) {
 }
 
 // ---------------------------------------------------------------------------
-// sink mode
+// floor (and sink) mode
 // ---------------------------------------------------------------------------
 
-fn run_sink(args: &[String]) -> Result<(), Fail> {
+/// The few C declarations `recvmmsg` needs (Linux, 64-bit): `std` links libc
+/// but does not expose them, and this file builds without cargo.
+#[allow(non_camel_case_types)]
+mod sys {
+    use std::ffi::{c_int, c_uint, c_void};
+
+    #[repr(C)]
+    pub struct iovec {
+        pub iov_base: *mut c_void,
+        pub iov_len: usize,
+    }
+
+    #[repr(C)]
+    pub struct msghdr {
+        pub msg_name: *mut c_void,
+        pub msg_namelen: u32,
+        pub msg_iov: *mut iovec,
+        pub msg_iovlen: usize,
+        pub msg_control: *mut c_void,
+        pub msg_controllen: usize,
+        pub msg_flags: c_int,
+    }
+
+    #[repr(C)]
+    pub struct mmsghdr {
+        pub msg_hdr: msghdr,
+        pub msg_len: c_uint,
+    }
+
+    pub const SOL_SOCKET: c_int = 1;
+    pub const SO_RCVBUF: c_int = 8;
+    pub const SO_RCVBUFFORCE: c_int = 33;
+    pub const MSG_WAITFORONE: c_int = 0x10000;
+
+    extern "C" {
+        pub fn recvmmsg(
+            fd: c_int,
+            msgvec: *mut mmsghdr,
+            vlen: c_uint,
+            flags: c_int,
+            timeout: *mut c_void,
+        ) -> c_int;
+        pub fn setsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *const c_void,
+            len: u32,
+        ) -> c_int;
+    }
+}
+
+/// Datagrams per `recvmmsg` call and bytes per datagram buffer: dynostat's.
+const FLOOR_BATCH: usize = 32;
+const FLOOR_BUFFER: usize = 8_192;
+/// The receive buffer dynostat asks for (`DD_DOGSTATSD_SO_RCVBUF`'s default).
+const FLOOR_RCVBUF: i32 = 25 * 1024 * 1024;
+
+/// The floor receiver: what reading the datagrams costs with nothing done
+/// with them. Same socket options, batch and buffer sizes as dynostat's
+/// receive thread; it touches no byte it reads.
+fn run_floor(args: &[String], what: &str) -> Result<(), Fail> {
+    use std::os::fd::AsRawFd;
     let mut port: u16 = 8126;
     let mut seconds: u64 = 600;
     let mut it = args.iter();
@@ -585,19 +858,69 @@ fn run_sink(args: &[String]) -> Result<(), Fail> {
         }
     }
     let sock = UdpSocket::bind(("127.0.0.1", port))
-        .map_err(|e| Fail::Run(format!("cannot bind 127.0.0.1:{port} for the sink: {e}")))?;
+        .map_err(|e| Fail::Run(format!("cannot bind 127.0.0.1:{port} for the {what}: {e}")))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| Fail::Run(format!("cannot set a read timeout on the sink: {e}")))?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut buf = vec![0u8; 65_536];
-    let (mut datagrams, mut bytes) = (0u64, 0u64);
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            datagrams += 1;
-            bytes += n as u64;
+        .map_err(|e| Fail::Run(format!("cannot set a read timeout on the {what}: {e}")))?;
+    let fd = sock.as_raw_fd();
+    let size = FLOOR_RCVBUF;
+    let len = std::mem::size_of::<i32>() as u32;
+    // SAFETY: fd is our live socket; `size` outlives the calls. Best effort,
+    // as in dynostat: FORCE needs CAP_NET_ADMIN, the plain option is capped.
+    unsafe {
+        let p = (&raw const size).cast();
+        if sys::setsockopt(fd, sys::SOL_SOCKET, sys::SO_RCVBUFFORCE, p, len) != 0 {
+            sys::setsockopt(fd, sys::SOL_SOCKET, sys::SO_RCVBUF, p, len);
         }
     }
-    println!("sink datagrams={datagrams} bytes={bytes}");
+    let mut data = vec![0u8; FLOOR_BATCH * FLOOR_BUFFER];
+    let mut iovecs: Vec<sys::iovec> = data
+        .chunks_mut(FLOOR_BUFFER)
+        .map(|c| sys::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: c.len(),
+        })
+        .collect();
+    let mut headers: Vec<sys::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| sys::mmsghdr {
+            msg_hdr: sys::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: iov,
+                msg_iovlen: 1,
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            },
+            msg_len: 0,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut calls, mut datagrams, mut bytes) = (0u64, 0u64, 0u64);
+    while Instant::now() < deadline {
+        // SAFETY: the headers point at the iovecs, which point into `data`;
+        // none is moved or reallocated while the call runs.
+        let n = unsafe {
+            sys::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                FLOOR_BATCH as u32,
+                sys::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        // n < 0: the read timeout (EAGAIN) or EINTR; go round to the deadline.
+        if let Ok(n) = usize::try_from(n) {
+            calls += 1;
+            datagrams += n as u64;
+            bytes += headers[..n]
+                .iter()
+                .map(|h| u64::from(h.msg_len))
+                .sum::<u64>();
+        }
+    }
+    drop(data);
+    println!("{what} calls={calls} datagrams={datagrams} bytes={bytes}");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: dynostat against peers (statsdproxy, Etsy statsd) on the
-# same DogStatsD load in the same run, all on 127.0.0.1.
+# End-to-end benchmark: dynostat against the floor (a receiver that only reads
+# the datagrams: `loadgen floor`) and peers (statsdproxy, Etsy statsd) on the
+# same DogStatsD loads in the same run, all on 127.0.0.1.
 #
 # In: the repo (builds `dynostat` in release and `examples/loadgen.rs` with
 # rustc), and the peers, which it installs into $BENCH_OUT if missing
@@ -11,8 +12,10 @@
 # every process it started, by pid), or loops without a bound.
 #
 # Usage: scripts/bench.sh > report.md
-# Knobs (environment): BENCH_OUT, BENCH_ROUNDS (3), BENCH_CPU_RATE (100000),
-# BENCH_CPU_LINES (2000000), BENCH_FAST_RATE (1000000), BENCH_FAST_LINES
+# Knobs (environment): BENCH_OUT, BENCH_ROUNDS (3), BENCH_CPU_RATE (1000000),
+# BENCH_CPU_LINES (5000000) for the mixed load, BENCH_LONG_RATE (200000),
+# BENCH_LONG_LINES (1000000) for the long lines, BENCH_COUNTERS_RATE
+# (1000000), BENCH_COUNTERS_LINES (5000000), BENCH_FAST_RATE (1000000), BENCH_FAST_LINES
 # (10000000), BENCH_CTX (100000), BENCH_STARTUP_RUNS (20), BENCH_PEERS
 # ("statsdproxy etsy"), BENCH_PORT_BASE (18200), BENCH_FLUSH_INTERVAL (10),
 # BENCH_DYNOSTAT_OUTPUT (intake or console),
@@ -22,8 +25,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${BENCH_OUT:-${ROOT}/bench-out}
 ROUNDS=${BENCH_ROUNDS:-3}
-CPU_RATE=${BENCH_CPU_RATE:-100000}
-CPU_LINES=${BENCH_CPU_LINES:-2000000}
+CPU_RATE=${BENCH_CPU_RATE:-1000000}
+CPU_LINES=${BENCH_CPU_LINES:-5000000}
+LONG_RATE=${BENCH_LONG_RATE:-200000}
+LONG_LINES=${BENCH_LONG_LINES:-1000000}
+COUNTERS_RATE=${BENCH_COUNTERS_RATE:-1000000}
+COUNTERS_LINES=${BENCH_COUNTERS_LINES:-5000000}
 FAST_RATE=${BENCH_FAST_RATE:-1000000}
 FAST_LINES=${BENCH_FAST_LINES:-10000000}
 CTX=${BENCH_CTX:-100000}
@@ -138,10 +145,11 @@ install_peers() {
 
 # --- servers ---------------------------------------------------------------------
 # Each server gets its own ports, from PORT_BASE: dynostat +0, statsdproxy +10
-# (its upstream sink +11), etsy +20 (its TCP management port +21); startup
-# probes use +30, +40, +50.
+# (its upstream sink +11), etsy +20 (its TCP management port +21), the floor
+# receiver +60; startup probes use +30, +40, +50.
 port_of() {
 	case ${1} in
+	floor) echo $((PORT_BASE + 60 + ${2})) ;;
 	dynostat) echo $((PORT_BASE + ${2})) ;;
 	statsdproxy) echo $((PORT_BASE + 10 + ${2})) ;;
 	etsy) echo $((PORT_BASE + 20 + ${2})) ;;
@@ -152,6 +160,9 @@ port_of() {
 server_cmd() {
 	local port=${2}
 	case ${1} in
+	floor)
+		printf '%s\n' "${LOADGEN}" floor --port "${port}" --seconds 3600
+		;;
 	dynostat)
 		local intake=()
 		if [[ ${DYNOSTAT_OUTPUT} == intake ]]; then
@@ -247,7 +258,9 @@ main() {
 	install_peers
 	local servers s r
 	read -r -a servers <<<"dynostat ${PEERS}"
-	log "servers: ${servers[*]}; results in ${RUN}"
+	# The floor takes the CPU and drop phases only: it keeps no state.
+	local receivers=(floor "${servers[@]}")
+	log "servers: ${servers[*]} (and the floor receiver); results in ${RUN}"
 
 	# Machine and versions, for the report.
 	{
@@ -263,6 +276,10 @@ main() {
 		echo "flush=${FLUSH}"
 		echo "cpu_rate=${CPU_RATE}"
 		echo "cpu_lines=${CPU_LINES}"
+		echo "long_rate=${LONG_RATE}"
+		echo "long_lines=${LONG_LINES}"
+		echo "counters_rate=${COUNTERS_RATE}"
+		echo "counters_lines=${COUNTERS_LINES}"
 		echo "fast_rate=${FAST_RATE}"
 		echo "fast_lines=${FAST_LINES}"
 		echo "ctx=${CTX}"
@@ -292,29 +309,36 @@ main() {
 		done
 	fi
 
-	# 1. Start every server; idle RSS after 2 s.
-	for s in "${servers[@]}"; do start_server "${s}"; done
+	# 1. Start every server and the floor; idle RSS after 2 s.
+	for s in "${receivers[@]}"; do start_server "${s}"; done
 	sleep 2
 	for s in "${servers[@]}"; do
 		echo "{\"server\":\"${s}\",\"phase\":\"idle\",$(rss_fields "${PID[${s}]}")}" >>"${RESULTS}"
 	done
 
-	# 2. CPU per million lines at a rate every server takes without drops,
-	#    servers alternating within each round.
-	for r in $(seq 1 "${ROUNDS}"); do
-		for s in "${servers[@]}"; do
-			load "${s}" cpu "${r}" --rate "${CPU_RATE}" --lines "${CPU_LINES}"
+	# 2. CPU per million lines received, one load at a time (mixed, long
+	#    lines, counters only), the floor and the servers alternating within
+	#    each round.
+	local phase shape rate lines
+	for spec in "cpu mixed ${CPU_RATE} ${CPU_LINES}" \
+		"cpu_long long ${LONG_RATE} ${LONG_LINES}" \
+		"cpu_counters counters ${COUNTERS_RATE} ${COUNTERS_LINES}"; do
+		read -r phase shape rate lines <<<"${spec}"
+		for r in $(seq 1 "${ROUNDS}"); do
+			for s in "${receivers[@]}"; do
+				load "${s}" "${phase}" "${r}" --shape "${shape}" --rate "${rate}" --lines "${lines}"
+			done
 		done
 	done
 
 	# 3. One sender at ~1M lines/s: drops.
-	for s in "${servers[@]}"; do
+	for s in "${receivers[@]}"; do
 		load "${s}" fast 1 --rate "${FAST_RATE}" --lines "${FAST_LINES}"
 	done
 
 	# 4. Stop (dynostat flushes on SIGTERM), then count what dynostat says it
 	#    received: its console rows for dynostat.lines are RATEs per second.
-	for s in "${servers[@]}"; do stop_server "${s}"; done
+	for s in "${receivers[@]}"; do stop_server "${s}"; done
 	python3 - "${RUN}/dynostat.out" "${FLUSH}" "${RUN}/intake.json" >>"${RESULTS}" <<'EOF'
 import json, os, sys
 total = 0.0

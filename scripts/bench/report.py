@@ -12,8 +12,10 @@ import statistics
 import sys
 from pathlib import Path
 
-ORDER = ["dynostat", "statsdproxy", "etsy"]
+CPU_PHASES = ("cpu", "cpu_long", "cpu_counters", "fast")
+ORDER = ["floor", "dynostat", "statsdproxy", "etsy"]
 NAMES = {
+    "floor": "floor (recvmmsg, discard)",
     "dynostat": "dynostat",
     "statsdproxy": "statsdproxy (Sentry, Rust)",
     "etsy": "statsd (Etsy, Node.js)",
@@ -68,49 +70,67 @@ def main():
     )
     p("")
     p(
-        "Load (examples/loadgen.rs): counters, gauges, histograms and sets in turn, 3 tags per "
-        "line, about 31 lines per datagram of at most 1432 bytes, one sender on 127.0.0.1. "
-        f"Flush interval {meta.get('flush')} s for every server."
+        "Loads (examples/loadgen.rs), one sender on 127.0.0.1: **mixed**: counters, gauges, histograms "
+        "and sets in turn, 3 tags per line, 1,000 contexts, about 31 lines per datagram of at most 1432 "
+        "bytes; **long**: 3,000 contexts, names of 1 to 200 characters, 2 to 50 tags of 3 to 150 "
+        "characters, datagrams of at most 8 KiB, types weighted counters 208, gauges 66, distributions "
+        "72, sets 9, histograms 1 (the shape of Datadog's SMP \"3k contexts\" DogStatsD cases); "
+        "**counters**: the mixed load's counter lines only. "
+        f"Flush interval {meta.get('flush')} s for every server. "
+        "The floor is `loadgen floor`: the same `recvmmsg` batches into reused buffers as dynostat, "
+        "with the same socket buffer, parsing nothing. CPU is the sum of every thread's on-CPU time "
+        "from `/proc/PID/task/*/schedstat`, read before the first datagram and after the socket queue "
+        "has drained (plus 300 ms)."
     )
     p("")
 
-    # CPU
-    base_cpu = None
-    p(
-        f"## CPU per million lines ({int(meta.get('cpu_rate', 0)):,} lines/s, "
-        f"{int(meta.get('cpu_lines', 0)):,} lines a round, 1,000 contexts, median of "
-        f"{meta.get('rounds')} rounds, servers alternating)"
-    )
-    p("")
-    p("| server | CPU-s per M lines received (median) | min..max | vs dynostat | lines sent | socket drops | RSS after |")
-    p("|---|---|---|---|---|---|---|")
-    cpu_median = {}
-    for s in servers:
-        rs = rows(s, "cpu")
-        vals = [r["cpu_s_per_m_received"] for r in rs if r.get("cpu_s_per_m_received") is not None]
-        med = statistics.median(vals) if vals else None
-        cpu_median[s] = med
-        if s == "dynostat":
-            base_cpu = med
-    for s in servers:
-        rs = rows(s, "cpu")
-        vals = [r["cpu_s_per_m_received"] for r in rs if r.get("cpu_s_per_m_received") is not None]
-        sent = sum(r.get("sent_lines", 0) for r in rs)
-        drops = sum(r.get("socket_drops", 0) for r in rs)
-        rss = rs[-1].get("server_rss_kib") if rs else None
-        rng = f"{min(vals):.3f}..{max(vals):.3f}" if vals else "n/a"
+    def cpu_table(phase, title, rate_key, lines_key):
+        rs_all = [r for r in results if r.get("phase") == phase]
+        if not rs_all:
+            return
+        med = {}
+        for s in servers:
+            vals = [r["cpu_s_per_m_received"] for r in rows(s, phase) if r.get("cpu_s_per_m_received") is not None]
+            med[s] = statistics.median(vals) if vals else None
+        lpd = statistics.median([r["lines_per_datagram"] for r in rs_all if r.get("lines_per_datagram")] or [0])
+        ctx = rs_all[0].get("contexts")
         p(
-            f"| {NAMES[s]} | {fmt(cpu_median[s])} | {rng} | "
-            f"{'1.0x' if s == 'dynostat' else ratio(cpu_median[s], base_cpu)} | "
-            f"{sent:,} | {drops:,} | {fmt(mib(rss), 1, ' MiB')} |"
+            f"## CPU per million lines, {title} ({int(meta.get(rate_key, 0)):,} lines/s, "
+            f"{int(meta.get(lines_key, 0)):,} lines a round, {ctx:,} contexts, {lpd:.1f} lines per datagram, "
+            f"median of {meta.get('rounds')} rounds, receivers alternating)"
         )
-    p("")
+        p("")
+        p("| server | CPU-s per M lines received (median) | min..max | x floor | vs dynostat | lines sent | socket drops | received | RSS after |")
+        p("|---|---|---|---|---|---|---|---|---|")
+        for s in servers:
+            rs = rows(s, phase)
+            if not rs:
+                continue
+            vals = [r["cpu_s_per_m_received"] for r in rs if r.get("cpu_s_per_m_received") is not None]
+            sent = sum(r.get("sent_lines", 0) for r in rs)
+            recv = sum(r.get("received_lines_socket", 0) for r in rs)
+            drops = sum(r.get("socket_drops", 0) for r in rs)
+            rss = rs[-1].get("server_rss_kib") if rs else None
+            rng = f"{min(vals):.3f}..{max(vals):.3f}" if vals else "n/a"
+            pct = f"{100.0 * recv / sent:.2f}%" if sent else "n/a"
+            p(
+                f"| {NAMES[s]} | {fmt(med[s])} | {rng} | "
+                f"{'1.0x' if s == 'floor' else ratio(med[s], med.get('floor'))} | "
+                f"{'1.0x' if s == 'dynostat' else ratio(med[s], med.get('dynostat'))} | "
+                f"{sent:,} | {drops:,} | {pct} | {fmt(mib(rss), 1, ' MiB')} |"
+            )
+        p("")
+
+    cpu_table("cpu", "mixed load", "cpu_rate", "cpu_lines")
+    cpu_table("cpu_long", "long lines", "long_rate", "long_lines")
+    cpu_table("cpu_counters", "counters only", "counters_rate", "counters_lines")
 
     # Fast
     p(f"## One sender at {int(meta.get('fast_rate', 0)):,} lines/s ({int(meta.get('fast_lines', 0)):,} lines)")
     p("")
-    p("| server | achieved lines/s | lines sent | datagrams dropped (socket) | lines received | received | CPU-s per M received |")
-    p("|---|---|---|---|---|---|---|")
+    p("| server | achieved lines/s | lines sent | datagrams dropped (socket) | lines received | received | CPU-s per M received | x floor |")
+    p("|---|---|---|---|---|---|---|---|")
+    fast_floor = next((r.get("cpu_s_per_m_received") for r in rows("floor", "fast")), None)
     for s in servers:
         for r in rows(s, "fast"):
             sent = r.get("sent_lines", 0)
@@ -119,7 +139,8 @@ def main():
             p(
                 f"| {NAMES[s]} | {int(r.get('achieved_rate', 0)):,} | {sent:,} | "
                 f"{r.get('socket_drops', 0):,} | {recv:,} | {pct:.2f}% | "
-                f"{fmt(r.get('cpu_s_per_m_received'))} |"
+                f"{fmt(r.get('cpu_s_per_m_received'))} | "
+                f"{'1.0x' if s == 'floor' else ratio(r.get('cpu_s_per_m_received'), fast_floor)} |"
             )
     p("")
 
@@ -137,12 +158,13 @@ def main():
         "| peak through the next flush (VmHWM) | RSS after that flush | vs dynostat (live) |"
     )
     p("|---|---|---|---|---|---|---|")
+    stateful = [s for s in servers if s != "floor"]
     ctx_rss = {}
-    for s in servers:
+    for s in stateful:
         rs = rows(s, "contexts")
         ctx_rss[s] = rs[-1].get("server_rss_kib") if rs else None
     base_ctx = ctx_rss.get("dynostat")
-    for s in servers:
+    for s in stateful:
         idle = rows(s, "idle")
         idle_kib = idle[-1].get("rss_kib") if idle else None
         anon = idle[-1].get("rss_anon_kib") if idle else None
@@ -186,8 +208,8 @@ def main():
     # Telemetry cross-check
     tel = rows("dynostat", "telemetry")
     if tel:
-        sent = sum(r.get("sent_lines", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in ("cpu", "fast"))
-        recv = sum(r.get("received_lines_socket", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in ("cpu", "fast"))
+        sent = sum(r.get("sent_lines", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in CPU_PHASES)
+        recv = sum(r.get("received_lines_socket", 0) for r in results if r.get("server") == "dynostat" and r.get("phase") in CPU_PHASES)
         p("## Cross-check: dynostat's own count")
         p("")
         t = tel[-1]
@@ -197,7 +219,7 @@ def main():
             else f"summed over {t.get('rows')} console rows"
         )
         p(
-            f"Lines sent to dynostat in the CPU and 1M/s phases: {sent:,}; sent minus kernel socket drops: "
+            f"Lines sent to dynostat in the CPU phases and the 1M/s phase: {sent:,}; sent minus kernel socket drops: "
             f"{recv:,}; `dynostat.lines` (self-telemetry, a RATE, times the interval, {where}): "
             f"{t.get('lines'):,}."
         )
