@@ -1,5 +1,7 @@
-//! Aggregator benchmarks: inserts into existing contexts (the hot path) and
-//! the memory held by 100,000 live contexts.
+//! Aggregator benchmarks: inserts into existing contexts (the hot path), with
+//! short lines and with the long lines of `loadgen --shape long` (3,000
+//! contexts, names of 1 to 200 characters, 2 to 50 tags of 3 to 150
+//! characters), and the memory held by 100,000 live contexts.
 //!
 //! Run: `cargo bench --bench aggregate`. Needs `[[bench]] name = "aggregate"
 //! harness = false` in Cargo.toml. The memory figures are printed before the
@@ -102,7 +104,104 @@ fn metrics<'a>(
         .collect()
 }
 
+/// A deterministic generator (SplitMix64), so every run inserts the same lines.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    fn word(&mut self, out: &mut String, n: u64) {
+        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_.";
+        for _ in 0..n {
+            out.push(char::from(A[(self.next_u64() % A.len() as u64) as usize]));
+        }
+    }
+}
+
+/// The long shape's contexts: (name, raw tags, type, value), with the types
+/// weighted counters 208, gauges 66, distributions 72, sets 9, histograms 1.
+/// A long-shape context: name, raw tags, type, value.
+type LongContext = (String, String, MetricType, &'static str);
+
+fn long_contexts(n: usize) -> Vec<LongContext> {
+    let mut rng = Rng(0x3_000);
+    (0..n)
+        .map(|_| {
+            let mut name = String::new();
+            let len = rng.range(1, 200);
+            rng.word(&mut name, len);
+            let (kind, value) = match rng.next_u64() % 356 {
+                0..208 => (MetricType::Counter, "1"),
+                208..274 => (MetricType::Gauge, "42.5"),
+                274..346 => (MetricType::Distribution, "12.5"),
+                346..355 => (MetricType::Set, "u17"),
+                _ => (MetricType::Histogram, "3"),
+            };
+            let mut tags = String::new();
+            for i in 0..rng.range(2, 50) {
+                if i > 0 {
+                    tags.push(',');
+                }
+                let len = rng.range(3, 150);
+                let key = rng.range(1, (len - 2).min(20));
+                rng.word(&mut tags, key);
+                tags.push(':');
+                rng.word(&mut tags, len - key - 1);
+            }
+            (name, tags, kind, value)
+        })
+        .collect()
+}
+
+fn long_metrics(ctx: &[LongContext]) -> Vec<Metric<'_>> {
+    ctx.iter()
+        .map(|(n, t, kind, v)| Metric {
+            name: n,
+            raw_values: v,
+            kind: *kind,
+            sample_rate: 1.0,
+            tags: Tags(t),
+            timestamp: None,
+        })
+        .collect()
+}
+
 fn bench_insert(c: &mut Criterion) {
+    {
+        let ctx = long_contexts(3_000);
+        let batch = long_metrics(&ctx);
+        let mut group = c.benchmark_group("aggregate_insert_3000_long_contexts");
+        group.throughput(Throughput::Elements(batch.len() as u64));
+        let mut agg = Aggregator::new(options(200_000));
+        for m in &batch {
+            assert_eq!(agg.insert(m, NOW), InsertOutcome::Accepted);
+        }
+        let mut inserted = 0u64;
+        group.bench_function("weighted_mix", |b| {
+            b.iter(|| {
+                for m in &batch {
+                    black_box(agg.insert(black_box(m), NOW));
+                }
+                inserted += batch.len() as u64;
+                if inserted >= INSERTS_PER_INTERVAL {
+                    inserted = 0;
+                    drop(agg.take());
+                }
+            });
+        });
+        group.finish();
+    }
+
     let mut group = c.benchmark_group("aggregate_insert_1000_contexts_3_tags");
     group.throughput(Throughput::Elements(1000));
     for (label, kind, value) in [
@@ -305,6 +404,30 @@ fn report_cpu() {
             spent as f64 / n as f64
         );
     }
+    let ctx = long_contexts(3_000);
+    let batch = long_metrics(&ctx);
+    let bytes: usize = ctx.iter().map(|c| c.0.len() + c.1.len()).sum();
+    let rounds = 300;
+    let mut best = u128::MAX;
+    for _ in 0..5 {
+        let mut agg = Aggregator::new(options(200_000));
+        for m in &batch {
+            agg.insert(m, NOW);
+        }
+        let start = thread_cpu_ns();
+        for _ in 0..rounds {
+            for m in &batch {
+                black_box(agg.insert(black_box(m), NOW));
+            }
+        }
+        best = best.min(thread_cpu_ns() - start);
+    }
+    let n = rounds as u128 * batch.len() as u128;
+    println!(
+        "cpu: long lines   {:.1} ns/insert (thread CPU time, {n} inserts into 3000 existing contexts, {} bytes of name and tags a line on average)",
+        best as f64 / n as f64,
+        bytes / ctx.len()
+    );
 }
 
 fn main() {

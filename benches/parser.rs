@@ -1,12 +1,15 @@
 //! Parser benchmark: a realistic 1432-byte DogStatsD datagram (about 30
 //! lines, 3 tags each, mixed c/g/h/s) through `lines` + `parse_line`, with and
-//! without reading the values and tags back as the aggregator does.
+//! without reading the values and tags back as the aggregator does; and an
+//! 8 KiB datagram of long lines (names of 1 to 200 characters, 2 to 50 tags
+//! of 3 to 150 characters, the shape of `loadgen --shape long`), through the
+//! listener's path: one UTF-8 check per datagram, then `lines` + `parse_str`.
 //!
 //! Run: `cargo bench --bench parser`. Throughput is reported in lines/s
 //! (elements); ns per line = 1e9 / that.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use dynostat::dogstatsd::protocol::{lines, parse_line, Parsed};
+use dynostat::dogstatsd::protocol::{lines, parse_line, parse_str, Parsed};
 
 /// Builds a datagram of whole lines no longer than `limit` bytes: counters,
 /// gauges, histograms and sets in turn, 3 tags each, values typical of real
@@ -72,5 +75,128 @@ fn bench_datagram(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_datagram);
+/// A deterministic generator (SplitMix64), so every run parses the same bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    fn word(&mut self, out: &mut String, n: u64) {
+        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_.";
+        for _ in 0..n {
+            out.push(char::from(A[(self.next_u64() % A.len() as u64) as usize]));
+        }
+    }
+}
+
+/// One long line: a name of 1 to 200 characters, 2 to 50 `key:value` tags
+/// of 3 to 150 characters, a type weighted as in `loadgen --shape long`.
+fn long_line(rng: &mut Rng) -> String {
+    let mut s = String::new();
+    let n = rng.range(1, 200);
+    rng.word(&mut s, n);
+    let kind = match rng.next_u64() % 356 {
+        0..208 => "1|c",
+        208..274 => "42.5|g",
+        274..346 => "12.5|d",
+        346..355 => "u17|s",
+        _ => "3|h",
+    };
+    s.push(':');
+    s.push_str(kind);
+    s.push_str("|#");
+    for i in 0..rng.range(2, 50) {
+        if i > 0 {
+            s.push(',');
+        }
+        let len = rng.range(3, 150);
+        let key = rng.range(1, (len - 2).min(20));
+        rng.word(&mut s, key);
+        s.push(':');
+        rng.word(&mut s, len - key - 1);
+    }
+    s
+}
+
+/// Whole long lines packed into datagrams of at most `limit` bytes; returns
+/// the datagrams and the lines in them.
+fn long_datagrams(limit: usize, count: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut rng = Rng(0x10_46);
+    let mut out = Vec::new();
+    let mut cur = Vec::with_capacity(limit);
+    let mut n = 0;
+    while out.len() < count {
+        let line = long_line(&mut rng);
+        if line.len() + 1 > limit {
+            continue;
+        }
+        if cur.len() + line.len() + 1 > limit {
+            out.push(std::mem::take(&mut cur));
+            continue;
+        }
+        cur.extend_from_slice(line.as_bytes());
+        cur.push(b'\n');
+        n += 1;
+    }
+    // The last partial datagram was never pushed; its lines do not count.
+    let n = out.iter().map(|d| lines(d).count()).sum::<usize>().min(n);
+    (out, n)
+}
+
+fn bench_long(c: &mut Criterion) {
+    let (dgrams, n) = long_datagrams(8192, 16);
+    let bytes: usize = dgrams.iter().map(Vec::len).sum();
+    let mut g = c.benchmark_group(format!("long_16x8KiB_{n}_lines_{bytes}B"));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("utf8_lines_parse", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for d in black_box(&dgrams) {
+                // As the listener does: one check per datagram, then the
+                // lines cut from the checked text.
+                let Ok(text) = std::str::from_utf8(d) else {
+                    continue;
+                };
+                for line in lines(d) {
+                    let start = line.as_ptr() as usize - d.as_ptr() as usize;
+                    let Some(line) = text.get(start..start + line.len()) else {
+                        continue;
+                    };
+                    if let Ok(p) = parse_str(line) {
+                        black_box(&p);
+                        ok += 1;
+                    }
+                }
+            }
+            assert_eq!(ok, n);
+        })
+    });
+    g.bench_function("parse_line", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for d in black_box(&dgrams) {
+                for line in lines(d) {
+                    if let Ok(p) = parse_line(line) {
+                        black_box(&p);
+                        ok += 1;
+                    }
+                }
+            }
+            assert_eq!(ok, n);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_datagram, bench_long);
 criterion_main!(benches);
