@@ -69,24 +69,15 @@ fn every_type_is_flushed_with_agent_values() {
     assert!(approx(value("lat.95percentile"), 10.0));
     assert!(approx(intake.total("lat.count", &[]), 6.0));
     assert!(approx(value("db.query.max"), 250.0));
-    let dists: Vec<Value> = intake
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/api/v1/distribution_points")
-        .flat_map(|r| r.json()["series"].as_array().cloned().unwrap_or_default())
-        .collect();
-    let sizes = dists
-        .iter()
-        .find(|d| d["metric"] == "sizes")
-        .expect("distribution forwarded");
-    let mut points: Vec<f64> = sizes["points"][0][1]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    points.sort_by(f64::total_cmp);
-    assert_eq!(points, vec![1.0, 2.0, 3.0]);
+    let sizes = intake.sketches_named("sizes");
+    assert_eq!(sizes.len(), 1, "one sketch: {sizes:?}");
+    let d = &sizes[0].dogsketches[0];
+    assert_eq!((d.cnt, d.min, d.max, d.sum), (3, 1.0, 3.0, 6.0));
+    assert_eq!(d.n, [1, 1, 1]);
+    let values: Vec<f64> = d.k.iter().map(|&k| common::sketch_key_value(k)).collect();
+    for (got, want) in values.iter().zip([1.0, 2.0, 3.0]) {
+        assert!((got - want).abs() / want <= 1.0 / 128.0, "{values:?}");
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Aggregation: contexts and per-type state over one flush interval.
 //!
 //! In: parsed [`Metric`]s, [`Event`]s and [`ServiceCheck`]s from the listener.
-//! Out: a [`Flush`] of Datadog series (Agent-exact semantics), raw
-//! distribution points, events and service checks.
+//! Out: a [`Flush`] of Datadog series (Agent-exact semantics), distribution
+//! sketches ([`crate::dogstatsd::sketch`]), events and service checks.
 //!
 //! Must never: allocate per sample for an existing context, grow past the
 //! context limit, or do the heavy per-flush work (sorting samples, building
@@ -45,6 +45,7 @@ use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
 use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
+use crate::dogstatsd::sketch::Sketch;
 
 /// Events kept per interval; more are counted in [`Bucket::overflowed`].
 pub const MAX_EVENTS: usize = 10_000;
@@ -55,10 +56,6 @@ pub const MAX_SERVICE_CHECKS: usize = 10_000;
 /// and the rank statistics use the samples kept so far. The Agent keeps every
 /// sample; a 512 MB dyno cannot.
 pub const MAX_HISTOGRAM_SAMPLES: usize = 2_000_000;
-/// Distribution values kept per interval over all contexts; past it, [`InsertOutcome::Discarded`].
-pub const MAX_DISTRIBUTION_VALUES: usize = 2_000_000;
-/// A sampled distribution value is repeated `int(1/rate)` times, at most this many.
-pub const MAX_DISTRIBUTION_REPEAT: u32 = 1_000;
 /// Unique set members kept per interval over all sets; past it, [`InsertOutcome::Discarded`].
 pub const MAX_SET_MEMBERS: usize = 1_000_000;
 /// `|T` points queued per interval; past it, [`InsertOutcome::Discarded`].
@@ -111,13 +108,15 @@ pub struct Series {
     pub unit: Option<&'static str>,
 }
 
-/// Raw distribution points for `/api/v1/distribution_points`.
+/// One distribution context's sketch for `/api/beta/sketches`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DistributionSeries {
+pub struct DistributionSketch {
     /// Metric name.
     pub metric: String,
-    /// `(unix seconds, values)`.
-    pub points: Vec<(i64, Vec<f64>)>,
+    /// Unix seconds: the interval's start.
+    pub timestamp: i64,
+    /// Every value of the interval, weighted `1/rate`.
+    pub sketch: Sketch,
     /// Sorted, deduplicated tags without `host:`.
     pub tags: Vec<String>,
     /// Host from a `host:` tag.
@@ -129,8 +128,8 @@ pub struct DistributionSeries {
 pub struct Flush {
     /// Series for `/api/v2/series`.
     pub series: Vec<Series>,
-    /// Distributions for `/api/v1/distribution_points`.
-    pub distributions: Vec<DistributionSeries>,
+    /// Distribution sketches for `/api/beta/sketches`.
+    pub distributions: Vec<DistributionSketch>,
     /// Events for `/api/v1/events`.
     pub events: Vec<Event>,
     /// Service checks for `/api/v1/check_run`.
@@ -289,23 +288,23 @@ fn alias_hash(class: Class, name: &str, tags: &str) -> u64 {
 struct Histogram {
     /// `ms`: unit millisecond.
     timer: bool,
-    /// Weighted sample count, each sample weighing `int(1/rate)`.
-    count: u64,
+    /// Weighted sample count, each sample weighing `1/rate`.
+    count: f64,
     /// Sum of `value * weight`.
     sum: f64,
     min: f64,
     max: f64,
     /// Unsampled values (weight 1), the common case, kept at 8 bytes each.
     ones: Vec<f64>,
-    /// Sampled values with their weight `int(1/rate)`.
-    weighted: Vec<(f64, u32)>,
+    /// Sampled values with their weight `1/rate`.
+    weighted: Vec<(f64, f64)>,
 }
 
 impl Histogram {
     fn new(timer: bool) -> Self {
         Self {
             timer,
-            count: 0,
+            count: 0.0,
             sum: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
@@ -314,18 +313,18 @@ impl Histogram {
         }
     }
 
-    /// Weights are the integer `int(1/rate)` as in the Agent's weightSample
-    /// (pkg/metrics/histogram.go, v7.x); we use the same integer weight for
-    /// the sum, so `.avg` of a constant is that constant at any rate.
+    /// Weights are the float `1/rate`, as in the Agent's weightSample
+    /// (pkg/metrics/histogram.go, current 7.x): four samples at `@0.75`
+    /// count 5.33, and `.avg` of a constant is that constant at any rate.
     #[inline]
-    fn add(&mut self, v: f64, weight: u32, kept: &mut usize) {
-        self.count = self.count.saturating_add(u64::from(weight));
-        self.sum += v * f64::from(weight);
+    fn add(&mut self, v: f64, weight: f64, kept: &mut usize) {
+        self.count += weight;
+        self.sum += v * weight;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         if *kept < MAX_HISTOGRAM_SAMPLES {
             *kept += 1;
-            if weight == 1 {
+            if weight == 1.0 {
                 self.ones.push(v);
             } else {
                 self.weighted.push((v, weight));
@@ -404,8 +403,8 @@ enum State {
     Set(FxHashSet<Member>),
     /// Boxed: most contexts are not histograms, and the box keeps `State` small.
     Histogram(Box<Histogram>),
-    /// Raw values, repeated `int(1/rate)` times (capped).
-    Distribution(Vec<f64>),
+    /// A sketch, boxed like histograms: bounded by its bins, not by the values.
+    Distribution(Box<Sketch>),
     /// `|T` points as received.
     Timestamped(Vec<(i64, f64)>),
 }
@@ -413,7 +412,7 @@ enum State {
 impl State {
     fn new(class: Class, kind: MetricType) -> Self {
         match class {
-            Class::Distribution => Self::Distribution(Vec::new()),
+            Class::Distribution => Self::Distribution(Box::default()),
             Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Vec::new()),
             Class::Aggregated => match kind {
                 MetricType::Counter => Self::Counter(0.0),
@@ -421,8 +420,8 @@ impl State {
                 MetricType::Set => Self::Set(FxHashSet::default()),
                 MetricType::Histogram => Self::Histogram(Box::new(Histogram::new(false))),
                 MetricType::Timer => Self::Histogram(Box::new(Histogram::new(true))),
-                // Class::of never puts a distribution here; keep it raw anyway.
-                MetricType::Distribution => Self::Distribution(Vec::new()),
+                // Class::of never puts a distribution here; sketch it anyway.
+                MetricType::Distribution => Self::Distribution(Box::default()),
             },
         }
     }
@@ -443,7 +442,6 @@ struct Interval {
     /// Events and service checks past their caps.
     overflowed: u64,
     histogram_samples: usize,
-    distribution_values: usize,
     set_members: usize,
     timestamped_points: usize,
 }
@@ -474,20 +472,16 @@ impl Interval {
         if m.kind == MetricType::Set {
             return InsertOutcome::Discarded;
         }
-        // Gauges and sets ignore the rate; counters scale by 1/rate (float, as
-        // the Agent's Counter.addSample); histograms and distributions weigh
-        // each sample int(1/rate). A rate outside (0, 1] cannot come from the
-        // parser; treat it as 1 like the Agent treats 0.
-        let (inv, weight) =
-            if m.sample_rate >= 1.0 || m.sample_rate <= 0.0 || m.sample_rate.is_nan() {
-                // Unsampled (the common case, no division), or a rate the
-                // parser cannot produce, treated as 1 like the Agent treats 0.
-                (1.0, 1)
-            } else {
-                let inv = 1.0 / m.sample_rate;
-                // Saturating cast; inv > 1 so the weight is at least 1.
-                (inv, (inv as u32).max(1))
-            };
+        // Gauges and sets ignore the rate; counters, histograms and
+        // distributions weigh each sample by the float 1/rate, as the Agent's
+        // Counter.addSample and Histogram.addSample do. A rate outside (0, 1]
+        // cannot come from the parser; treat it as 1 like the Agent treats 0.
+        let inv = if m.sample_rate >= 1.0 || m.sample_rate <= 0.0 || m.sample_rate.is_nan() {
+            // Unsampled (the common case, no division).
+            1.0
+        } else {
+            1.0 / m.sample_rate
+        };
         let ts = m.timestamp.unwrap_or_default();
         let mut accepted = false;
         for v in m.values() {
@@ -498,14 +492,11 @@ impl Interval {
             match state {
                 State::Counter(sum) => *sum += v * inv,
                 State::Gauge(last) => *last = v,
-                State::Histogram(h) => h.add(v, weight, &mut self.histogram_samples),
-                State::Distribution(values) => {
-                    let n = weight.min(MAX_DISTRIBUTION_REPEAT) as usize;
-                    if self.distribution_values + n > MAX_DISTRIBUTION_VALUES {
+                State::Histogram(h) => h.add(v, inv, &mut self.histogram_samples),
+                State::Distribution(sketch) => {
+                    if !sketch.insert(v, inv, |_| true) {
                         continue;
                     }
-                    self.distribution_values += n;
-                    values.resize(values.len() + n, v);
                 }
                 State::Timestamped(points) => {
                     // The Agent's no-aggregation pipeline sends the raw value
@@ -929,11 +920,12 @@ fn flush_state(
             }
         }
         State::Histogram(h) => flush_histogram(*h, ctx, prepared, ts, interval, out),
-        State::Distribution(values) => {
-            if !values.is_empty() {
-                out.distributions.push(DistributionSeries {
+        State::Distribution(sketch) => {
+            if !sketch.is_empty() {
+                out.distributions.push(DistributionSketch {
                     metric: ctx.name.to_owned(),
-                    points: vec![(ts, values)],
+                    timestamp: ts,
+                    sketch: *sketch,
                     tags: ctx.tags(),
                     host: ctx.host.map(str::to_owned),
                 });
@@ -968,8 +960,9 @@ fn flush_state(
 /// The Agent's Histogram.flush (pkg/metrics/histogram.go): aggregates in the
 /// configured order, then percentiles ascending. Median and percentiles are
 /// nearest rank over the weighted, sorted samples: the first sample whose
-/// cumulative weight exceeds the target, with target `(count-1)/2` for the
-/// median and `(p*count-1)/100` (integer division) for percentile `p`.
+/// cumulative (float) weight exceeds the target, with target `(count-1)/2`
+/// for the median and `(p*count-1)/100` for percentile `p`, in floats as the
+/// current Agent computes them.
 #[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
 fn flush_histogram(
     mut h: Histogram,
@@ -979,32 +972,29 @@ fn flush_histogram(
     interval: u64,
     out: &mut Flush,
 ) {
-    if h.count == 0 {
+    if h.ones.is_empty() && h.weighted.is_empty() {
         return;
     }
     h.ones.sort_unstable_by(f64::total_cmp);
     h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     // Rank statistics use the kept samples (all of them below the cap).
-    let kept = h.ones.len() as u64 + h.weighted.iter().map(|w| u64::from(w.1)).sum::<u64>();
+    let kept = h.ones.len() as f64 + h.weighted.iter().map(|w| w.1).sum::<f64>();
     let unit = h.timer.then_some("millisecond");
     for agg in &prepared.aggregates {
         let (value, kind, unit, series_interval) = match agg {
             HistogramAggregate::Max => (h.max, SeriesKind::Gauge, unit, None),
             HistogramAggregate::Min => (h.min, SeriesKind::Gauge, unit, None),
             HistogramAggregate::Median => {
-                let Some(v) = kept
-                    .checked_sub(1)
-                    .and_then(|k| at_rank(&h.ones, &h.weighted, k / 2))
-                else {
+                let Some(v) = at_rank(&h.ones, &h.weighted, (kept - 1.0) / 2.0) else {
                     continue;
                 };
                 (v, SeriesKind::Gauge, unit, None)
             }
-            HistogramAggregate::Avg => (h.sum / h.count as f64, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Avg => (h.sum / h.count, SeriesKind::Gauge, unit, None),
             HistogramAggregate::Sum => (h.sum, SeriesKind::Gauge, unit, None),
             // `.count` is a RATE over the interval, dimensionless, as in the Agent.
             HistogramAggregate::Count => (
-                h.count as f64 / interval as f64,
+                h.count / interval as f64,
                 SeriesKind::Rate,
                 None,
                 Some(interval),
@@ -1019,10 +1009,7 @@ fn flush_histogram(
         ));
     }
     for (p, suffix) in &prepared.percentiles {
-        // Go computes (p*count-1)/100 in int64, truncating toward zero, so
-        // p*count = 0 gives 0; saturating_sub gives the same.
-        let target = u128::from(*p) * u128::from(kept);
-        let target = u64::try_from(target.saturating_sub(1) / 100).unwrap_or(u64::MAX);
+        let target = (*p as f64 * kept - 1.0) / 100.0;
         let Some(v) = at_rank(&h.ones, &h.weighted, target) else {
             continue;
         };
@@ -1048,35 +1035,39 @@ fn joined(a: &str, sep: &str, b: &str) -> String {
 
 /// The first value, in ascending order over both sorted lists, at which the
 /// cumulative weight exceeds `target`. `None` when there are no samples.
-fn at_rank(ones: &[f64], weighted: &[(f64, u32)], target: u64) -> Option<f64> {
+fn at_rank(ones: &[f64], weighted: &[(f64, f64)], target: f64) -> Option<f64> {
     if weighted.is_empty() {
-        let i = usize::try_from(target).unwrap_or(usize::MAX);
+        // Unit weights: the cumulative weight after index i is i + 1, which
+        // exceeds `target` first at i = floor(target) (0 for a negative one).
+        // Saturating cast: a target past the end reads the last sample.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let i = target.max(0.0).floor() as usize;
         return ones.get(i).or(ones.last()).copied();
     }
-    let (mut i, mut j, mut cum) = (0usize, 0usize, 0u64);
+    let (mut i, mut j, mut cum) = (0usize, 0usize, 0f64);
     let mut last = None;
     loop {
         let (v, w) = match (ones.get(i), weighted.get(j)) {
             (Some(&a), Some(&(b, wb))) => {
                 if a.total_cmp(&b).is_le() {
                     i += 1;
-                    (a, 1)
+                    (a, 1.0)
                 } else {
                     j += 1;
-                    (b, u64::from(wb))
+                    (b, wb)
                 }
             }
             (Some(&a), None) => {
                 i += 1;
-                (a, 1)
+                (a, 1.0)
             }
             (None, Some(&(b, wb))) => {
                 j += 1;
-                (b, u64::from(wb))
+                (b, wb)
             }
             (None, None) => return last,
         };
-        cum = cum.saturating_add(w);
+        cum += w;
         if cum > target {
             return Some(v);
         }
@@ -1279,21 +1270,39 @@ mod tests {
     }
 
     #[test]
-    fn histogram_samples_weigh_int_one_over_rate() {
+    fn histogram_samples_weigh_float_one_over_rate() {
         let mut agg = Aggregator::new(opts());
         // 1 weighs 4, 100 weighs 1: count 5, sorted weights [1 x4, 100 x1].
         agg.insert(&rated("h", "1", MetricType::Histogram, 0.25), NOW);
         agg.insert(&metric("h", "100", MetricType::Histogram, ""), NOW);
-        // 0.3 → 1/0.3 = 3.33 → weight 3.
+        // 0.3 → 1/0.3 = 3.33, a float weight as in the current Agent.
         agg.insert(&rated("w", "2", MetricType::Histogram, 0.3), NOW);
+        // 4 × @0.75: count 5.33.
+        for _ in 0..4 {
+            agg.insert(&rated("q", "8", MetricType::Histogram, 0.75), NOW);
+        }
+        // Weights 1 (v=1), 3.33 (v=2), 1 (v=3): count 5.33; median target
+        // 2.17 → the 2; p95 target (95*5.33-1)/100 = 5.06 → the 3.
+        agg.insert(&metric("m", "1", MetricType::Histogram, ""), NOW);
+        agg.insert(&rated("m", "2", MetricType::Histogram, 0.3), NOW);
+        agg.insert(&metric("m", "3", MetricType::Histogram, ""), NOW);
         let f = agg.take().into_flush(TS, 1);
         assert_eq!(value(&f, "h.count"), 5.0);
         assert_eq!(value(&f, "h.median"), 1.0);
         assert!(close(value(&f, "h.avg"), 104.0 / 5.0));
-        // target (95*5-1)/100 = 4: the 5th unit of weight is the 100.
+        // target (95*5-1)/100 = 4.74: the 5th unit of weight is the 100.
         assert_eq!(value(&f, "h.95percentile"), 100.0);
-        assert_eq!(value(&f, "w.count"), 3.0);
-        assert_eq!(value(&f, "w.avg"), 2.0);
+        assert!(close(value(&f, "w.count"), 1.0 / 0.3));
+        assert!(close(value(&f, "w.avg"), 2.0));
+        assert!(close(value(&f, "q.count"), 4.0 / 0.75));
+        assert!(close(value(&f, "q.avg"), 8.0));
+        assert!(close(value(&f, "m.count"), 2.0 + 1.0 / 0.3));
+        assert_eq!(value(&f, "m.median"), 2.0);
+        assert_eq!(value(&f, "m.95percentile"), 3.0);
+        assert!(close(
+            value(&f, "m.avg"),
+            (1.0 + 2.0 / 0.3 + 3.0) / (2.0 + 1.0 / 0.3)
+        ));
     }
 
     #[test]
@@ -1344,24 +1353,35 @@ mod tests {
     }
 
     #[test]
-    fn distribution_keeps_raw_values_weighted_and_capped() {
+    fn distribution_is_a_sketch_with_float_weights() {
         let mut agg = Aggregator::new(opts());
         agg.insert(&metric("d", "1:2", MetricType::Distribution, "b,a"), NOW);
         agg.insert(&rated("d2", "5", MetricType::Distribution, 0.25), NOW);
-        agg.insert(&rated("d3", "9", MetricType::Distribution, 0.000_01), NOW);
+        // 3 values at @0.3 weigh 1/0.3 each: 10 in all.
+        for _ in 0..3 {
+            agg.insert(&rated("d3", "9", MetricType::Distribution, 0.3), NOW);
+        }
+        // A tiny rate no longer caps the repeat: the weight is 100,000.
+        agg.insert(&rated("d4", "9", MetricType::Distribution, 0.000_01), NOW);
         let f = flush(&mut agg);
         assert!(f.series.is_empty(), "{:?}", f.series);
-        assert_eq!(f.distributions.len(), 3);
+        assert_eq!(f.distributions.len(), 4);
         let d = &f.distributions[0];
         assert_eq!(d.metric, "d");
-        assert_eq!(d.points, vec![(TS, vec![1.0, 2.0])]);
+        assert_eq!(d.timestamp, TS);
+        assert_eq!(d.sketch.count(), 2.0);
+        assert_eq!(d.sketch.sum(), 3.0);
+        assert_eq!((d.sketch.min(), d.sketch.max()), (1.0, 2.0));
         assert_eq!(d.tags, ["a", "b"]);
         assert_eq!(d.host, None);
-        assert_eq!(f.distributions[1].points, vec![(TS, vec![5.0; 4])]);
-        assert_eq!(
-            f.distributions[2].points[0].1.len(),
-            MAX_DISTRIBUTION_REPEAT as usize
-        );
+        assert_eq!(f.distributions[1].sketch.count(), 4.0);
+        assert_eq!(f.distributions[1].sketch.sum(), 20.0);
+        let d3 = &f.distributions[2].sketch;
+        assert!(close(d3.count(), 10.0));
+        assert_eq!(d3.count_rounded(), 10);
+        assert!(close(d3.sum(), 90.0));
+        assert_eq!(d3.bins().map(|b| b.1).sum::<u32>(), 10);
+        assert!(close(f.distributions[3].sketch.count(), 100_000.0));
     }
 
     #[test]

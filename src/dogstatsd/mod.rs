@@ -1,6 +1,6 @@
 //! The DogStatsD pipeline's data: datagrams are parsed ([`protocol`]) into
 //! metrics, events and service checks, which are aggregated into per-interval
-//! buckets ([`aggregate`]); [`stats`] holds the listener's and forwarder's own
+//! buckets ([`aggregate`]), distributions as sketches ([`sketch`]); [`stats`] holds the listener's and forwarder's own
 //! counters, reported as `dynostat.*`.
 //!
 //! Must never: do I/O. Sockets are in [`crate::serve`], HTTP in
@@ -8,4 +8,5 @@
 
 pub mod aggregate;
 pub mod protocol;
+pub mod sketch;
 pub mod stats;

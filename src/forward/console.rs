@@ -1,7 +1,8 @@
 //! Console output: a flush as a compact, stable table for humans.
 //!
 //! In: a [`Flush`] and the same global tags and host the intake would get.
-//! Out: text, one line per series point, distribution point, event and
+//! Out: text, one line per series point, distribution (count, avg, p50,
+//! p95 and max, read from its sketch), event and
 //! service check, sorted by name then tags so the same input always prints
 //! the same way:
 //!
@@ -20,9 +21,6 @@ use std::fmt::Write as _;
 use super::payload::{alert_type_name, Decoration, TagList};
 use crate::dogstatsd::aggregate::{Flush, SeriesKind};
 use crate::dogstatsd::protocol::CheckStatus;
-
-/// Distribution values shown before `…`.
-const MAX_DIST_VALUES: usize = 8;
 
 /// Longest name or tag column, past which a cell simply overflows its column.
 const MAX_WIDTH: usize = 60;
@@ -71,6 +69,17 @@ fn one_line(s: &str) -> String {
     s.chars().flat_map(char::escape_debug).collect()
 }
 
+/// A number with at most 4 significant decimals, without trailing zeros.
+fn short(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -110,23 +119,23 @@ pub fn render(flush: &Flush, deco: &Decoration) -> String {
     }
     for d in &flush.distributions {
         let tags = tags_cell(&d.tags, deco, d.host.as_ref());
-        for (_, values) in &d.points {
-            let mut value = values
-                .iter()
-                .take(MAX_DIST_VALUES)
-                .map(|v| format!("{v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            if values.len() > MAX_DIST_VALUES {
-                let _ = write!(value, " … ({} values)", values.len());
-            }
-            metric_rows.push(Row {
-                name: d.metric.clone(),
-                kind: "distribution",
-                tags: tags.clone(),
-                value,
-            });
-        }
+        let s = &d.sketch;
+        // What Datadog shows for a distribution, read from the sketch (the
+        // percentiles within 1/128 of the true value).
+        let pct = |q: f64| s.quantile(q).map(short).unwrap_or_default();
+        metric_rows.push(Row {
+            name: d.metric.clone(),
+            kind: "distribution",
+            tags,
+            value: format!(
+                "count={} avg={} p50={} p95={} max={}",
+                short(s.count()),
+                short(s.avg()),
+                pct(0.5),
+                pct(0.95),
+                short(s.max()),
+            ),
+        });
     }
     // Sort by name, then tags, then kind; the value keeps the input order of
     // points within one series (a stable sort).

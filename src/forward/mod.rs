@@ -2,7 +2,7 @@
 //!
 //! In: [`Flush`]es from the flush loop, whole or in chunks (encoded one by
 //! one, so a big flush is never held whole). Out: gzip-compressed `POST`s to
-//! `/api/v2/series`, `/api/v1/distribution_points`, `/api/v1/events` and
+//! `/api/v2/series`, `/api/beta/sketches` (protobuf), `/api/v1/events` and
 //! `/api/v1/check_run`, split below the intake's limits ([`payload`]), with a
 //! bounded retry queue ([`retry`]); and/or a table on stdout ([`console`]).
 //!
@@ -28,6 +28,7 @@
 pub mod console;
 pub mod payload;
 pub mod retry;
+pub mod sketch;
 
 #[cfg(test)]
 mod tests;
@@ -568,8 +569,8 @@ impl Http {
             .client
             .post(self.url(p.endpoint))
             .header("DD-API-KEY", self.key_header.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(CONTENT_ENCODING, "gzip")
+            .header(CONTENT_TYPE, p.endpoint.content_type())
+            .header(CONTENT_ENCODING, p.endpoint.content_encoding())
             .timeout(timeout)
             .body(p.body.clone());
         let mut response = match request.send().await {

@@ -1,4 +1,5 @@
-//! Payload encoding: Datadog JSON, gzip-compressed, split below the intake's limits.
+//! Payload encoding: Datadog JSON (gzip) and sketch protobuf (zlib), split
+//! below the intake's limits.
 //!
 //! In: a [`Flush`] plus the global tags and default host. Out: [`Payload`]s,
 //! each one complete, compressed request body for one endpoint, every one
@@ -14,21 +15,24 @@
 //! - `POST /api/v2/series`: `MetricPayload {series: [MetricSeries]}`, where a
 //!   `MetricSeries` is `{metric, type (0-3), points: [{timestamp, value}],
 //!   tags, resources: [{name, type}], interval, unit}`.
-//! - `POST /api/v1/distribution_points`: `{series: [{metric, points:
-//!   [[ts, [v, …]]], tags, host, type: "distribution"}]}`.
+//! - `POST /api/beta/sketches`: the Agent's protobuf `SketchPayload`
+//!   ([`super::sketch`]), `Content-Type: application/x-protobuf`, compressed
+//!   with zlib and sent as `Content-Encoding: deflate`, as the Agent's
+//!   serializer does with its zlib compressor (newer Agents default to zstd;
+//!   the intake takes both).
 //! - `POST /api/v1/events`: one `EventCreateRequest` per request.
 //! - `POST /api/v1/check_run`: a JSON array of `{check, host_name, status,
 //!   timestamp, message, tags}` (`check`, `host_name`, `status`, `tags` required).
 
 use std::io::{Read, Write};
 
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
+use flate2::read::{GzDecoder, ZlibDecoder};
+use flate2::write::{GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
-use crate::dogstatsd::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::dogstatsd::aggregate::{Series, SeriesKind};
 use crate::dogstatsd::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
 
 /// The `/api/v2/series` limits: 512,000 bytes compressed, 5,242,880 decompressed.
@@ -70,8 +74,8 @@ impl Default for Limits {
 pub enum Endpoint {
     /// `/api/v2/series`
     Series,
-    /// `/api/v1/distribution_points`
-    Distributions,
+    /// `/api/beta/sketches` (protobuf)
+    Sketches,
     /// `/api/v1/events` (one event per request)
     Events,
     /// `/api/v1/check_run`
@@ -83,7 +87,7 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Self::Series => "/api/v2/series",
-            Self::Distributions => "/api/v1/distribution_points",
+            Self::Sketches => "/api/beta/sketches",
             Self::Events => "/api/v1/events",
             Self::Checks => "/api/v1/check_run",
         }
@@ -93,25 +97,49 @@ impl Endpoint {
     pub fn name(self) -> &'static str {
         match self {
             Self::Series => "series",
-            Self::Distributions => "distribution points",
+            Self::Sketches => "sketches",
             Self::Events => "event",
             Self::Checks => "service checks",
         }
     }
 
+    /// The `Content-Type` header.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Sketches => "application/x-protobuf",
+            _ => "application/json",
+        }
+    }
+
+    /// The `Content-Encoding` header: how [`Payload::body`] is compressed.
+    pub fn content_encoding(self) -> &'static str {
+        match self {
+            Self::Sketches => "deflate",
+            _ => "gzip",
+        }
+    }
+
     fn prefix(self) -> &'static [u8] {
         match self {
-            Self::Series | Self::Distributions => b"{\"series\":[",
-            Self::Events => b"",
+            Self::Series => b"{\"series\":[",
+            Self::Events | Self::Sketches => b"",
             Self::Checks => b"[",
         }
     }
 
     fn suffix(self) -> &'static [u8] {
         match self {
-            Self::Series | Self::Distributions => b"]}",
-            Self::Events => b"",
+            Self::Series => b"]}",
+            Self::Events | Self::Sketches => b"",
             Self::Checks => b"]",
+        }
+    }
+
+    /// Between two items: protobuf entries simply follow each other.
+    fn separator(self) -> &'static [u8] {
+        match self {
+            Self::Sketches => b"",
+            _ => b",",
         }
     }
 
@@ -129,9 +157,9 @@ impl Endpoint {
 pub struct Payload {
     /// Where it goes.
     pub endpoint: Endpoint,
-    /// The gzip-compressed JSON.
+    /// The compressed body ([`Endpoint::content_encoding`]).
     pub body: Vec<u8>,
-    /// The JSON's length before compression.
+    /// The body's length before compression.
     pub raw_len: usize,
     /// How many items (series, events, checks) it holds.
     pub items: usize,
@@ -156,17 +184,21 @@ impl Payload {
             return None;
         }
         let mut json = Vec::with_capacity(self.raw_len);
+        if self.endpoint == Endpoint::Sketches {
+            ZlibDecoder::new(self.body.as_slice())
+                .read_to_end(&mut json)
+                .ok()?;
+            return split_sketches(&json, limits);
+        }
         GzDecoder::new(self.body.as_slice())
             .read_to_end(&mut json)
             .ok()?;
         let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
         let items = match (self.endpoint, value) {
-            (Endpoint::Series | Endpoint::Distributions, serde_json::Value::Object(mut map)) => {
-                match map.remove("series") {
-                    Some(serde_json::Value::Array(items)) => items,
-                    _ => return None,
-                }
-            }
+            (Endpoint::Series, serde_json::Value::Object(mut map)) => match map.remove("series") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => return None,
+            },
             (Endpoint::Checks, serde_json::Value::Array(items)) => items,
             _ => return None,
         };
@@ -190,6 +222,79 @@ impl Payload {
     }
 }
 
+/// [`Payload::split`] for a decompressed `SketchPayload`.
+fn split_sketches(raw: &[u8], limits: &Limits) -> Option<(Vec<Payload>, Vec<Payload>)> {
+    use prost::Message as _;
+    let decoded = super::sketch::SketchPayload::decode(raw).ok()?;
+    if decoded.sketches.len() < 2 {
+        return None;
+    }
+    let half = decoded.sketches.len() / 2;
+    let encode_half = |part: &[super::sketch::Sketch]| -> Vec<Payload> {
+        let mut enc = Encoder::new(Endpoint::Sketches, *limits);
+        let mut buf = Vec::new();
+        for s in part {
+            buf.clear();
+            super::sketch::encode_entry(s, &mut buf);
+            if let Err(Oversize) = enc.push(&buf) {
+                enc.force(&buf);
+            }
+        }
+        enc.finish()
+    };
+    Some((
+        encode_half(&decoded.sketches[..half]),
+        encode_half(&decoded.sketches[half..]),
+    ))
+}
+
+/// The compressor of one payload: gzip for JSON, zlib for sketches.
+enum Compressor {
+    Gzip(GzEncoder<Vec<u8>>),
+    Zlib(ZlibEncoder<Vec<u8>>),
+}
+
+impl Compressor {
+    fn new(endpoint: Endpoint) -> Self {
+        let out = Vec::with_capacity(16 * 1024);
+        match endpoint {
+            Endpoint::Sketches => Self::Zlib(ZlibEncoder::new(out, Compression::default())),
+            _ => Self::Gzip(GzEncoder::new(out, Compression::default())),
+        }
+    }
+
+    /// Compressed bytes written so far.
+    fn len(&self) -> usize {
+        match self {
+            Self::Gzip(e) => e.get_ref().len(),
+            Self::Zlib(e) => e.get_ref().len(),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Gzip(e) => e.finish(),
+            Self::Zlib(e) => e.finish(),
+        }
+    }
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Gzip(e) => e.write(buf),
+            Self::Zlib(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Gzip(e) => e.flush(),
+            Self::Zlib(e) => e.flush(),
+        }
+    }
+}
+
 /// An item larger than a whole payload may be: the caller logs and counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Oversize;
@@ -198,7 +303,7 @@ pub struct Oversize;
 struct Builder {
     endpoint: Endpoint,
     limits: Limits,
-    gz: GzEncoder<Vec<u8>>,
+    gz: Compressor,
     raw_len: usize,
     items: usize,
     since_sync: usize,
@@ -206,7 +311,7 @@ struct Builder {
 
 impl Builder {
     fn new(endpoint: Endpoint, limits: Limits) -> Self {
-        let mut gz = GzEncoder::new(Vec::with_capacity(16 * 1024), Compression::default());
+        let mut gz = Compressor::new(endpoint);
         let prefix = endpoint.prefix();
         // Writing to a Vec cannot fail.
         let _ = gz.write_all(prefix);
@@ -222,10 +327,15 @@ impl Builder {
 
     /// Whether `item` fits, with its separator and the closing suffix.
     fn fits(&self, item: &[u8]) -> bool {
-        let add = item.len() + usize::from(self.items > 0);
+        let sep = if self.items > 0 {
+            self.endpoint.separator().len()
+        } else {
+            0
+        };
+        let add = item.len() + sep;
         let suffix = self.endpoint.suffix().len();
         let raw_ok = self.raw_len + add + suffix <= self.limits.max_uncompressed;
-        let compressed_ok = self.gz.get_ref().len() + deflate_bound(self.since_sync + add + suffix)
+        let compressed_ok = self.gz.len() + deflate_bound(self.since_sync + add + suffix)
             <= self.limits.max_compressed;
         let count_ok = self.items < self.endpoint.max_items(&self.limits);
         raw_ok && compressed_ok && count_ok
@@ -234,9 +344,10 @@ impl Builder {
     /// Adds `item` unconditionally.
     fn write(&mut self, item: &[u8]) {
         if self.items > 0 {
-            let _ = self.gz.write_all(b",");
-            self.raw_len += 1;
-            self.since_sync += 1;
+            let sep = self.endpoint.separator();
+            let _ = self.gz.write_all(sep);
+            self.raw_len += sep.len();
+            self.since_sync += sep.len();
         }
         let _ = self.gz.write_all(item);
         self.raw_len += item.len();
@@ -433,32 +544,6 @@ struct MetricSeries<'a> {
     unit: Option<&'a str>,
 }
 
-struct DistPoints<'a>(&'a [(i64, Vec<f64>)]);
-
-impl Serialize for DistPoints<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(None)?;
-        for (ts, values) in self.0 {
-            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-            if !finite.is_empty() {
-                seq.serialize_element(&(ts, finite))?;
-            }
-        }
-        seq.end()
-    }
-}
-
-#[derive(Serialize)]
-struct DistributionPointsSeries<'a> {
-    metric: &'a str,
-    points: DistPoints<'a>,
-    tags: TagList<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<&'a str>,
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
 #[derive(Serialize)]
 struct EventCreateRequest<'a> {
     title: &'a str,
@@ -512,7 +597,7 @@ pub fn status_code(s: CheckStatus) -> u8 {
 }
 
 impl Decoration {
-    fn host<'a>(&'a self, own: Option<&'a String>) -> Option<&'a str> {
+    pub(crate) fn host<'a>(&'a self, own: Option<&'a String>) -> Option<&'a str> {
         own.or(self.hostname.as_ref())
             .map(String::as_str)
             .filter(|h| !h.is_empty())
@@ -535,26 +620,6 @@ impl Decoration {
                 _ => s.interval,
             },
             unit: s.unit,
-        };
-        buf.clear();
-        serde_json::to_writer(&mut *buf, &item).ok()
-    }
-
-    /// One `DistributionPointsSeries` as JSON, or `None` when no value is finite.
-    pub fn distribution_json(&self, d: &DistributionSeries, buf: &mut Vec<u8>) -> Option<()> {
-        if !d
-            .points
-            .iter()
-            .any(|(_, vs)| vs.iter().any(|v| v.is_finite()))
-        {
-            return None;
-        }
-        let item = DistributionPointsSeries {
-            metric: &d.metric,
-            points: DistPoints(&d.points),
-            tags: TagList::new(&d.tags, &self.global_tags),
-            host: self.host(d.host.as_ref()),
-            kind: "distribution",
         };
         buf.clear();
         serde_json::to_writer(&mut *buf, &item).ok()
@@ -622,7 +687,7 @@ pub fn encode_flush(
 pub struct FlushEncoder<'a> {
     deco: &'a Decoration,
     series: Encoder,
-    distributions: Encoder,
+    sketches: Encoder,
     events: Encoder,
     checks: Encoder,
     buf: Vec<u8>,
@@ -635,7 +700,7 @@ impl<'a> FlushEncoder<'a> {
         Self {
             deco,
             series: Encoder::new(Endpoint::Series, limits),
-            distributions: Encoder::new(Endpoint::Distributions, limits),
+            sketches: Encoder::new(Endpoint::Sketches, limits),
             events: Encoder::new(Endpoint::Events, limits),
             checks: Encoder::new(Endpoint::Checks, limits),
             buf: Vec::with_capacity(512),
@@ -654,11 +719,10 @@ impl<'a> FlushEncoder<'a> {
             }
         }
         for d in &flush.distributions {
-            if deco.distribution_json(d, buf).is_none() {
+            if deco.sketch_entry(d, buf).is_none() {
                 out.empty += 1;
-            } else if self.distributions.push(buf).is_err() {
-                out.oversize
-                    .push((Endpoint::Distributions, d.metric.clone()));
+            } else if self.sketches.push(buf).is_err() {
+                out.oversize.push((Endpoint::Sketches, d.metric.clone()));
             }
         }
         for e in &flush.events {
@@ -673,12 +737,12 @@ impl<'a> FlushEncoder<'a> {
         }
     }
 
-    /// Closes the open payloads: series first, then distributions, events
+    /// Closes the open payloads: series first, then sketches, events
     /// and service checks.
     pub fn finish(self) -> Encoded {
         let mut out = self.out;
         out.payloads.extend(self.series.finish());
-        out.payloads.extend(self.distributions.finish());
+        out.payloads.extend(self.sketches.finish());
         out.payloads.extend(self.events.finish());
         out.payloads.extend(self.checks.finish());
         out
@@ -689,8 +753,24 @@ impl<'a> FlushEncoder<'a> {
 mod tests {
     use super::*;
 
+    /// The payload as JSON; a sketch payload as `{"sketches": [{metric, cnt}]}`.
     fn decode(p: &Payload) -> serde_json::Value {
         let mut raw = Vec::new();
+        if p.endpoint == Endpoint::Sketches {
+            use prost::Message as _;
+            ZlibDecoder::new(p.body.as_slice())
+                .read_to_end(&mut raw)
+                .expect("valid zlib");
+            assert_eq!(raw.len(), p.raw_len);
+            let decoded =
+                super::super::sketch::SketchPayload::decode(raw.as_slice()).expect("protobuf");
+            let items: Vec<serde_json::Value> = decoded
+                .sketches
+                .iter()
+                .map(|s| serde_json::json!({"metric": s.metric, "cnt": s.dogsketches[0].cnt}))
+                .collect();
+            return serde_json::json!({ "series": items });
+        }
         GzDecoder::new(p.body.as_slice())
             .read_to_end(&mut raw)
             .expect("valid gzip");
@@ -768,9 +848,10 @@ mod tests {
             interval: Some(10),
             unit: None,
         };
-        let dist = |i: usize| DistributionSeries {
+        let dist = |i: usize| crate::dogstatsd::aggregate::DistributionSketch {
             metric: format!("d.{i}"),
-            points: vec![(1_700_000_000, vec![1.0, 2.0])],
+            timestamp: 1_700_000_000,
+            sketch: crate::dogstatsd::sketch::Sketch::of(&[1.0, 2.0]),
             tags: vec![],
             host: None,
         };

@@ -17,8 +17,9 @@ use serde_json::Value;
 
 use super::payload::{encode_flush, Decoration, Limits};
 use super::*;
-use crate::dogstatsd::aggregate::{DistributionSeries, Series, SeriesKind};
+use crate::dogstatsd::aggregate::{DistributionSketch, Series, SeriesKind};
 use crate::dogstatsd::protocol::{AlertType, CheckStatus, Event, Priority, ServiceCheck};
+use crate::dogstatsd::sketch::Sketch as Values;
 
 const KEY: &str = "sekrit-key-0123456789abcdef";
 
@@ -32,6 +33,8 @@ struct Received {
     compressed_len: usize,
     raw_len: usize,
     json: Value,
+    /// The decompressed body (protobuf for sketches).
+    raw: Vec<u8>,
     /// What the intake answered.
     status: u16,
 }
@@ -124,6 +127,7 @@ impl Intake {
                         compressed_len: body.len(),
                         raw_len: raw.len(),
                         json,
+                        raw,
                         status: 0,
                     };
                     r.status = (script.lock().expect("script lock"))(&r);
@@ -338,9 +342,10 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
             timer,
             series("jobs", SeriesKind::Count, 4.0, &["q:x"]),
         ],
-        distributions: vec![DistributionSeries {
+        distributions: vec![DistributionSketch {
             metric: "latency".to_owned(),
-            points: vec![(1_700_000_000, vec![1.0, 2.5, 3.0])],
+            timestamp: 1_700_000_000,
+            sketch: Values::of(&[1.0, 2.5, 3.0]),
             tags: vec!["route:/a".to_owned()],
             host: None,
         }],
@@ -379,15 +384,20 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
         paths,
         [
             "/api/v2/series",
-            "/api/v1/distribution_points",
+            "/api/beta/sketches",
             "/api/v1/events",
             "/api/v1/check_run"
         ]
     );
     for r in &reqs {
         assert_eq!(r.header("DD-API-KEY"), Some(KEY));
-        assert_eq!(r.header("Content-Type"), Some("application/json"));
-        assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+        let (ty, enc) = if r.path == "/api/beta/sketches" {
+            ("application/x-protobuf", "deflate")
+        } else {
+            ("application/json", "gzip")
+        };
+        assert_eq!(r.header("Content-Type"), Some(ty));
+        assert_eq!(r.header("Content-Encoding"), Some(enc));
         assert!(r.compressed_len > 0 && r.raw_len > 0);
     }
     assert_eq!(stats.payloads.load(Ordering::Relaxed), 4);
@@ -426,17 +436,23 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
     assert_eq!(s[2]["type"], 1);
     assert_eq!(s[2]["interval"], 10);
 
-    // Distribution points.
-    assert_eq!(
-        reqs[1].json,
-        serde_json::json!({"series": [{
-            "metric": "latency",
-            "points": [[1_700_000_000, [1.0, 2.5, 3.0]]],
-            "tags": ["route:/a", "env:test", "team:core"],
-            "host": "dyno-host",
-            "type": "distribution"
-        }]})
-    );
+    // Sketches: protobuf.
+    {
+        use prost::Message as _;
+        let p = super::sketch::SketchPayload::decode(reqs[1].raw.as_slice()).expect("protobuf");
+        assert_eq!(p.sketches.len(), 1);
+        let s = &p.sketches[0];
+        assert_eq!(s.metric, "latency");
+        assert_eq!(s.host, "dyno-host");
+        assert_eq!(s.tags, ["route:/a", "env:test", "team:core"]);
+        let d = &s.dogsketches[0];
+        assert_eq!(
+            (d.ts, d.cnt, d.min, d.max, d.sum),
+            (1_700_000_000, 3, 1.0, 3.0, 6.5)
+        );
+        assert_eq!(d.n, [1, 1, 1]);
+        assert_eq!(d.k.len(), 3);
+    }
     // One event per request.
     assert_eq!(
         reqs[2].json,
@@ -921,9 +937,10 @@ fn a_backing_off_intake_costs_one_request_per_flush_not_one_per_payload() {
         let mut f = Forwarder::new(&cfg, Arc::new(Stats::default())).expect("forwarder");
         let flush = Flush {
             series: vec![series("a", SeriesKind::Gauge, 1.0, &[])],
-            distributions: vec![DistributionSeries {
+            distributions: vec![DistributionSketch {
                 metric: "d".to_owned(),
-                points: vec![(1, vec![1.0])],
+                timestamp: 1,
+                sketch: Values::of(&[1.0]),
                 tags: vec![],
                 host: None,
             }],
@@ -975,9 +992,10 @@ fn console_table_is_stable() {
             series("page.views", SeriesKind::Rate, 0.3, &["route:/", "env:dev"]),
             series("jobs.done", SeriesKind::Count, 7.0, &[]),
         ],
-        distributions: vec![DistributionSeries {
+        distributions: vec![DistributionSketch {
             metric: "latency".to_owned(),
-            points: vec![(1, (1..=10).map(f64::from).collect())],
+            timestamp: 1,
+            sketch: Values::of(&(1..=10).map(f64::from).collect::<Vec<_>>()),
             tags: vec![],
             host: None,
         }],
@@ -1005,7 +1023,7 @@ fn console_table_is_stable() {
 dynostat flush: 3 series, 1 distribution, 1 event, 1 service check
 METRIC      TYPE           TAGS                 VALUE
 jobs.done   count          env:dev              7
-latency     distribution   env:dev              1 2 3 4 5 6 7 8 … (10 values)
+latency     distribution   env:dev              count=10 avg=5.5 p50=5.015 p95=10 max=10
 page.views  rate           route:/,env:dev      0.3
 zeta.gauge  gauge          a:1,env:dev,host:h1  2
 Deploy      event          env:dev              warning: line1\\nline2

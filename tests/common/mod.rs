@@ -178,6 +178,24 @@ impl Intake {
             .sum()
     }
 
+    /// Every sketch in accepted `/api/beta/sketches` payloads, decoded by the
+    /// test's own protobuf reader ([`decode_sketch_payload`]).
+    pub fn sketches(&self) -> Vec<SketchOut> {
+        self.requests()
+            .iter()
+            .filter(|r| r.accepted() && r.path == "/api/beta/sketches")
+            .flat_map(|r| decode_sketch_payload(&r.body))
+            .collect()
+    }
+
+    /// Accepted sketches named `metric`.
+    pub fn sketches_named(&self, metric: &str) -> Vec<SketchOut> {
+        self.sketches()
+            .into_iter()
+            .filter(|s| s.metric == metric)
+            .collect()
+    }
+
     /// Polls until `pred` holds for the requests so far, or `timeout` passes.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&Intake) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -198,6 +216,156 @@ impl Drop for Intake {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// One `SketchPayload.Sketch` as the intake would read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SketchOut {
+    pub metric: String,
+    pub host: String,
+    pub tags: Vec<String>,
+    pub dogsketches: Vec<DogsketchOut>,
+}
+
+/// One `Dogsketch`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DogsketchOut {
+    pub ts: i64,
+    pub cnt: i64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub sum: f64,
+    pub k: Vec<i32>,
+    pub n: Vec<u32>,
+}
+
+/// A minimal protobuf wire reader, written from the agent-payload schema
+/// independently of the binary's prost definitions, so that a wrong field
+/// number or type in the binary shows up here.
+struct Wire<'a>(&'a [u8]);
+
+impl<'a> Wire<'a> {
+    fn varint(&mut self) -> u64 {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first().expect("truncated varint");
+            self.0 = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return v;
+            }
+        }
+        panic!("varint too long")
+    }
+
+    fn bytes(&mut self) -> &'a [u8] {
+        let n = usize::try_from(self.varint()).unwrap();
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        a
+    }
+
+    fn fixed64(&mut self) -> u64 {
+        let (a, b) = self.0.split_at(8);
+        self.0 = b;
+        u64::from_le_bytes(a.try_into().unwrap())
+    }
+
+    /// `(field, wire type)`, or `None` at the end.
+    fn key(&mut self) -> Option<(u64, u64)> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let k = self.varint();
+        Some((k >> 3, k & 7))
+    }
+
+    fn skip(&mut self, wire: u64) {
+        match wire {
+            0 => {
+                self.varint();
+            }
+            1 => {
+                self.fixed64();
+            }
+            2 => {
+                self.bytes();
+            }
+            5 => self.0 = &self.0[4..],
+            w => panic!("unknown wire type {w}"),
+        }
+    }
+}
+
+fn zigzag32(v: u64) -> i32 {
+    let v = u32::try_from(v).expect("sint32 fits 32 bits");
+    ((v >> 1) as i32) ^ -((v & 1) as i32)
+}
+
+/// Decodes a `SketchPayload`: sketches = 1 (Sketch: metric 1, host 2, tags 4,
+/// dogsketches 7 (Dogsketch: ts 1, cnt 2, min 3, max 4, avg 5, sum 6,
+/// k 7 packed sint32, n 8 packed uint32)). Panics on malformed input.
+pub fn decode_sketch_payload(body: &[u8]) -> Vec<SketchOut> {
+    let mut out = Vec::new();
+    let mut w = Wire(body);
+    while let Some((field, wire)) = w.key() {
+        if (field, wire) != (1, 2) {
+            w.skip(wire);
+            continue;
+        }
+        let mut s = SketchOut::default();
+        let mut m = Wire(w.bytes());
+        while let Some((field, wire)) = m.key() {
+            match (field, wire) {
+                (1, 2) => s.metric = String::from_utf8(m.bytes().to_vec()).unwrap(),
+                (2, 2) => s.host = String::from_utf8(m.bytes().to_vec()).unwrap(),
+                (4, 2) => s.tags.push(String::from_utf8(m.bytes().to_vec()).unwrap()),
+                (7, 2) => {
+                    let mut d = DogsketchOut::default();
+                    let mut x = Wire(m.bytes());
+                    while let Some((field, wire)) = x.key() {
+                        match (field, wire) {
+                            (1, 0) => d.ts = x.varint() as i64,
+                            (2, 0) => d.cnt = x.varint() as i64,
+                            (3, 1) => d.min = f64::from_bits(x.fixed64()),
+                            (4, 1) => d.max = f64::from_bits(x.fixed64()),
+                            (5, 1) => d.avg = f64::from_bits(x.fixed64()),
+                            (6, 1) => d.sum = f64::from_bits(x.fixed64()),
+                            (7, 2) => {
+                                let mut p = Wire(x.bytes());
+                                while !p.0.is_empty() {
+                                    d.k.push(zigzag32(p.varint()));
+                                }
+                            }
+                            (8, 2) => {
+                                let mut p = Wire(x.bytes());
+                                while !p.0.is_empty() {
+                                    d.n.push(u32::try_from(p.varint()).unwrap());
+                                }
+                            }
+                            (f, w) => panic!("unexpected Dogsketch field {f} (wire type {w})"),
+                        }
+                    }
+                    s.dogsketches.push(d);
+                }
+                (f, w) => panic!("unexpected Sketch field {f} (wire type {w})"),
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// The value a sketch key stands for, with the Agent's parameters (gamma
+/// 1 + 2/128, bias 1338), for reading quantiles in tests.
+pub fn sketch_key_value(k: i32) -> f64 {
+    let gamma: f64 = 1.0 + 2.0 / 128.0;
+    match k {
+        0 => 0.0,
+        k if k < 0 => -sketch_key_value(-k),
+        k => gamma.powi(k - 1338),
     }
 }
 
@@ -439,6 +607,23 @@ impl Serve {
         None
     }
 
+    /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+    pub fn vm_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+            .unwrap_or_else(|| panic!("no {field} in /proc status"));
+        let kb: u64 = line[field.len() + 1..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("a number of kB");
+        kb * 1024
+    }
+
     /// Whether it is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -450,6 +635,31 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The kernel's `(rx_queue bytes, drops)` for the IPv4 UDP socket bound to
+/// `port`, from `/proc/net/udp`; `None` when no such socket is listed.
+pub fn udp_socket_queue(port: u16) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let want = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if !f.get(1)?.ends_with(&want) {
+            return None;
+        }
+        let rx = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+        let drops = f.last()?.parse().ok()?;
+        Some((rx, drops))
+    })
+}
+
+/// Waits (up to 10 s) until the listener's socket on `port` holds less than
+/// `bytes` unread, so a flood can be paced to what the listener reads
+/// instead of to the clock.
+pub fn wait_for_udp_queue_below(port: u16, bytes: u64) {
+    wait(Duration::from_secs(10), || {
+        udp_socket_queue(port).is_none_or(|(rx, _)| rx < bytes)
+    });
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
