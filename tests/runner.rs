@@ -536,3 +536,172 @@ fn run_starts_the_listener_first_and_stops_it_with_a_final_flush() {
     assert!(out.contains("run.final.metric"), "{out}\n{}", p.stderr());
     assert!(!harness::udp_bound(port), "the listener outlived `run`");
 }
+
+/// `start` beside a listener with 1 s flushes; three counts in one datagram.
+fn start_console(extra_env: &[(&str, &str)]) -> (tempfile::TempDir, std::process::Command, u16) {
+    let port = harness::free_udp_port();
+    let dir = app("web: sleep 30\n", None);
+    let mut cmd = dynostat(dir.path(), &["start", "--no-timestamp"]);
+    cmd.env("DD_DOGSTATSD_PORT", port.to_string())
+        .env("DYNOSTAT_FLUSH_INTERVAL", "1")
+        .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2")
+        .env_remove("NO_COLOR")
+        .env_remove("DYNOSTAT_CONSOLE_TTY");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    (dir, cmd, port)
+}
+
+/// Sends three increments of `name` in one datagram (one flush).
+fn send_three(port: u16, name: &str) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let line = format!("{name}:1|c\n{name}:1|c\n{name}:1|c");
+    sock.send_to(line.as_bytes(), ("127.0.0.1", port)).unwrap();
+}
+
+/// The console row for `name` (without the `statsd | ` prefix), once shown.
+fn console_row(out: &str, name: &str) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.split_once("statsd | ").map(|(_, rest)| rest))
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .map(str::to_owned)
+}
+
+#[test]
+fn console_in_a_pipe_shows_the_count_an_ascii_trend_and_one_summary_line() {
+    let (_dir, mut cmd, port) = start_console(&[]);
+    let mut p = Proc::spawn(&mut cmd);
+    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stdout());
+    send_three(port, "pipe.requests");
+    assert!(
+        wait(T, || console_row(&p.stdout(), "pipe.requests").is_some()),
+        "{}",
+        p.stdout()
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    let out = p.stdout();
+    let row = console_row(&out, "pipe.requests").unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // METRIC TYPE TREND VALUE: no tags; three increments in a 1 s interval.
+    assert_eq!(
+        cells,
+        ["pipe.requests", "counter", "~", "3", "(3/s)"],
+        "{out}"
+    );
+    assert!(row.is_ascii(), "{row:?}");
+    assert!(
+        out.contains("statsd | METRIC         TYPE     TAGS  TREND     VALUE\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("statsd | dynostat: 1 packet, 0 parse errors, 1 context\n"),
+        "{out}"
+    );
+    // Self-telemetry is the summary line, never rows.
+    assert!(console_row(&out, "dynostat.packets").is_none(), "{out}");
+}
+
+#[test]
+fn console_on_a_terminal_draws_a_sparkline_and_no_color_makes_it_ascii() {
+    for (no_color, spark) in [(None, "▄"), (Some("1"), "~")] {
+        let extra: Vec<(&str, &str)> = no_color.map(|v| ("NO_COLOR", v)).into_iter().collect();
+        let (_dir, mut cmd, port) = start_console(&extra);
+        let pty = PtyRun::spawn(&mut cmd);
+        assert!(wait(T, || harness::udp_bound(port)), "{}", pty.output());
+        send_three(port, "tty.requests");
+        assert!(
+            wait(T, || console_row(
+                &strip_ansi(&pty.output()),
+                "tty.requests"
+            )
+            .is_some()),
+            "{}",
+            pty.output()
+        );
+        let out = pty.stop();
+        let out = strip_ansi(&out);
+        let row = console_row(&out, "tty.requests").unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["tty.requests", "counter", spark, "3", "(3/s)"],
+            "NO_COLOR={no_color:?}: {out}"
+        );
+    }
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... m`) and carriage returns.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A command running with stdout and stderr on a pseudo-terminal, its output
+/// collected while it runs.
+struct PtyRun {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PtyRun {
+    fn spawn(cmd: &mut std::process::Command) -> Self {
+        use std::io::Read;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        cmd.stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(pty.slave));
+        let child = cmd.spawn().unwrap();
+        // Drop the Command's slave copies so the reader sees EIO at the end.
+        let _ = cmd.stdout(std::process::Stdio::null());
+        let _ = cmd.stderr(std::process::Stdio::null());
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut master = std::fs::File::from(pty.master);
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self {
+            child,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// SIGTERM, wait for the exit and the last output; returns all output.
+    fn stop(mut self) -> String {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert!(
+            wait(T, || self.child.try_wait().unwrap().is_some()),
+            "start on a pty did not exit"
+        );
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.output()
+    }
+}

@@ -203,6 +203,10 @@ pub mod vars {
     pub const DD_LOG_LEVEL: &str = "DD_LOG_LEVEL";
     /// Console output of `serve`; `start` turns it on unless it is set.
     pub const DYNOSTAT_CONSOLE: &str = "DYNOSTAT_CONSOLE";
+    /// Whether the console's reader is a terminal; `start` sets it unless it is set.
+    pub const DYNOSTAT_CONSOLE_TTY: &str = "DYNOSTAT_CONSOLE_TTY";
+    /// Any non-empty value turns colour and Unicode drawing off (no-color.org).
+    pub const NO_COLOR: &str = "NO_COLOR";
     /// The pid the agent leaves with; set by the exec.d helper.
     pub const DYNOSTAT_WATCH_PID: &str = "DYNOSTAT_WATCH_PID";
 }

@@ -31,7 +31,7 @@ impl RunnerEnv {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         let port = vars.get(vars::PORT).cloned();
-        let no_color = vars.get("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let no_color = vars.get(vars::NO_COLOR).is_some_and(|v| !v.is_empty());
         let on_dyno = vars.contains_key(vars::DYNO);
         Self {
             vars,

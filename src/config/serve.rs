@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{defaults, dyno_type, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Reader};
+use super::{defaults, dyno_type, vars, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Reader};
 
 /// One histogram aggregate, as in the Agent's `histogram_aggregates`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,13 @@ pub struct Config {
     /// `DYNOSTAT_CONSOLE`: print each flush as a table on stdout. Defaults to
     /// true when there is no API key and we are not on a dyno (`DYNO` unset).
     pub console: bool,
+    /// `DYNOSTAT_CONSOLE_TTY`: whether the console's reader is a terminal
+    /// (Unicode sparklines) or not (ASCII). `dynostat start` sets it from its
+    /// own stdout, since the listener's stdout is the runner's pipe.
+    /// Defaults to none: stdout is asked.
+    pub console_tty: Option<bool>,
+    /// `NO_COLOR`: any non-empty value makes the console plain ASCII.
+    pub no_color: bool,
     /// `DYNO`, when on a dyno (or under `dynostat start`).
     pub dyno: Option<String>,
 }
@@ -249,6 +256,8 @@ impl Config {
         let console = r
             .bool("DYNOSTAT_CONSOLE")?
             .unwrap_or(api_key.is_none() && dyno.is_none());
+        let console_tty = r.bool(vars::DYNOSTAT_CONSOLE_TTY)?;
+        let no_color = r.string(vars::NO_COLOR)?.is_some_and(|v| !v.is_empty());
 
         Ok(Self {
             api_key,
@@ -270,6 +279,8 @@ impl Config {
             shutdown_grace: Duration::from_secs_f64(shutdown_grace),
             shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
             console,
+            console_tty,
+            no_color,
             dyno,
         })
     }

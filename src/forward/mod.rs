@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use crate::config::{escape_truncate, ApiKey, Config};
 use crate::dogstatsd::aggregate::Flush;
 use crate::dogstatsd::stats::Stats;
+use console::Console;
 use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
 use retry::{Evicted, Queued, RetryQueue};
 
@@ -64,7 +65,7 @@ pub struct Forwarder {
     stats: Arc<Stats>,
     deco: Decoration,
     limits: Limits,
-    console: bool,
+    console: Option<Console>,
     http: Option<Http>,
     queue: RetryQueue,
     logs: Logs,
@@ -166,7 +167,7 @@ impl Forwarder {
                 hostname: config.hostname.clone(),
             },
             limits,
-            console: config.console,
+            console: config.console.then(|| Console::new(config)),
             http,
             queue: RetryQueue::new(config.retry_queue_bytes),
             logs: Logs {
@@ -188,23 +189,9 @@ impl Forwarder {
     /// queue; this returns once the fresh payloads have been tried once, or
     /// queued without a try while the intake is backing off.
     pub async fn submit(&mut self, flush: Flush) {
-        if self.console {
-            // A flush that holds only self-telemetry would print 17 rows
-            // every interval while nothing happens: show flushes with
-            // something received, and then only the non-zero telemetry.
-            let received = flush
-                .series
-                .iter()
-                .any(|s| !s.metric.starts_with("dynostat."))
-                || !flush.distributions.is_empty()
-                || !flush.events.is_empty()
-                || !flush.service_checks.is_empty();
-            if received {
-                let mut shown = flush.clone();
-                shown.series.retain(|s| {
-                    !s.metric.starts_with("dynostat.") || s.points.iter().any(|p| p.1 != 0.0)
-                });
-                console::print(&console::render(&shown, &self.deco));
+        if let Some(console) = &mut self.console {
+            if let Some(text) = console.render(&flush, &self.deco) {
+                console::print(&text);
             }
         }
         if self.http.is_none() {
@@ -222,7 +209,7 @@ impl Forwarder {
     /// last one may drain the self-telemetry). The console table needs the
     /// whole flush to sort it: with the console on, the chunks are joined.
     pub async fn submit_chunks<I: IntoIterator<Item = Flush>>(&mut self, chunks: I) {
-        if self.console {
+        if self.console.is_some() {
             let mut all = Flush::default();
             for chunk in chunks {
                 all.append(chunk);

@@ -978,62 +978,188 @@ fn no_key_off_a_dyno_logs_one_line_and_sends_nothing() {
     assert_eq!(stats.failures.load(Ordering::Relaxed), 0);
 }
 
+/// A flush as the real aggregator and self-telemetry produce it from
+/// DogStatsD lines, interval 10 s.
+fn aggregated(lines: &[&str], stats: &Stats) -> Flush {
+    use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions};
+    use crate::dogstatsd::protocol::{parse_str, Parsed};
+    let mut agg = Aggregator::new(AggregatorOptions {
+        context_limit: 1_000,
+        histogram_aggregates: crate::config::defaults::HISTOGRAM_AGGREGATES.to_vec(),
+        histogram_percentiles: crate::config::defaults::PERCENTILES.to_vec(),
+    });
+    for line in lines {
+        Stats::add(&stats.packets, 1);
+        match parse_str(line) {
+            Ok(Parsed::Metric(m)) => {
+                agg.insert(&m, 1_700_000_000);
+            }
+            Ok(Parsed::Event(e)) => agg.insert_event(e),
+            Ok(Parsed::ServiceCheck(c)) => agg.insert_service_check(c),
+            Err(_) => Stats::add(&stats.parse_errors, 1),
+        }
+    }
+    let bucket = agg.take();
+    stats
+        .contexts
+        .store(bucket.contexts() as u64, Ordering::Relaxed);
+    let mut flush = bucket.into_flush(1_700_000_000, 10);
+    flush.series.extend(stats.drain_series(1_700_000_000, 10));
+    flush
+}
+
+fn plain_console() -> console::Console {
+    console::Console::with(
+        false,
+        console::HistogramNames::new(
+            crate::config::defaults::HISTOGRAM_AGGREGATES,
+            crate::config::defaults::PERCENTILES,
+        ),
+    )
+}
+
 #[test]
-fn console_table_is_stable() {
+fn console_shows_app_metrics_first_one_row_per_histogram_and_a_summary() {
     let deco = Decoration {
         global_tags: vec!["env:dev".to_owned()],
         hostname: None,
     };
-    let mut host_series = series("zeta.gauge", SeriesKind::Gauge, 2.0, &["a:1"]);
-    host_series.host = Some("h1".to_owned());
-    let flush = Flush {
-        series: vec![
-            host_series,
-            series("page.views", SeriesKind::Rate, 0.3, &["route:/", "env:dev"]),
-            series("jobs.done", SeriesKind::Count, 7.0, &[]),
+    let stats = Stats::default();
+    let flush = aggregated(
+        &[
+            "app.requests:1|c",
+            "app.requests:1|c",
+            "app.requests:1|c",
+            "app.latency:10|ms",
+            "app.latency:20|ms",
+            "app.latency:30|ms",
+            "app.size:4|h|#route:/",
+            "app.temp:21.5|g|@1|#host:h1",
+            "_e{6,12}:Deploy|line1\\nline2|t:warning",
+            "_sc|db.up|0|#db:main|m:fine",
         ],
-        distributions: vec![DistributionSketch {
-            metric: "latency".to_owned(),
-            timestamp: 1,
-            sketch: Values::of(&(1..=10).map(f64::from).collect::<Vec<_>>()),
-            tags: vec![],
-            host: None,
-        }],
-        events: vec![Event {
-            title: "Deploy".to_owned(),
-            text: "line1\nline2".to_owned(),
-            timestamp: None,
-            host: None,
-            aggregation_key: None,
-            priority: Priority::Normal,
-            source_type: None,
-            alert_type: AlertType::Warning,
-            tags: vec![],
-        }],
-        service_checks: vec![ServiceCheck {
-            name: "db.up".to_owned(),
-            status: CheckStatus::Ok,
-            timestamp: None,
-            host: None,
-            tags: vec!["db:main".to_owned()],
-            message: Some("fine".to_owned()),
-        }],
-    };
-    let expected = "\
-dynostat flush: 3 series, 1 distribution, 1 event, 1 service check
-METRIC      TYPE           TAGS                 VALUE
-jobs.done   count          env:dev              7
-latency     distribution   env:dev              count=10 avg=5.5 p50=5.015 p95=10 max=10
-page.views  rate           route:/,env:dev      0.3
-zeta.gauge  gauge          a:1,env:dev,host:h1  2
-Deploy      event          env:dev              warning: line1\\nline2
-db.up       service_check  db:main,env:dev      OK: fine
-";
-    assert_eq!(console::render(&flush, &deco), expected);
-    assert_eq!(
-        console::render(&Flush::default(), &deco),
-        "dynostat flush: nothing received\n"
+        &stats,
     );
+    let mut c = plain_console();
+    let got = c.render(&flush, &deco).expect("something arrived");
+    let expected = "\
+METRIC        TYPE           TAGS             TREND     VALUE
+app.latency   timer          env:dev          ~         count=3 avg=20ms p95=30ms max=30ms
+app.requests  counter        env:dev          ~         3 (0.3/s)
+app.size      histogram      route:/,env:dev  ~         count=1 avg=4 p95=4 max=4
+app.temp      gauge          env:dev,host:h1  ~         21.5
+Deploy        event          env:dev                    warning: line1\\nline2
+db.up         service_check  db:main,env:dev            OK: fine
+dynostat: 10 packets, 0 parse errors, 4 contexts
+";
+    assert_eq!(got, expected, "\n{got}");
+
+    // The next flushes draw the trend; a counter absent from one is a zero.
+    let flush = aggregated(&["app.requests:6|c", "app.temp:30|g|#host:h1"], &stats);
+    let got = c.render(&flush, &deco).expect("something arrived");
+    assert!(
+        got.contains("app.requests  counter  env:dev          _#        6 (0.6/s)"),
+        "\n{got}"
+    );
+    assert!(
+        got.contains("app.temp      gauge    env:dev,host:h1  _#        30"),
+        "\n{got}"
+    );
+    let flush = aggregated(&["app.temp:25.75|g|#host:h1"], &stats);
+    let got = c.render(&flush, &deco).expect("something arrived");
+    assert!(!got.contains("app.requests"), "\n{got}");
+    assert!(
+        got.contains("app.temp  gauge  env:dev,host:h1  _#=       25.75"),
+        "\n{got}"
+    );
+}
+
+#[test]
+fn console_is_silent_when_nothing_arrived_and_says_what_went_wrong() {
+    let deco = Decoration {
+        global_tags: Vec::new(),
+        hostname: None,
+    };
+    let stats = Stats::default();
+    let mut c = plain_console();
+    assert_eq!(c.render(&aggregated(&[], &stats), &deco), None);
+    assert_eq!(c.render(&Flush::default(), &deco), None);
+    // Only bad lines: no table, but the trouble is shown.
+    let got = c
+        .render(&aggregated(&["no colon here", "x:1|zz"], &stats), &deco)
+        .expect("parse errors are worth a line");
+    assert_eq!(
+        got,
+        "dynostat: 2 packets, 2 parse errors, 0 contexts\n\
+         dynostat: 2 parse errors: lines that are not DogStatsD were dropped; the log shows a sample\n"
+    );
+    Stats::add(&stats.contexts_dropped, 5);
+    let got = c
+        .render(&aggregated(&["ok:1|c"], &stats), &deco)
+        .expect("something arrived");
+    assert!(
+        got.starts_with("METRIC  TYPE     TAGS  TREND     VALUE\nok      counter"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with(
+            "dynostat: 1 packet, 0 parse errors, 1 context\n\
+             dynostat: 5 contexts dropped: new contexts past DYNOSTAT_CONTEXT_LIMIT\n"
+        ),
+        "{got}"
+    );
+}
+
+#[test]
+fn console_distributions_are_one_row_and_a_user_gauge_named_max_is_not_folded() {
+    let deco = Decoration {
+        global_tags: Vec::new(),
+        hostname: None,
+    };
+    let mut flush = aggregated(&["mine.max:5|g", "other.avg:2|g"], &Stats::default());
+    flush.distributions.push(DistributionSketch {
+        metric: "latency".to_owned(),
+        timestamp: 1,
+        sketch: Values::of(&(1..=20).map(f64::from).collect::<Vec<_>>()),
+        tags: vec![],
+        host: None,
+    });
+    let got = plain_console()
+        .render(&flush, &deco)
+        .expect("something arrived");
+    // p95 is read from the sketch: 19 within its 1/128 relative accuracy.
+    assert!(
+        got.contains(
+            "latency    distribution        ~         count=20 avg=10.5 p95=19.0258 max=20"
+        ),
+        "\n{got}"
+    );
+    assert!(got.contains("mine.max   gauge"), "\n{got}");
+    assert!(got.contains("other.avg  gauge"), "\n{got}");
+}
+
+#[test]
+fn console_trouble_names_are_real_telemetry() {
+    let names: Vec<String> = Stats::default()
+        .drain_series(0, 10)
+        .into_iter()
+        .map(|s| s.metric)
+        .collect();
+    for name in [
+        "dynostat.packets",
+        "dynostat.parse_errors",
+        "dynostat.contexts",
+        "dynostat.packets.truncated",
+        "dynostat.samples.discarded",
+        "dynostat.contexts.dropped",
+        "dynostat.forwarder.failures",
+        "dynostat.forwarder.queue_dropped",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} is not in {names:?}"
+        );
+    }
 }
 
 #[test]

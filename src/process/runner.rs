@@ -517,6 +517,8 @@ struct StartPlan {
     root: PathBuf,
     /// Colour the prefixes.
     color: bool,
+    /// Our stdout is a terminal (the listener's is our pipe).
+    tty: bool,
     /// Print `HH:MM:SS` before each line.
     timestamps: bool,
     /// Seconds between SIGTERM and SIGKILL at shutdown.
@@ -535,10 +537,11 @@ struct StartPlan {
 /// and the ports. An `Err` is the message for bad input (exit 2).
 fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let color = match args.color.as_str() {
         // NO_COLOR disables automatic colour; an explicit --color=always
         // overrides it, as no-color.org asks of command-line flags.
-        "auto" => !real.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "auto" => !real.no_color && tty,
         "always" => true,
         "never" => false,
         other => return Err(format!("--color={other}: use auto, always or never")),
@@ -583,6 +586,7 @@ fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
     Ok(StartPlan {
         root,
         color,
+        tty,
         timestamps: !args.no_timestamp,
         timeout: Duration::from_secs(args.timeout),
         no_statsd: args.no_statsd,
@@ -645,6 +649,10 @@ impl Session {
                         .current_dir(&plan.root);
                     if !plan.effective.contains_key(vars::DYNOSTAT_CONSOLE) {
                         cmd.env(vars::DYNOSTAT_CONSOLE, "true");
+                    }
+                    // The console draws for our reader, not for the pipe.
+                    if !plan.effective.contains_key(vars::DYNOSTAT_CONSOLE_TTY) {
+                        cmd.env(vars::DYNOSTAT_CONSOLE_TTY, plan.tty.to_string());
                     }
                     spawn_piped(cmd, "statsd", None, out, &self.tx)
                 });
