@@ -337,7 +337,8 @@ main() {
 	done
 
 	# 4. Stop (dynostat flushes on SIGTERM), then count what dynostat says it
-	#    received: its console rows for dynostat.lines are RATEs per second.
+	#    received: its console summary line per flush counts the lines,
+	#    `dynostat: N packets, N lines, N parse errors, N contexts`.
 	for s in "${receivers[@]}"; do stop_server "${s}"; done
 	python3 - "${RUN}/dynostat.out" "${FLUSH}" "${RUN}/intake.json" >>"${RESULTS}" <<'EOF'
 import json, os, sys
@@ -350,13 +351,16 @@ if os.path.exists(sys.argv[3]):
                       "intake_bytes": s["bytes"], "series_points": s["series_points"]}))
     sys.exit(0)
 for line in open(sys.argv[1], errors="replace"):
-    f = line.split()
-    if len(f) >= 3 and f[0] == "dynostat.lines" and f[1] == "rate":
-        try:
-            total += float(f[-1]) * float(sys.argv[2])
-            rows += 1
-        except ValueError:
-            pass
+    if not line.startswith("dynostat: "):
+        continue
+    for part in line[len("dynostat: "):].split(","):
+        f = part.split()
+        if len(f) == 2 and f[1] in ("line", "lines"):
+            try:
+                total += float(f[0])
+                rows += 1
+            except ValueError:
+                pass
 print(json.dumps({"server": "dynostat", "phase": "telemetry", "source": "console",
                   "lines": round(total), "rows": rows}))
 EOF

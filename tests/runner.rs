@@ -596,7 +596,7 @@ fn console_in_a_pipe_shows_the_count_an_ascii_trend_and_one_summary_line() {
         "{out}"
     );
     assert!(
-        out.contains("statsd | dynostat: 1 packet, 0 parse errors, 1 context\n"),
+        out.contains("statsd | dynostat: 1 packet, 3 lines, 0 parse errors, 1 context\n"),
         "{out}"
     );
     // Self-telemetry is the summary line, never rows.

@@ -216,7 +216,7 @@ def main():
         where = (
             f"summed from the {t.get('rows')} requests the stand-in intake received"
             if t.get("source") == "intake"
-            else f"summed over {t.get('rows')} console rows"
+            else f"summed over {t.get('rows')} console summary lines"
         )
         p(
             f"Lines sent to dynostat in the CPU phases and the 1M/s phase: {sent:,}; sent minus kernel socket drops: "

@@ -9,7 +9,7 @@
 //! example_app.requests  counter        ▁▃▇       3 (0.3/s)
 //! example_app.latency   timer          ▂▅▇       count=3 avg=12ms p95=20ms max=20ms
 //! Deploy                event          warning: shipped
-//! dynostat: 31 packets, 0 parse errors, 22 contexts
+//! dynostat: 31 packets, 40 lines, 0 parse errors, 22 contexts
 //! ```
 //!
 //! - the app's metrics, one row per metric and tag set, sorted by name then
@@ -519,14 +519,16 @@ fn table(metrics: &[Row], other: &[Row]) -> String {
     out
 }
 
-/// `dynostat: 31 packets, 0 parse errors, 22 contexts`.
+/// `dynostat: 31 packets, 40 lines, 0 parse errors, 22 contexts`.
 fn summary(telemetry: &[&Series]) -> String {
     let packets = count_of(telemetry, "dynostat.packets").unwrap_or(0.0);
+    let lines = count_of(telemetry, "dynostat.lines").unwrap_or(0.0);
     let errors = count_of(telemetry, "dynostat.parse_errors").unwrap_or(0.0);
     let contexts = count_of(telemetry, "dynostat.contexts").unwrap_or(0.0);
     format!(
-        "dynostat: {}, {}, {}\n",
+        "dynostat: {}, {}, {}, {}\n",
         plural(packets, "packet", "packets"),
+        plural(lines, "line", "lines"),
         plural(errors, "parse error", "parse errors"),
         plural(contexts, "context", "contexts"),
     )

@@ -990,6 +990,7 @@ fn aggregated(lines: &[&str], stats: &Stats) -> Flush {
     });
     for line in lines {
         Stats::add(&stats.packets, 1);
+        Stats::add(&stats.lines, 1);
         match parse_str(line) {
             Ok(Parsed::Metric(m)) => {
                 agg.insert(&m, 1_700_000_000);
@@ -1050,7 +1051,7 @@ app.size      histogram      route:/,env:dev  ~         count=1 avg=4 p95=4 max=
 app.temp      gauge          env:dev,host:h1  ~         21.5
 Deploy        event          env:dev                    warning: line1\\nline2
 db.up         service_check  db:main,env:dev            OK: fine
-dynostat: 10 packets, 0 parse errors, 4 contexts
+dynostat: 10 packets, 10 lines, 0 parse errors, 4 contexts
 ";
     assert_eq!(got, expected, "\n{got}");
 
@@ -1090,7 +1091,7 @@ fn console_is_silent_when_nothing_arrived_and_says_what_went_wrong() {
         .expect("parse errors are worth a line");
     assert_eq!(
         got,
-        "dynostat: 2 packets, 2 parse errors, 0 contexts\n\
+        "dynostat: 2 packets, 2 lines, 2 parse errors, 0 contexts\n\
          dynostat: 2 parse errors: lines that are not DogStatsD were dropped; the log shows a sample\n"
     );
     Stats::add(&stats.contexts_dropped, 5);
@@ -1103,7 +1104,7 @@ fn console_is_silent_when_nothing_arrived_and_says_what_went_wrong() {
     );
     assert!(
         got.ends_with(
-            "dynostat: 1 packet, 0 parse errors, 1 context\n\
+            "dynostat: 1 packet, 1 line, 0 parse errors, 1 context\n\
              dynostat: 5 contexts dropped: new contexts past DYNOSTAT_CONTEXT_LIMIT\n"
         ),
         "{got}"
