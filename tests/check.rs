@@ -130,3 +130,41 @@ fn configuration_in_the_env_file_is_validated() {
     assert_ne!(code, 0);
     assert!(err.contains("DD_DOGSTATSD_PORT=abc"), "{err}");
 }
+
+#[test]
+fn the_release_phase_is_listed_apart() {
+    let (code, out, err) = check(
+        Some("release: rails db:migrate\nweb: bundle exec puma\nworker: rake jobs:work\n"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l == "valid procfile detected (web, worker; release phase: release)"),
+        "{out}"
+    );
+    assert!(out.contains("  release: rails db:migrate\n"), "{out}");
+}
+
+#[test]
+fn check_reads_the_procfile_named_in_dot_foreman() {
+    let dir = app("web: ./prod\n", None);
+    std::fs::write(dir.path().join(".foreman"), "procfile: Procfile.dev\n").unwrap();
+    std::fs::write(
+        dir.path().join("Procfile.dev"),
+        "web: ./dev\nrelease: ./migrate\n",
+    )
+    .unwrap();
+    let mut p = Proc::spawn(&mut dynostat(dir.path(), &["check"]));
+    assert_eq!(p.code(T), 0, "{}", p.stderr());
+    let out = p.stdout();
+    assert!(
+        out.contains("valid procfile detected (web; release phase: release)\n  web: ./dev\n"),
+        "{out}"
+    );
+    // -f wins.
+    let mut p = Proc::spawn(&mut dynostat(dir.path(), &["check", "-f", "Procfile"]));
+    assert_eq!(p.code(T), 0, "{}", p.stderr());
+    assert!(p.stdout().contains("  web: ./prod\n"), "{}", p.stdout());
+}

@@ -705,3 +705,195 @@ impl PtyRun {
         self.output()
     }
 }
+
+// ------------------------------------------------------------ release phase
+
+#[test]
+fn release_is_not_started_by_default_and_web_gets_5000() {
+    let (_dir, mut p) = start(
+        "release: echo RELEASED\nweb: echo \"web on $PORT\"\n",
+        None,
+        &["--no-statsd", "--no-timestamp"],
+    );
+    assert_eq!(p.code(T), 0);
+    let out = p.stdout();
+    assert!(out.contains("web.1  | web on 5000"), "{out}");
+    assert!(!out.contains("RELEASED"), "{out}");
+    assert!(!out.contains("release.1"), "{out}");
+}
+
+#[test]
+fn naming_release_or_giving_it_a_count_runs_it() {
+    for args in [&["release"][..], &["-m", "release=1"]] {
+        let mut full = vec!["--no-statsd", "--no-timestamp"];
+        full.extend_from_slice(args);
+        let (_dir, mut p) = start("release: echo RELEASED\nweb: sleep 30\n", None, &full);
+        assert_eq!(p.code(T), 0, "{args:?}: {}", p.stdout());
+        let out = p.stdout();
+        assert!(out.contains("release.1 | RELEASED"), "{args:?}: {out}");
+        assert!(!out.contains("web.1"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn release_flag_runs_the_release_phase_first_with_the_same_env() {
+    let (dir, mut p) = start(
+        "web: test -f migrated && echo \"web after migration, $FROM_ENV\"; sleep 30\n\
+         release: echo \"migrating as $DYNO, $FROM_ENV\"; sleep 0.3; touch migrated\n",
+        Some("FROM_ENV=from-dotenv\n"),
+        &["--no-statsd", "--no-timestamp", "--release"],
+    );
+    p.expect_stdout("web.1     | web after migration, from-dotenv", T);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    let out = p.stdout();
+    let order: Vec<usize> = [
+        "release.1 | migrating as release.1, from-dotenv",
+        "system    | release.1 exited with code 0",
+        "system    | web.1 started with pid",
+        "web.1     | web after migration, from-dotenv",
+    ]
+    .iter()
+    .map(|l| {
+        out.find(l)
+            .unwrap_or_else(|| panic!("{l:?} missing:\n{out}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
+    assert!(dir.path().join("migrated").exists());
+}
+
+#[test]
+fn a_failing_release_phase_stops_the_run_with_its_code() {
+    let port = harness::free_udp_port();
+    let dir = app(
+        "release: echo failing; exit 3\nweb: echo SHOULD NOT RUN\n",
+        None,
+    );
+    let mut p = Proc::spawn(
+        dynostat(dir.path(), &["start", "--no-timestamp", "--release"])
+            .env("DD_DOGSTATSD_PORT", port.to_string())
+            .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
+    );
+    assert_eq!(p.code(T), 3, "{}", p.stdout());
+    let out = p.stdout();
+    assert!(out.contains("release.1 | failing"), "{out}");
+    assert!(
+        out.contains(
+            "system    | release phase failed (release.1 exited with code 3); not starting the other processes"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("SHOULD NOT RUN"), "{out}");
+    assert!(!out.contains("web.1"), "{out}");
+    assert!(
+        out.contains("system    | statsd "),
+        "the listener ran: {out}"
+    );
+    assert!(
+        !harness::udp_bound(port),
+        "the listener outlived the runner"
+    );
+
+    // Without a `release` process, --release is a usage error.
+    let (_dir, mut p) = start("web: true\n", None, &["--no-statsd", "--release"]);
+    assert_eq!(p.code(T), 2);
+    assert!(
+        p.stderr()
+            .contains("--release: Procfile has no `release` process (it has web)"),
+        "{}",
+        p.stderr()
+    );
+}
+
+// ------------------------------------------------------------ .foreman
+
+#[test]
+fn dot_foreman_gives_defaults_and_flags_win() {
+    let dir = app("web: echo never\n", None);
+    std::fs::write(
+        dir.path().join(".foreman"),
+        "# as foreman users write it\nprocfile: Procfile.dev\nenv: dev.env\nport: 6000\nformation: web=2\ntimeout: 1\ncolor: true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Procfile.dev"),
+        "web: echo \"dev $PORT $FROM_DEV\"; sleep 30\nworker: echo WORKER\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("dev.env"), "FROM_DEV=yes\n").unwrap();
+
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["start", "--no-statsd", "--no-timestamp"],
+    ));
+    p.expect_stdout("web.2  | dev 6001 yes", T);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    let out = p.stdout();
+    assert!(out.contains("web.1  | dev 6000 yes"), "{out}");
+    assert!(!out.contains("WORKER") && !out.contains("never"), "{out}");
+    assert!(
+        p.stderr()
+            .contains("dynostat start: .foreman:7: `color` is not used by dynostat start; ignored"),
+        "{}",
+        p.stderr()
+    );
+
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &[
+            "start",
+            "--no-statsd",
+            "--no-timestamp",
+            "-p",
+            "7000",
+            "-m",
+            "web=1",
+        ],
+    ));
+    p.expect_stdout("web.1  | dev 7000 yes", T);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    assert!(!p.stdout().contains("web.2"), "{}", p.stdout());
+
+    // `timeout: 1` from .foreman: a group ignoring TERM is killed after 1 s.
+    let m = marker();
+    std::fs::write(
+        dir.path().join("Procfile.dev"),
+        format!("web: trap '' TERM; sleep {m} & sleep {m}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".foreman"),
+        "procfile: Procfile.dev\ntimeout: 1\n",
+    )
+    .unwrap();
+    let mut p = Proc::spawn(&mut dynostat(
+        dir.path(),
+        &["start", "--no-statsd", "--no-timestamp"],
+    ));
+    assert!(wait(T, || pids_with_arg(&m).len() >= 2), "{}", p.stdout());
+    p.signal(libc::SIGINT);
+    assert_eq!(p.code(T), 130);
+    assert!(
+        p.stdout()
+            .contains("sending SIGKILL to web.1 (still running 1 s after SIGTERM)"),
+        "{}",
+        p.stdout()
+    );
+}
+
+#[test]
+fn a_bad_dot_foreman_is_an_error_naming_the_line() {
+    let dir = app("web: true\n", None);
+    std::fs::write(dir.path().join(".foreman"), "port: 5000\nport: abc\n").unwrap();
+    let mut p = Proc::spawn(&mut dynostat(dir.path(), &["start", "--no-statsd"]));
+    assert_eq!(p.code(T), 2);
+    assert!(
+        p.stderr()
+            .contains("dynostat start: .foreman:2: port `abc` is not a port number (1-65535)"),
+        "{}",
+        p.stderr()
+    );
+}

@@ -1,7 +1,11 @@
 //! runner: `dynostat start`, `run` and `check`, the foreman-style side.
 //!
-//! In: the CLI arguments, a Procfile, env files and [`RunnerEnv`]. Out:
-//! running processes with prefixed, merged output, and an exit code.
+//! In: the CLI arguments (defaults from `.foreman`), a Procfile, env files
+//! and [`RunnerEnv`]. Out: running processes with prefixed, merged output,
+//! and an exit code.
+//!
+//! The Procfile runs as Heroku runs it: `release` only when named, or with
+//! `--release` as a release phase run to completion before the others.
 //!
 //! `start` follows foreman's conventions where they are good (output format
 //! `HH:MM:SS web.1  | line`, `PORT = base + 100 × index + (instance − 1)`,
@@ -35,32 +39,38 @@ use nix::sys::signal::Signal;
 
 use crate::config::{vars, Config, RunnerEnv};
 use crate::process::dotenv;
+use crate::process::foreman;
 use crate::process::procfile::{self, Procfile};
 use crate::process::supervise::{self, Exit, Job, StartOptions};
 
-/// `dynostat start` arguments.
+/// `dynostat start` arguments. `-f`, `-e`, `-m`, `-p` and `-t` default to
+/// what `.foreman` in the current directory says, as in foreman.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
-    /// Process names to run (default: all).
+    /// Process names to run (default: all but `release`).
     pub names: Vec<String>,
-    /// The Procfile.
-    #[arg(short = 'f', long = "procfile", default_value = "Procfile")]
-    pub procfile: PathBuf,
+    /// The Procfile [default: Procfile].
+    #[arg(short = 'f', long = "procfile")]
+    pub procfile: Option<PathBuf>,
     /// Env files, repeatable (default: .env if present).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<PathBuf>,
     /// The root directory to run in.
     #[arg(short = 'd', long = "root")]
     pub root: Option<PathBuf>,
-    /// Formation, e.g. `web=2,worker=1` or `all=2`.
+    /// Formation, e.g. `web=2,worker=1` or `all=2` (`release` only when named).
     #[arg(short = 'm', long = "formation")]
     pub formation: Option<String>,
-    /// Base port.
+    /// Base port [default: 5000].
     #[arg(short = 'p', long = "port")]
     pub port: Option<u16>,
-    /// Seconds between SIGTERM and SIGKILL at shutdown.
-    #[arg(short = 't', long = "timeout", default_value_t = 5)]
-    pub timeout: u64,
+    /// Seconds between SIGTERM and SIGKILL at shutdown [default: 5].
+    #[arg(short = 't', long = "timeout")]
+    pub timeout: Option<u64>,
+    /// Run the `release` process to completion first, as Heroku's release
+    /// phase does; start the others only if it exits 0.
+    #[arg(long = "release")]
+    pub release: bool,
     /// Do not print timestamps.
     #[arg(long = "no-timestamp")]
     pub no_timestamp: bool,
@@ -92,12 +102,12 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// `dynostat check` arguments.
+/// `dynostat check` arguments (`-f` and `-e` default to `.foreman`'s, as for `start`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The Procfile.
-    #[arg(short = 'f', long = "procfile", default_value = "Procfile")]
-    pub procfile: PathBuf,
+    /// The Procfile [default: Procfile].
+    #[arg(short = 'f', long = "procfile")]
+    pub procfile: Option<PathBuf>,
     /// Env files, repeatable (default: .env if present).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<PathBuf>,
@@ -108,6 +118,16 @@ const EXIT_USAGE: i32 = 2;
 
 /// The default base port, as in foreman.
 const DEFAULT_PORT: u16 = 5000;
+
+/// The default Procfile.
+const DEFAULT_PROCFILE: &str = "Procfile";
+
+/// The default shutdown timeout, seconds, as in foreman.
+const DEFAULT_TIMEOUT: u64 = 5;
+
+/// The process Heroku runs as the release phase, and `start` runs only when
+/// it is named (`start release`, `-m release=1`) or with `--release`.
+pub const RELEASE: &str = "release";
 
 /// A partial line (no newline yet) is printed after this long.
 const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(100);
@@ -186,6 +206,11 @@ impl Formation {
             .unwrap_or(if self.named.is_empty() { 1 } else { 0 })
     }
 
+    /// Whether the formation gives `name` a count of its own.
+    fn names(&self, name: &str) -> bool {
+        self.named.iter().any(|(k, _)| k == name)
+    }
+
     /// Names the formation gives that the Procfile lacks.
     fn unknown<'a>(&'a self, procfile: &Procfile) -> Vec<&'a str> {
         self.named
@@ -208,7 +233,11 @@ pub struct Instance {
 }
 
 /// Expands a Procfile, a formation and a name filter into instances, with
-/// PORT = base + 100 × (index in the Procfile) + (instance − 1).
+/// PORT = base + 100 × index + (instance − 1), the index counting the
+/// Procfile's processes other than `release` (so that `web` gets 5000 when
+/// `release` comes first); `release`, when it runs, comes after them.
+/// `release` runs only when `only` or the formation names it, as in
+/// `heroku local`.
 pub fn plan(
     procfile: &Procfile,
     formation: &Formation,
@@ -216,8 +245,14 @@ pub fn plan(
     base: u16,
 ) -> Vec<Instance> {
     let mut out = Vec::new();
-    for (index, entry) in procfile.entries.iter().enumerate() {
+    let others = procfile.entries.iter().filter(|e| e.name != RELEASE);
+    let release = procfile.entries.iter().filter(|e| e.name == RELEASE);
+    for (index, entry) in others.chain(release).enumerate() {
         if !only.is_empty() && !only.iter().any(|n| n == &entry.name) {
+            continue;
+        }
+        let named = only.iter().any(|n| n == RELEASE) || formation.names(RELEASE);
+        if entry.name == RELEASE && !named {
             continue;
         }
         let count = formation.count(&entry.name);
@@ -482,8 +517,8 @@ struct Proc {
 
 /// Runs `start`; returns the exit code. The steps: [`prepare`] everything
 /// that can be wrong before anything runs, then a [`Session`] starts the
-/// listener and the processes, waits for the first exit or a signal, and
-/// stops them all.
+/// listener, runs the release phase if asked, starts the processes, waits
+/// for the first exit or a signal, and stops them all.
 pub fn start(args: &StartArgs) -> i32 {
     let real = RunnerEnv::from_env();
     let plan = match prepare(args, &real) {
@@ -503,6 +538,14 @@ pub fn start(args: &StartArgs) -> i32 {
     };
     if !plan.no_statsd {
         session.start_listener(&plan);
+    }
+    if let Some(release) = &plan.release {
+        if let Err(code) = session.release_phase(&plan, release) {
+            return session.stop(plan.timeout, code);
+        }
+        if plan.instances.is_empty() {
+            return session.stop(plan.timeout, 0);
+        }
     }
     if let Err(code) = session.start_instances(&plan) {
         return code;
@@ -529,12 +572,56 @@ struct StartPlan {
     from_files: BTreeMap<String, String>,
     /// The environment children see: the real one plus `from_files`.
     effective: BTreeMap<String, String>,
-    /// The process instances, in Procfile order.
+    /// With `--release`: the release command, run to completion first.
+    release: Option<Instance>,
+    /// The process instances, in Procfile order (`release` last, if named).
     instances: Vec<Instance>,
 }
 
-/// Reads and checks the flags, the Procfile, the formation, the env files
-/// and the ports. An `Err` is the message for bad input (exit 2).
+/// The settings `start` and `check` read from flags, else `.foreman`, else
+/// the defaults; with where each came from, for messages.
+struct Settings {
+    procfile: PathBuf,
+    env: Vec<PathBuf>,
+    /// The formation and who gave it (`-m` or `.foreman`).
+    formation: Option<(String, &'static str)>,
+    port: Option<u16>,
+    timeout: u64,
+}
+
+impl Settings {
+    /// Flags win over `.foreman` in the current directory, as in foreman.
+    /// `.foreman`'s warnings (keys dynostat does not use) are printed.
+    fn resolve(
+        command: &str,
+        procfile: Option<&PathBuf>,
+        env: &[PathBuf],
+        formation: Option<&String>,
+        port: Option<u16>,
+        timeout: Option<u64>,
+    ) -> Result<Self, String> {
+        let d = foreman::read(Path::new(foreman::FILE))?;
+        for w in &d.warnings {
+            eprintln!("dynostat {command}: {w}");
+        }
+        Ok(Self {
+            procfile: procfile
+                .cloned()
+                .or(d.procfile)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PROCFILE)),
+            env: if env.is_empty() { d.env } else { env.to_vec() },
+            formation: match formation {
+                Some(f) => Some((f.clone(), "-m")),
+                None => d.formation.map(|f| (f, ".foreman: formation")),
+            },
+            port: port.or(d.port),
+            timeout: timeout.or(d.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        })
+    }
+}
+
+/// Reads and checks the flags, `.foreman`, the Procfile, the formation, the
+/// env files and the ports. An `Err` is the message for bad input (exit 2).
 fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("."));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -546,27 +633,35 @@ fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
         "never" => false,
         other => return Err(format!("--color={other}: use auto, always or never")),
     };
+    let settings = Settings::resolve(
+        "start",
+        args.procfile.as_ref(),
+        &args.env,
+        args.formation.as_ref(),
+        args.port,
+        args.timeout,
+    )?;
 
-    let procfile_shown = args.procfile.display().to_string();
+    let procfile_shown = settings.procfile.display().to_string();
     let procfile =
-        procfile::read(&root.join(&args.procfile), &procfile_shown).map_err(|errors| {
+        procfile::read(&root.join(&settings.procfile), &procfile_shown).map_err(|errors| {
             errors
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\ndynostat start: ")
         })?;
-    let formation = args
-        .formation
-        .as_deref()
-        .map(Formation::parse)
-        .transpose()
-        .map_err(|e| format!("-m: {e}"))?
-        .unwrap_or_default();
+    let (formation, formation_from) = match &settings.formation {
+        Some((text, from)) => (
+            Formation::parse(text).map_err(|e| format!("{from}: {e}"))?,
+            *from,
+        ),
+        None => (Formation::default(), "-m"),
+    };
     let known = procfile.names().join(", ");
     if let Some(bad) = formation.unknown(&procfile).first() {
         return Err(format!(
-            "-m: `{bad}` is not in {procfile_shown} (it has {known})"
+            "{formation_from}: `{bad}` is not in {procfile_shown} (it has {known})"
         ));
     }
     if let Some(bad) = args.names.iter().find(|n| procfile.get(n).is_none()) {
@@ -574,11 +669,31 @@ fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
             "`{bad}` is not in {procfile_shown} (it has {known})"
         ));
     }
-    let files = env_files(&root, &args.env);
+    let files = env_files(&root, &settings.env);
     let from_files = file_vars(real, &files, args.env_override).map_err(|e| e.to_string())?;
-    let base = base_port(args.port, &dotenv_merged_port(&files), real.port.as_deref())?;
-    let instances = plan(&procfile, &formation, &args.names, base);
-    if instances.is_empty() {
+    let base = base_port(
+        settings.port,
+        &dotenv_merged_port(&files),
+        real.port.as_deref(),
+    )?;
+    let mut instances = plan(&procfile, &formation, &args.names, base);
+    let release = if args.release {
+        let Some((_, entry)) = procfile.get(RELEASE) else {
+            return Err(format!(
+                "--release: {procfile_shown} has no `{RELEASE}` process (it has {known})"
+            ));
+        };
+        // The release phase replaces `release` as a process.
+        instances.retain(|i| !is_release(i));
+        Some(Instance {
+            name: format!("{RELEASE}.1"),
+            command: entry.command.clone(),
+            port: 0,
+        })
+    } else {
+        None
+    };
+    if instances.is_empty() && release.is_none() {
         return Err("nothing to run: the formation gives every process 0 instances".to_owned());
     }
     let mut effective = real.vars.clone();
@@ -588,12 +703,20 @@ fn prepare(args: &StartArgs, real: &RunnerEnv) -> Result<StartPlan, String> {
         color,
         tty,
         timestamps: !args.no_timestamp,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: Duration::from_secs(settings.timeout),
         no_statsd: args.no_statsd,
         from_files,
         effective,
+        release,
         instances,
     })
+}
+
+/// Whether `inst` is an instance of the `release` process.
+fn is_release(inst: &Instance) -> bool {
+    inst.name
+        .rsplit_once('.')
+        .is_some_and(|(name, _)| name == RELEASE)
 }
 
 /// The running side of `start`: the shared output, the event channel and
@@ -614,6 +737,7 @@ impl Session {
         let width = plan
             .instances
             .iter()
+            .chain(&plan.release)
             .map(|i| i.name.len())
             .chain([6])
             .max()
@@ -675,6 +799,70 @@ impl Session {
             }
             Ok(Some(msg)) => out.system(&format!("statsd: {msg}")),
             Err(e) => out.system(&format!("statsd: {e}; running without the listener")),
+        }
+    }
+
+    /// The release phase, as Heroku runs it: the release command alone, to
+    /// completion, with the env the processes get (`PS` and `DYNO` are
+    /// `release.1`; no `PORT`, as a release dyno serves nothing). `Ok` when
+    /// it exits 0; else the code to exit with, after a `system` line.
+    fn release_phase(&mut self, plan: &StartPlan, release: &Instance) -> Result<(), i32> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&release.command)
+            .envs(&plan.from_files)
+            .env(vars::PS, &release.name)
+            .env(vars::DYNO, &release.name)
+            .current_dir(&plan.root)
+            .stdin(Stdio::null());
+        let color = Some(plan.instances.len());
+        let job = match spawn_piped(cmd, &release.name, color, &self.out, &self.tx) {
+            Ok(job) => job,
+            Err(e) => {
+                self.out
+                    .system(&format!("{} could not start: {e}", release.name));
+                return Err(1);
+            }
+        };
+        self.readers += 1;
+        self.out.system(&format!(
+            "{} started with pid {} (release phase: the other processes start when it exits 0)",
+            release.name,
+            job.pid()
+        ));
+        self.procs.push(Proc {
+            name: release.name.clone(),
+            job,
+            exit: None,
+            significant: true,
+        });
+        let index = self.procs.len() - 1;
+        loop {
+            match self.rx.recv_timeout(TICK) {
+                Ok(Event::Signal(sig)) => {
+                    let name = signal_name(sig);
+                    self.out
+                        .system(&format!("{name} received, stopping all processes"));
+                    return Err(128 + sig);
+                }
+                Ok(Event::OutputDone) => self.readers = self.readers.saturating_sub(1),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            let p = &mut self.procs[index];
+            let Some(exit) = p.job.try_wait() else {
+                continue;
+            };
+            p.exit = Some(exit);
+            self.out.system(&format!("{} {exit}", p.name));
+            if exit.code() == 0 {
+                return Ok(());
+            }
+            let code = exit.code();
+            self.out.system(&format!(
+                "release phase failed ({} {exit}); not starting the other processes",
+                p.name
+            ));
+            return Err(code);
         }
     }
 
@@ -1046,10 +1234,18 @@ pub fn check(args: &CheckArgs) -> i32 {
     let real = RunnerEnv::from_env();
     let root = PathBuf::from(".");
     let mut ok = true;
-    let shown = args.procfile.display().to_string();
-    match procfile::read(&args.procfile, &shown) {
+    let settings =
+        match Settings::resolve("check", args.procfile.as_ref(), &args.env, None, None, None) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        };
+    let shown = settings.procfile.display().to_string();
+    match procfile::read(&settings.procfile, &shown) {
         Ok(p) => {
-            println!("valid procfile detected ({})", p.names().join(", "));
+            println!("valid procfile detected ({})", detected(&p));
             for e in &p.entries {
                 println!("  {}: {}", e.name, e.command_lossy());
             }
@@ -1061,7 +1257,7 @@ pub fn check(args: &CheckArgs) -> i32 {
             }
         }
     }
-    let files = env_files(&root, &args.env);
+    let files = env_files(&root, &settings.env);
     match dotenv::read_files(&files) {
         Ok(parsed) => {
             for f in &parsed {
@@ -1087,6 +1283,18 @@ pub fn check(args: &CheckArgs) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// `web, worker; release phase: release`: the processes `start` runs, and
+/// the release phase apart, as Heroku runs it.
+fn detected(p: &Procfile) -> String {
+    let names = p.names();
+    let (release, others): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| **n == RELEASE);
+    match (others.is_empty(), release.is_empty()) {
+        (_, true) => others.join(", "),
+        (true, false) => format!("release phase: {RELEASE}"),
+        (false, false) => format!("{}; release phase: {RELEASE}", others.join(", ")),
     }
 }
 
@@ -1156,6 +1364,46 @@ mod tests {
         // Naming a process on the command line keeps its Procfile index for PORT.
         let only = plan(&p, &Formation::default(), &["bravo".into()], 5000);
         assert_eq!(only[0].port, 5100);
+    }
+
+    #[test]
+    fn release_runs_only_when_named_and_takes_no_port_slot() {
+        let p = procfile("release: ./migrate\nweb: a\nworker: b\n");
+        let got: Vec<(String, u32)> = plan(&p, &Formation::default(), &[], 5000)
+            .into_iter()
+            .map(|i| (i.name, i.port))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("web.1".into(), 5000), ("worker.1".into(), 5100)],
+            "heroku local leaves release out; web keeps 5000"
+        );
+        let f = Formation::parse("release=1").expect("valid");
+        let names: Vec<(String, u32)> = plan(&p, &f, &[], 5000)
+            .into_iter()
+            .map(|i| (i.name, i.port))
+            .collect();
+        assert_eq!(names, vec![("release.1".into(), 5200)], "after the others");
+        let named = plan(&p, &Formation::default(), &["release".into()], 5000);
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].name, "release.1");
+        // `all` does not name it.
+        let all = plan(&p, &Formation::parse("all=2").expect("valid"), &[], 5000);
+        assert!(all.iter().all(|i| !is_release(i)), "{all:?}");
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn check_lists_the_release_phase_apart() {
+        assert_eq!(detected(&procfile("web: a\nworker: b\n")), "web, worker");
+        assert_eq!(
+            detected(&procfile("release: m\nweb: a\nworker: b\n")),
+            "web, worker; release phase: release"
+        );
+        assert_eq!(
+            detected(&procfile("release: m\n")),
+            "release phase: release"
+        );
     }
 
     #[test]
