@@ -897,3 +897,30 @@ fn a_bad_dot_foreman_is_an_error_naming_the_line() {
         p.stderr()
     );
 }
+
+#[test]
+fn an_interrupt_during_the_release_phase_stops_it_and_starts_nothing() {
+    let m = marker();
+    let (_dir, mut p) = start(
+        &format!("release: echo migrating; sleep {m}\nweb: echo SHOULD NOT RUN\n"),
+        None,
+        &["--no-statsd", "--no-timestamp", "--release"],
+    );
+    p.expect_stdout("release.1 | migrating", T);
+    assert!(wait(T, || !pids_with_arg(&m).is_empty()), "{}", p.stdout());
+    p.signal(libc::SIGINT);
+    assert_eq!(p.code(T), 130);
+    let out = p.stdout();
+    assert!(
+        out.contains("system    | SIGINT received, stopping all processes"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("SHOULD NOT RUN") && !out.contains("web.1"),
+        "{out}"
+    );
+    assert!(
+        wait(Duration::from_secs(5), || pids_with_arg(&m).is_empty()),
+        "the release command outlived the runner"
+    );
+}
