@@ -14,10 +14,14 @@
 //! ```text
 //! process::supervise (Job: spawn, restart, signal, reap)
 //!   ← dyno::agent (dyno sidecar, Cedar) ← dyno::execd (Fir exec.d)
-//!   ← process::runner (`start` / `run`, Procfile + .env)
+//!   ← process::runner (`start` / `run`, Procfile + .env + .foreman)
 //! ```
 //!
-//! [`config`] is the only module that reads environment variables.
+//! One folder per part, each importing only the ones listed before it:
+//! [`config`] (read the environment; the only module that does),
+//! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`serve`] (the
+//! listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! (Heroku glue).
 
 pub mod config;
 pub mod dogstatsd;

@@ -1,10 +1,10 @@
 //! Configuration: the ONE place that reads environment variables.
 //!
 //! In: the process environment. Out: one typed configuration per command:
-//! [`Config`] for `serve` ([`serve`]), [`AgentConfig`] for `agent` and the
-//! exec.d helper ([`agent`]), and [`RunnerEnv`] for `start` / `run`
-//! ([`runner`]). This file holds what they share: the [`Env`] lookup, the
-//! typed [`Reader`], [`ConfigError`], [`ApiKey`], [`LogLevel`], the
+//! [`Config`] for `serve` (`serve.rs`), [`AgentConfig`] for `agent` and the
+//! exec.d helper (`agent.rs`), and [`RunnerEnv`] for `start` / `run`
+//! (`runner.rs`). This file holds what they share: the [`Env`] lookup, the
+//! typed `Reader`, [`ConfigError`], [`ApiKey`], [`LogLevel`], the
 //! `$DYNO` helpers, the [`defaults`] and the names of the variables other
 //! modules set for children ([`vars`]). Every default and every error
 //! message lives under `config/`; the README's configuration table mirrors

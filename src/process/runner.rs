@@ -515,8 +515,8 @@ struct Proc {
     significant: bool,
 }
 
-/// Runs `start`; returns the exit code. The steps: [`prepare`] everything
-/// that can be wrong before anything runs, then a [`Session`] starts the
+/// Runs `start`; returns the exit code. The steps: `prepare` everything
+/// that can be wrong before anything runs, then a `Session` starts the
 /// listener, runs the release phase if asked, starts the processes, waits
 /// for the first exit or a signal, and stops them all.
 pub fn start(args: &StartArgs) -> i32 {
