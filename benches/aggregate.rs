@@ -70,6 +70,8 @@ fn options(context_limit: usize) -> AggregatorOptions {
         context_limit,
         histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
         histogram_percentiles: defaults::PERCENTILES.to_vec(),
+        // Production defaults for the rest, zero-filling included.
+        ..AggregatorOptions::default()
     }
 }
 

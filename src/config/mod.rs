@@ -15,10 +15,12 @@
 //! `Debug` and has no `Display`.
 
 mod agent;
+mod mapper;
 mod runner;
 mod serve;
 
 pub use agent::{AgentConfig, DynoTypes};
+pub use mapper::{parse_mapper_profiles, MapperProfile, MapperRule};
 pub use runner::RunnerEnv;
 pub use serve::{Config, HistogramAggregate};
 
@@ -175,6 +177,10 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE_SECS: f64 = 1.0;
     /// `DYNOSTAT_SHUTDOWN_TIMEOUT`, seconds to flush and drain after the grace.
     pub const SHUTDOWN_TIMEOUT_SECS: f64 = 5.0;
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`: idle counters are sent as 0 this long, as in the Agent.
+    pub const EXPIRY_SECONDS: u64 = 300;
+    /// `DD_DOGSTATSD_MAPPER_CACHE_SIZE`, as in the Agent.
+    pub const MAPPER_CACHE_SIZE: usize = 1000;
     /// `DD_HISTOGRAM_PERCENTILES`.
     pub const PERCENTILES: &[f64] = &[0.95];
     /// `DD_HISTOGRAM_AGGREGATES`, as in the Agent.

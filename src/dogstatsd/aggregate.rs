@@ -29,21 +29,36 @@
 //!
 //! Every interval starts empty: [`Aggregator::take`] moves the maps and the
 //! state vector into the [`Bucket`], so a context not seen in an interval holds
-//! no memory and memory follows the live working set. The Agent keeps idle
-//! counters for 300 s and sends zeros for them; we do not, on purpose: that
-//! would keep every idle context's memory alive for five minutes (against the
-//! "idle contexts are forgotten" requirement) and send series nobody is
-//! feeding. A gap in a counter graph reads the same as a zero in Datadog's
-//! default `sum`/`as_count` views.
+//! no per-interval memory. The one thing kept across intervals is, for each
+//! counter, its canonical key and when it was last sampled (the zero-fill
+//! registry, [`ZeroFill`]): as the Agent does (pkg/aggregator/time_sampler.go,
+//! `countersSampleZeroValue`), every flush sends 0 for a counter whose last
+//! sample arrived less than `DD_DOGSTATSD_EXPIRY_SECONDS` (default 300; 0
+//! turns it off) before the bucket's start, so a monitor on a sparse counter
+//! sees 0 rather than "no data". The registry is bounded by the context limit
+//! (counters past it are not zero-filled, and are counted), and it is updated
+//! off the receive path, while the bucket is turned into series.
+//!
+//! # Names and tags
+//!
+//! As the Agent's server does, a new spelling's name goes through the mapper
+//! profiles, the namespace and the blocklist ([`crate::dogstatsd::mapper`]);
+//! then `host:` (the host, last wins), `dd.internal.entity_id:`,
+//! `dd.internal.card:` and `dd.internal.jmx_check_name:` come out of the tags,
+//! and `DD_DOGSTATSD_TAGS` go in (comp/dogstatsd/server enrich.go
+//! `extractTagsMetadata`, server.go `extraTags`). All of this runs on the cold
+//! path only: the raw spelling's cache entry leads straight to the context,
+//! or, for a blocked name, to "filtered".
 
 use std::collections::hash_map::Entry;
 use std::hash::Hasher;
 use std::mem;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::config::HistogramAggregate;
+use crate::dogstatsd::mapper::{NameRules, Named, Names};
 use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
 use crate::dogstatsd::sketch::Sketch;
 
@@ -70,12 +85,38 @@ pub const MAX_TIMESTAMP_FUTURE_SECS: i64 = 600;
 /// Options from [`crate::config::Config`].
 #[derive(Debug, Clone)]
 pub struct AggregatorOptions {
-    /// Live contexts allowed per interval; new ones past it are dropped and counted.
+    /// Live contexts allowed per interval; new ones past it are dropped and
+    /// counted. Also the most counters kept for zero-filling.
     pub context_limit: usize,
     /// Histogram aggregates, in order.
     pub histogram_aggregates: Vec<HistogramAggregate>,
-    /// Histogram percentiles, each in (0, 1).
+    /// Histogram percentiles, each in [0, 1].
     pub histogram_percentiles: Vec<f64>,
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`: idle counters are sent as 0 for this
+    /// long after their last sample; 0 turns zero-filling off.
+    pub counter_expiry_secs: u64,
+    /// `DD_DOGSTATSD_TAGS`: added to every metric, event and service check.
+    pub dogstatsd_tags: Vec<String>,
+    /// Mapper, namespace and blocklist.
+    pub names: NameRules,
+}
+
+impl Default for AggregatorOptions {
+    /// The defaults of [`crate::config::defaults`].
+    fn default() -> Self {
+        use crate::config::defaults;
+        Self {
+            context_limit: defaults::CONTEXT_LIMIT,
+            histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
+            histogram_percentiles: defaults::PERCENTILES.to_vec(),
+            counter_expiry_secs: defaults::EXPIRY_SECONDS,
+            dogstatsd_tags: Vec::new(),
+            names: NameRules {
+                mapper_cache_size: defaults::MAPPER_CACHE_SIZE,
+                ..NameRules::default()
+            },
+        }
+    }
 }
 
 /// The series type in Datadog's v2 API.
@@ -148,6 +189,8 @@ pub enum InsertOutcome {
     /// Also: a set sample on a numeric context (or the reverse), a `|T` point
     /// outside the intake's window, or a per-interval storage cap reached.
     Discarded,
+    /// The name is in `DD_STATSD_METRIC_BLOCKLIST` (after mapping and namespacing).
+    Filtered,
 }
 
 /// Options prepared once: percentiles as the Agent names them.
@@ -160,6 +203,10 @@ struct Prepared {
     aggregates: Vec<HistogramAggregate>,
     /// `(percent 0-100, ".95percentile")`, ascending, deduplicated.
     percentiles: Vec<(u64, String)>,
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`; 0: no zero-filling.
+    counter_expiry_secs: i64,
+    /// `DD_DOGSTATSD_TAGS`.
+    dogstatsd_tags: Vec<String>,
 }
 
 impl Prepared {
@@ -184,6 +231,8 @@ impl Prepared {
                 .into_iter()
                 .map(|p| (p, format!(".{p}percentile")))
                 .collect(),
+            counter_expiry_secs: i64::try_from(opts.counter_expiry_secs).unwrap_or(i64::MAX),
+            dogstatsd_tags: opts.dogstatsd_tags.clone(),
         }
     }
 }
@@ -395,8 +444,9 @@ impl Eq for Member {}
 /// and tags, not by type).
 #[derive(Debug)]
 enum State {
-    /// Sum of `value * 1/rate`.
-    Counter(f64),
+    /// Sum of `value * 1/rate`, and when (unix seconds) the last sample
+    /// arrived, for zero-filling.
+    Counter { sum: f64, last: i64 },
     /// Last value.
     Gauge(f64),
     /// Unique members.
@@ -415,7 +465,7 @@ impl State {
             Class::Distribution => Self::Distribution(Box::default()),
             Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Vec::new()),
             Class::Aggregated => match kind {
-                MetricType::Counter => Self::Counter(0.0),
+                MetricType::Counter => Self::Counter { sum: 0.0, last: 0 },
                 MetricType::Gauge => Self::Gauge(0.0),
                 MetricType::Set => Self::Set(FxHashSet::default()),
                 MetricType::Histogram => Self::Histogram(Box::new(Histogram::new(false))),
@@ -450,9 +500,10 @@ impl Interval {
     /// Applies one line's values to an existing context. The hot path: no
     /// allocation except amortised `Vec` growth and new set members.
     #[inline]
-    fn apply(&mut self, id: usize, m: &Metric<'_>) -> InsertOutcome {
+    fn apply(&mut self, id: usize, m: &Metric<'_>, now: i64) -> InsertOutcome {
         let Some(state) = self.states.get_mut(id) else {
-            return InsertOutcome::Discarded;
+            // The only ids without a state are [`BLOCKED`] aliases.
+            return InsertOutcome::Filtered;
         };
         if let State::Set(members) = state {
             if m.kind != MetricType::Set {
@@ -490,7 +541,10 @@ impl Interval {
                 continue;
             }
             match state {
-                State::Counter(sum) => *sum += v * inv,
+                State::Counter { sum, last } => {
+                    *sum += v * inv;
+                    *last = now;
+                }
                 State::Gauge(last) => *last = v,
                 State::Histogram(h) => h.add(v, inv, &mut self.histogram_samples),
                 State::Distribution(sketch) => {
@@ -520,47 +574,124 @@ impl Interval {
     }
 }
 
-/// Writes the canonical key of `(class, name, raw tags)` into `key`: tags
-/// sorted and deduplicated, every `host:` tag removed and the last one kept as
-/// the host. `spans` is scratch space, reused so the cold path at the context
-/// limit does not allocate either.
+/// Tag prefixes the Agent takes out of every metric's, event's and service
+/// check's tags (comp/dogstatsd/server enrich.go `extractTagsMetadata`):
+/// they steer its origin detection and never reach the intake.
+const INTERNAL_TAG_PREFIXES: [&str; 3] = [
+    "dd.internal.entity_id:",
+    "dd.internal.card:",
+    "dd.internal.jmx_check_name:",
+];
+
+/// Whether the Agent strips `tag` (an internal tag; `host:` is handled apart).
+fn is_internal_tag(tag: &str) -> bool {
+    tag.starts_with("dd.internal.") && INTERNAL_TAG_PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
+/// Where a tag of a canonical key comes from: the raw field (`[a..b]`), the
+/// mapper's tags or `DD_DOGSTATSD_TAGS` (index `a`).
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    Raw(usize, usize),
+    Mapped(usize),
+    Extra(usize),
+}
+
+/// The tags of one new context: the wire's, the mapper's, `DD_DOGSTATSD_TAGS`.
+struct TagSources<'a> {
+    raw: &'a str,
+    mapped: &'a [String],
+    extra: &'a [String],
+}
+
+impl<'a> TagSources<'a> {
+    fn get(&self, span: Span) -> &'a str {
+        match span {
+            // Spans start and end at ',' or the ends of the field: char boundaries.
+            Span::Raw(a, b) => self.raw.get(a..b).unwrap_or_default(),
+            Span::Mapped(i) => self.mapped.get(i).map_or("", String::as_str),
+            Span::Extra(i) => self.extra.get(i).map_or("", String::as_str),
+        }
+    }
+}
+
+/// Writes the canonical key of `(class, name, tags)` into `key`: tags sorted
+/// and deduplicated; every `host:` tag of the wire's and the mapper's removed
+/// and the last one kept as the host, internal tags removed; then
+/// `DD_DOGSTATSD_TAGS`, which the Agent adds after that extraction, so a
+/// `host:` among them stays a tag. `spans` is scratch space, reused so the
+/// cold path at the context limit does not allocate either.
 fn canonicalise(
-    spans: &mut Vec<(usize, usize)>,
+    spans: &mut Vec<Span>,
     key: &mut String,
     class: Class,
     name: &str,
-    raw: &str,
+    tags: &TagSources<'_>,
 ) {
     spans.clear();
     key.clear();
     let mut host = "";
     let mut start = 0;
-    for part in raw.split(',') {
-        let end = start + part.len();
-        if !part.is_empty() {
-            match part.strip_prefix("host:") {
-                Some(h) => host = h,
-                None => spans.push((start, end)),
-            }
+    fn take<'t>(span: Span, part: &'t str, host: &mut &'t str, spans: &mut Vec<Span>) {
+        if part.is_empty() {
+            return;
         }
+        match part.strip_prefix("host:") {
+            Some(h) => *host = h,
+            None if is_internal_tag(part) => {}
+            None => spans.push(span),
+        }
+    }
+    for part in tags.raw.split(',') {
+        let end = start + part.len();
+        take(Span::Raw(start, end), part, &mut host, spans);
         start = end + 1;
     }
-    let bytes = raw.as_bytes();
-    spans.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
-    spans.dedup_by(|a, b| bytes[a.0..a.1] == bytes[b.0..b.1]);
+    for (i, part) in tags.mapped.iter().enumerate() {
+        take(Span::Mapped(i), part, &mut host, spans);
+    }
+    spans.extend(
+        tags.extra
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(i, _)| Span::Extra(i)),
+    );
+    spans.sort_unstable_by(|a, b| tags.get(*a).cmp(tags.get(*b)));
+    spans.dedup_by(|a, b| tags.get(*a) == tags.get(*b));
 
     key.push(char::from(class.byte()));
     key.push_str(name);
     key.push('\n');
     key.push_str(host);
     key.push('\n');
-    for (i, &(a, b)) in spans.iter().enumerate() {
+    for (i, &span) in spans.iter().enumerate() {
         if i > 0 {
             key.push(',');
         }
-        // Spans start and end at ',' or the ends of the field: char boundaries.
-        key.push_str(raw.get(a..b).unwrap_or_default());
+        key.push_str(tags.get(span));
     }
+}
+
+/// The host and tags of an event or service check, as the Agent's
+/// `enrichEvent`/`enrichServiceCheck` make them: `host:` tags (last wins)
+/// and internal tags come out, the `h:` field wins over a `host:` tag, and
+/// `DD_DOGSTATSD_TAGS` are added last.
+fn enrich_event_tags(tags: &mut Vec<String>, host: &mut Option<String>, extra: &[String]) {
+    let mut tag_host: Option<String> = None;
+    tags.retain(|t| match t.strip_prefix("host:") {
+        Some(h) => {
+            tag_host = Some(h.to_owned());
+            false
+        }
+        None => !is_internal_tag(t),
+    });
+    if host.is_none() {
+        // An empty `host:` means no host here, as for metrics: the
+        // forwarder's default applies.
+        *host = tag_host.filter(|h| !h.is_empty());
+    }
+    tags.extend(extra.iter().cloned());
 }
 
 /// A canonical key split back into its parts.
@@ -614,13 +745,31 @@ impl<'a> ContextKey<'a> {
     }
 }
 
+/// The context id of a cached spelling whose name is blocklisted.
+const BLOCKED: u32 = u32::MAX;
+
+/// The zero-fill registry: each counter context's canonical key and when its
+/// last sample arrived. Shared by the [`Aggregator`] and its [`Bucket`]s, and
+/// locked only while a bucket is turned into series, never on the receive
+/// path.
+#[derive(Debug, Default)]
+struct ZeroFill {
+    /// Canonical key → (last sample, unix seconds; flush that last saw it).
+    counters: FxHashMap<Box<str>, (i64, u64)>,
+    /// Flushes so far: tells "seen in this bucket" from "idle".
+    flushes: u64,
+}
+
 /// The live aggregation state. Owned by the listener behind a mutex.
 #[derive(Debug)]
 pub struct Aggregator {
     prepared: Arc<Prepared>,
     cur: Interval,
+    /// Mapper, namespace and blocklist, with the mapper's cache.
+    names: Names,
+    zero_fill: Arc<Mutex<ZeroFill>>,
     /// Cold-path scratch: tag spans and the canonical key being built.
-    scratch_spans: Vec<(usize, usize)>,
+    scratch_spans: Vec<Span>,
     scratch_key: String,
 }
 
@@ -629,6 +778,7 @@ pub struct Aggregator {
 pub struct Bucket {
     prepared: Arc<Prepared>,
     interval: Interval,
+    zero_fill: Arc<Mutex<ZeroFill>>,
 }
 
 impl Aggregator {
@@ -637,6 +787,8 @@ impl Aggregator {
         Self {
             prepared: Arc::new(Prepared::new(&opts)),
             cur: Interval::default(),
+            names: Names::new(opts.names),
+            zero_fill: Arc::default(),
             scratch_spans: Vec::new(),
             scratch_key: String::new(),
         }
@@ -670,7 +822,7 @@ impl Aggregator {
                 Err(outcome) => return outcome,
             },
         };
-        self.cur.apply(id as usize, metric)
+        self.cur.apply(id as usize, metric, now)
     }
 
     /// The cold path: a raw spelling not seen this interval. Canonicalises,
@@ -684,12 +836,32 @@ impl Aggregator {
         hash: u64,
     ) -> Result<u32, InsertOutcome> {
         let tags = m.tags.raw();
+        let (name, mapped) = if self.names.is_identity() {
+            (m.name, &[][..])
+        } else {
+            match self.names.resolve(m.name) {
+                Named::Keep(name, mapped) => (name, mapped),
+                Named::Blocked => {
+                    // Cache the spelling as blocked: later samples cost one lookup.
+                    if self.cur.aliases.len() < self.prepared.alias_limit {
+                        if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                            e.insert(Alias::new(class, m.name, tags, BLOCKED));
+                        }
+                    }
+                    return Err(InsertOutcome::Filtered);
+                }
+            }
+        };
         canonicalise(
             &mut self.scratch_spans,
             &mut self.scratch_key,
             class,
-            m.name,
-            tags,
+            name,
+            &TagSources {
+                raw: tags,
+                mapped,
+                extra: &self.prepared.dogstatsd_tags,
+            },
         );
         let id = match self.cur.canon.get(self.scratch_key.as_str()) {
             Some(&id) => id,
@@ -702,7 +874,10 @@ impl Aggregator {
                 if n >= self.prepared.context_limit {
                     return Err(InsertOutcome::ContextLimit);
                 }
-                let id = u32::try_from(n).map_err(|_| InsertOutcome::ContextLimit)?;
+                let id = u32::try_from(n)
+                    .ok()
+                    .filter(|&id| id != BLOCKED)
+                    .ok_or(InsertOutcome::ContextLimit)?;
                 self.cur.states.push(State::new(class, m.kind));
                 self.cur
                     .canon
@@ -723,8 +898,15 @@ impl Aggregator {
 
     /// Adds an event. Past [`MAX_EVENTS`] per interval it is dropped and
     /// counted in [`Bucket::overflowed`].
-    pub fn insert_event(&mut self, event: Event) {
+    /// Its host and tags are enriched as the Agent does (`host:` tags,
+    /// internal tags, `DD_DOGSTATSD_TAGS`).
+    pub fn insert_event(&mut self, mut event: Event) {
         if self.cur.events.len() < MAX_EVENTS {
+            enrich_event_tags(
+                &mut event.tags,
+                &mut event.host,
+                &self.prepared.dogstatsd_tags,
+            );
             self.cur.events.push(event);
         } else {
             self.cur.overflowed += 1;
@@ -733,8 +915,14 @@ impl Aggregator {
 
     /// Adds a service check. Past [`MAX_SERVICE_CHECKS`] per interval it is
     /// dropped and counted in [`Bucket::overflowed`].
-    pub fn insert_service_check(&mut self, check: ServiceCheck) {
+    /// Enriched as [`Aggregator::insert_event`] says.
+    pub fn insert_service_check(&mut self, mut check: ServiceCheck) {
         if self.cur.service_checks.len() < MAX_SERVICE_CHECKS {
+            enrich_event_tags(
+                &mut check.tags,
+                &mut check.host,
+                &self.prepared.dogstatsd_tags,
+            );
             self.cur.service_checks.push(check);
         } else {
             self.cur.overflowed += 1;
@@ -752,6 +940,7 @@ impl Aggregator {
         Bucket {
             prepared: Arc::clone(&self.prepared),
             interval: mem::take(&mut self.cur),
+            zero_fill: Arc::clone(&self.zero_fill),
         }
     }
 }
@@ -808,16 +997,80 @@ impl Bucket {
                 *slot = Some(key);
             }
         }
+        let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
+            zero_fill(
+                &self.zero_fill,
+                &states,
+                &keys,
+                timestamp,
+                self.prepared.counter_expiry_secs,
+                self.prepared.context_limit,
+            )
+        } else {
+            (Vec::new(), 0)
+        };
         Chunks {
             prepared: self.prepared,
             states: states.into_iter(),
             keys: keys.into_iter(),
+            idle: idle.into_iter(),
+            zero_fill_untracked: untracked,
             first: Some((events, service_checks)),
             timestamp,
             interval: interval_secs.max(1),
             max_contexts: max_contexts.max(1),
         }
     }
+}
+
+/// Updates the zero-fill registry with this bucket's counters and returns
+/// the keys of the idle counters to send as 0 for the bucket starting at
+/// `bucket_start`, plus how many counters could not be registered (the
+/// registry was at `limit`).
+///
+/// The Agent's rule (pkg/aggregator/time_sampler.go): a bucket gets a 0 for
+/// every counter whose last sample time plus the expiry is after the bucket's
+/// start; others are forgotten. The Agent keeps the sample time to the
+/// nanosecond; we keep whole seconds and read "after" as "at or after", which
+/// is the same unless a sample arrives exactly on a whole second.
+fn zero_fill(
+    registry: &Mutex<ZeroFill>,
+    states: &[State],
+    keys: &[Option<Box<str>>],
+    bucket_start: i64,
+    expiry: i64,
+    limit: usize,
+) -> (Vec<Box<str>>, u64) {
+    let mut reg = registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    reg.flushes += 1;
+    let flush = reg.flushes;
+    let mut untracked = 0u64;
+    for (state, key) in states.iter().zip(keys) {
+        let (State::Counter { last, .. }, Some(key)) = (state, key) else {
+            continue;
+        };
+        if let Some(entry) = reg.counters.get_mut(&**key) {
+            *entry = (*last, flush);
+        } else if reg.counters.len() < limit {
+            reg.counters.insert(key.clone(), (*last, flush));
+        } else {
+            untracked += 1;
+        }
+    }
+    let mut idle = Vec::new();
+    reg.counters.retain(|key, &mut (last, seen)| {
+        if seen == flush {
+            return true;
+        }
+        let live = last.saturating_add(expiry) >= bucket_start;
+        if live {
+            idle.push(key.clone());
+        }
+        live
+    });
+    (idle, untracked)
 }
 
 /// Contexts per chunk in [`Bucket::into_flush`] and the flush loop: about
@@ -830,6 +1083,9 @@ pub struct Chunks {
     prepared: Arc<Prepared>,
     states: std::vec::IntoIter<State>,
     keys: std::vec::IntoIter<Option<Box<str>>>,
+    /// Idle counters' keys, sent as 0 after the bucket's own contexts.
+    idle: std::vec::IntoIter<Box<str>>,
+    zero_fill_untracked: u64,
     /// Events and service checks, until the first chunk takes them.
     first: Option<(Vec<Event>, Vec<ServiceCheck>)>,
     timestamp: i64,
@@ -848,13 +1104,17 @@ impl Iterator for Chunks {
                 service_checks,
                 ..Flush::default()
             },
-            None if self.states.as_slice().is_empty() => return None,
+            None if self.states.as_slice().is_empty() && self.idle.as_slice().is_empty() => {
+                return None
+            }
             None => Flush::default(),
         };
+        let mut n = 0;
         for (state, key) in (&mut self.states)
             .zip(&mut self.keys)
             .take(self.max_contexts)
         {
+            n += 1;
             let Some(key) = key else { continue };
             let Some(ctx) = ContextKey::parse(&key) else {
                 continue;
@@ -868,7 +1128,27 @@ impl Iterator for Chunks {
                 &mut out,
             );
         }
+        // Then the idle counters' zeros, in the room left in this chunk.
+        for key in (&mut self.idle).take(self.max_contexts - n) {
+            if let Some(ctx) = ContextKey::parse(&key) {
+                out.series.push(ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Rate,
+                    vec![(self.timestamp, 0.0)],
+                    Some(self.interval),
+                    None,
+                ));
+            }
+        }
         Some(out)
+    }
+}
+
+impl Chunks {
+    /// Counters of this bucket that will not be zero-filled when they go
+    /// idle, because the zero-fill registry was full (at the context limit).
+    pub fn zero_fill_untracked(&self) -> u64 {
+        self.zero_fill_untracked
     }
 }
 
@@ -894,7 +1174,7 @@ fn flush_state(
     let secs = interval as f64;
     match state {
         // Counters are sent as RATE = sum/interval, with `interval` set, as the Agent does.
-        State::Counter(sum) => out.series.push(ctx.series(
+        State::Counter { sum, .. } => out.series.push(ctx.series(
             ctx.name.to_owned(),
             SeriesKind::Rate,
             vec![(ts, sum / secs)],
@@ -1084,11 +1364,14 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
     const TS: i64 = 1_699_999_990;
 
+    /// Zero-filling off: most tests look at one flush at a time.
     fn opts() -> AggregatorOptions {
         AggregatorOptions {
             context_limit: 1_000,
             histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
             histogram_percentiles: defaults::PERCENTILES.to_vec(),
+            counter_expiry_secs: 0,
+            ..AggregatorOptions::default()
         }
     }
 
@@ -1761,17 +2044,47 @@ mod tests {
     fn canonical_key_round_trips() {
         let mut spans = Vec::new();
         let mut key = String::new();
+        let raw = |raw| TagSources {
+            raw,
+            mapped: &[],
+            extra: &[],
+        };
         canonicalise(
             &mut spans,
             &mut key,
             Class::Aggregated,
             "m",
-            "z,host:h1,a:b,z,,host:h2",
+            &raw("z,host:h1,a:b,z,,host:h2"),
         );
         assert_eq!(key, "am\nh2\na:b,z");
+
         let ctx = ContextKey::parse(&key).expect("parses");
         assert_eq!(ctx.class, Class::Aggregated);
         assert_eq!((ctx.name, ctx.host, ctx.tags), ("m", Some("h2"), "a:b,z"));
+        // Internal tags go; look-alikes stay.
+        canonicalise(
+            &mut spans,
+            &mut key,
+            Class::Aggregated,
+            "m",
+            &raw("dd.internal.entity_id:pod,b,dd.internal.card:high,dd.internal.jmx_check_name:jvm,dd.internal.other:x,dd.internal.card"),
+        );
+        assert_eq!(key, "am\n\nb,dd.internal.card,dd.internal.other:x");
+        // The mapper's host wins over the wire's; DD_DOGSTATSD_TAGS' `host:` stays a tag.
+        let mapped = ["host:m".to_owned(), "k:v".to_owned()];
+        let extra = ["host:x".to_owned(), "a".to_owned(), "k:v".to_owned()];
+        canonicalise(
+            &mut spans,
+            &mut key,
+            Class::Aggregated,
+            "m",
+            &TagSources {
+                raw: "host:w,z",
+                mapped: &mapped,
+                extra: &extra,
+            },
+        );
+        assert_eq!(key, "am\nm\na,host:x,k:v,z");
     }
 
     #[test]
@@ -1804,5 +2117,225 @@ mod tests {
         let f = agg.take().into_flush(TS, 1);
         assert_eq!(value(&f, "c"), 40.0);
         assert_eq!(value(&f, "h.count"), 4.0);
+    }
+
+    /// One counter sample at `at` (unix seconds), in an aggregator with `expiry`.
+    fn zero_filled(expiry: u64, interval: i64, flushes: usize) -> Vec<Vec<f64>> {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            counter_expiry_secs: expiry,
+            ..opts()
+        });
+        let start = 1_000 * interval;
+        // Arrives during the first bucket (whole seconds: `start` is start.x).
+        agg.insert(&metric("sparse", "5", MetricType::Counter, "a"), start);
+        agg.insert(&metric("g", "5", MetricType::Gauge, ""), start);
+        (0..flushes)
+            .map(|i| {
+                let ts = start + interval * i as i64;
+                let f = agg.take().into_flush(ts, interval as u64);
+                f.series
+                    .iter()
+                    .filter(|s| s.metric == "sparse")
+                    .inspect(|s| {
+                        assert_eq!(s.tags, ["a"]);
+                        assert_eq!(s.kind, SeriesKind::Rate);
+                        assert_eq!(s.points[0].0, ts);
+                    })
+                    .map(|s| s.points[0].1)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn idle_counters_are_zero_filled_until_they_expire() {
+        // 30 s at 10 s buckets: the sample's bucket, then 3 zeros (the
+        // Agent's count for a sample that arrives within its bucket).
+        assert_eq!(
+            zero_filled(30, 10, 6),
+            [vec![0.5], vec![0.0], vec![0.0], vec![0.0], vec![], vec![]]
+        );
+        // 4 s at 1 s buckets: 4 zeros, then nothing.
+        assert_eq!(
+            zero_filled(4, 1, 7),
+            [
+                vec![5.0],
+                vec![0.0],
+                vec![0.0],
+                vec![0.0],
+                vec![0.0],
+                vec![],
+                vec![]
+            ]
+        );
+        // 0 turns it off.
+        assert_eq!(zero_filled(0, 1, 3), [vec![5.0], vec![], vec![]]);
+    }
+
+    #[test]
+    fn a_new_sample_restarts_the_expiry_and_is_not_doubled() {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            counter_expiry_secs: 20,
+            ..opts()
+        });
+        let c = metric("c", "10", MetricType::Counter, "");
+        agg.insert(&c, 1_001);
+        let values = |f: Flush| -> Vec<f64> { f.series.iter().map(|s| s.points[0].1).collect() };
+        assert_eq!(values(agg.take().into_flush(1_000, 10)), [1.0]);
+        assert_eq!(values(agg.take().into_flush(1_010, 10)), [0.0]);
+        agg.insert(&c, 1_025);
+        assert_eq!(values(agg.take().into_flush(1_020, 10)), [1.0]);
+        assert_eq!(values(agg.take().into_flush(1_030, 10)), [0.0]);
+        assert_eq!(values(agg.take().into_flush(1_040, 10)), [0.0]);
+        assert!(values(agg.take().into_flush(1_050, 10)).is_empty());
+        // The registry forgot it.
+        assert!(agg.zero_fill.lock().expect("lock").counters.is_empty());
+    }
+
+    #[test]
+    fn the_zero_fill_registry_is_bounded_by_the_context_limit() {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            counter_expiry_secs: 100,
+            context_limit: 3,
+            ..opts()
+        });
+        for n in ["a", "b", "c"] {
+            agg.insert(&metric(n, "1", MetricType::Counter, ""), 1_000);
+        }
+        let chunks = agg.take().into_chunks(1_000, 10, 2);
+        assert_eq!(chunks.zero_fill_untracked(), 0);
+        assert_eq!(chunks.map(|c| c.series.len()).sum::<usize>(), 3);
+        // Three new counters while three are registered: none fits.
+        for n in ["d", "e", "f"] {
+            agg.insert(&metric(n, "1", MetricType::Counter, ""), 1_010);
+        }
+        let chunks = agg.take().into_chunks(1_010, 10, 2);
+        assert_eq!(chunks.zero_fill_untracked(), 3);
+        // Their own points and the idle ones' zeros, over chunks of 2.
+        let flushes: Vec<Flush> = chunks.collect();
+        assert_eq!(flushes.iter().map(|c| c.series.len()).sum::<usize>(), 6);
+        assert!(flushes.iter().all(|c| c.series.len() <= 2));
+        let mut names: Vec<(&str, f64)> = flushes
+            .iter()
+            .flat_map(|c| &c.series)
+            .map(|s| (s.metric.as_str(), s.points[0].1))
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(
+            names,
+            [
+                ("a", 0.0),
+                ("b", 0.0),
+                ("c", 0.0),
+                ("d", 0.1),
+                ("e", 0.1),
+                ("f", 0.1)
+            ]
+        );
+    }
+
+    #[test]
+    fn events_and_checks_take_their_host_from_tags_and_get_dogstatsd_tags() {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            dogstatsd_tags: vec!["team:a".into(), "host:kept".into()],
+            ..opts()
+        });
+        let event = |host: Option<&str>, tags: &[&str]| Event {
+            title: "t".into(),
+            text: "x".into(),
+            timestamp: None,
+            host: host.map(str::to_owned),
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Info,
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        agg.insert_event(event(
+            None,
+            &["host:a", "x", "host:b", "dd.internal.card:low"],
+        ));
+        agg.insert_event(event(Some("field"), &["host:a"]));
+        agg.insert_event(event(None, &["host:"]));
+        agg.insert_service_check(ServiceCheck {
+            name: "up".into(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec![
+                "host:db1".into(),
+                "dd.internal.entity_id:x".into(),
+                "y".into(),
+            ],
+            message: None,
+        });
+        let f = flush(&mut agg);
+        let got: Vec<(Option<&str>, &[String])> = f
+            .events
+            .iter()
+            .map(|e| (e.host.as_deref(), &e.tags[..]))
+            .collect();
+        let tags = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                (Some("b"), &tags(&["x", "team:a", "host:kept"])[..]),
+                (Some("field"), &tags(&["team:a", "host:kept"])[..]),
+                (None, &tags(&["team:a", "host:kept"])[..]),
+            ]
+        );
+        assert_eq!(f.service_checks[0].host.as_deref(), Some("db1"));
+        assert_eq!(f.service_checks[0].tags, ["y", "team:a", "host:kept"]);
+    }
+
+    #[test]
+    fn metrics_get_dogstatsd_tags_and_names_are_mapped_namespaced_and_blocked() {
+        let profiles = crate::config::parse_mapper_profiles(
+            r#"[{"name":"sq","prefix":"sidekiq.","mappings":[
+                {"match":"sidekiq.jobs.*.perform","name":"sidekiq.jobs.perform","tags":{"worker":"$1"}}]}]"#,
+        )
+        .expect("valid");
+        let mut agg = Aggregator::new(AggregatorOptions {
+            dogstatsd_tags: vec!["team:a".into()],
+            names: NameRules {
+                mapper_profiles: profiles,
+                mapper_cache_size: 10,
+                namespace: "app.".into(),
+                namespace_exceptions: vec!["sidekiq".into()],
+                blocklist: vec!["app.noisy".into()],
+                blocklist_match_prefix: false,
+            },
+            ..opts()
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                agg.insert(
+                    &metric(
+                        "sidekiq.jobs.Mailer.perform",
+                        "2",
+                        MetricType::Counter,
+                        "host:h,x"
+                    ),
+                    NOW
+                ),
+                InsertOutcome::Accepted
+            );
+            // Blocked on every sample, whether from the cold path or the cache.
+            assert_eq!(
+                agg.insert(&metric("noisy", "1", MetricType::Gauge, ""), NOW),
+                InsertOutcome::Filtered
+            );
+            assert_eq!(
+                agg.insert(&metric("hits", "1", MetricType::Counter, ""), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        assert_eq!(agg.contexts(), 2);
+        let f = agg.take().into_flush(TS, 1);
+        assert_eq!(names(&f), ["sidekiq.jobs.perform", "app.hits"]);
+        assert_eq!(f.series[0].tags, ["team:a", "worker:Mailer", "x"]);
+        assert_eq!(f.series[0].host.as_deref(), Some("h"));
+        assert_eq!(f.series[0].points[0].1, 6.0);
+        assert_eq!(f.series[1].tags, ["team:a"]);
     }
 }

@@ -55,6 +55,11 @@ counters! {
     contexts => "dynostat.contexts", Gauge;
     /// New contexts dropped at the context limit.
     contexts_dropped => "dynostat.contexts.dropped", Rate;
+    /// Counters that will not be zero-filled when idle: the zero-fill
+    /// registry was at the context limit.
+    zero_fill_dropped => "dynostat.contexts.zero_fill_dropped", Rate;
+    /// Metric samples dropped by `DD_STATSD_METRIC_BLOCKLIST`.
+    metrics_filtered => "dynostat.metrics.filtered", Rate;
     /// Payloads sent and accepted.
     payloads => "dynostat.forwarder.payloads", Rate;
     /// Compressed bytes sent and accepted.

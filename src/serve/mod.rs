@@ -91,6 +91,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             context_limit: config.context_limit,
             histogram_aggregates: config.histogram_aggregates.clone(),
             histogram_percentiles: config.histogram_percentiles.clone(),
+            ..AggregatorOptions::default()
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
@@ -374,6 +375,7 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
                         InsertOutcome::Accepted => c.metrics += 1,
                         InsertOutcome::ContextLimit => c.contexts_dropped += 1,
                         InsertOutcome::Discarded => c.discarded += 1,
+                        InsertOutcome::Filtered => c.filtered += 1,
                     },
                     Ok(Parsed::Event(e)) => {
                         c.events += 1;
@@ -406,6 +408,7 @@ struct BatchCounts {
     parse_errors: u64,
     contexts_dropped: u64,
     discarded: u64,
+    filtered: u64,
 }
 
 impl BatchCounts {
@@ -420,6 +423,7 @@ impl BatchCounts {
             (&s.parse_errors, self.parse_errors),
             (&s.contexts_dropped, self.contexts_dropped),
             (&s.samples_discarded, self.discarded),
+            (&s.metrics_filtered, self.filtered),
         ] {
             if n > 0 {
                 Stats::add(counter, n);
@@ -562,6 +566,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         interval,
         crate::dogstatsd::aggregate::CHUNK_CONTEXTS,
     );
+    Stats::add(&stats.zero_fill_dropped, chunks.zero_fill_untracked());
     let bucket_chunks = std::iter::from_fn(|| {
         let t = Instant::now();
         let chunk = chunks.next();
