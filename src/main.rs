@@ -17,7 +17,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the DogStatsD listener, aggregator and forwarder in the foreground.
-    Serve,
+    Serve {
+        /// As under `dynostat agent`: an invalid optional setting is logged
+        /// and replaced by its default instead of stopping the listener.
+        #[arg(long, hide = true)]
+        on_dyno: bool,
+    },
     /// Supervise `serve` beside a dyno's app (what the boot script runs).
     Agent,
     /// Run the Procfile's processes, foreman-style, with the listener beside them.
@@ -41,8 +46,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => {
-            let config = match dynostat::config::Config::from_env() {
+        Command::Serve { on_dyno } => {
+            let read = if on_dyno {
+                dynostat::config::Config::from_env_on_dyno
+            } else {
+                dynostat::config::Config::from_env
+            };
+            let config = match read() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("dynostat: {e}");
@@ -50,6 +60,9 @@ fn main() -> ExitCode {
                 }
             };
             dynostat::serve::init_logging(config.log_level);
+            for note in &config.notes {
+                tracing::error!("{note}");
+            }
             match dynostat::serve::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

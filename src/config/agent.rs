@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub agent_host_set: bool,
     /// `DD_LOG_LEVEL` is set: do not quieten the agent in one-off dynos.
     pub log_level_set: bool,
+    /// The agent's own invalid settings, replaced by their defaults (the
+    /// listener reports its own): logged once by the agent.
+    pub notes: Vec<ConfigError>,
 }
 
 impl AgentConfig {
@@ -64,6 +67,7 @@ impl AgentConfig {
     /// Reads any [`Env`].
     pub fn from_lookup(env: &dyn Env) -> Result<Self, ConfigError> {
         let r = Reader(env);
+        let mut notes = Vec::new();
         let disabled = r
             .string("DISABLE_DATADOG_AGENT")?
             .is_some_and(|v| !v.is_empty());
@@ -81,13 +85,15 @@ impl AgentConfig {
                     !t.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                 }) {
-                    return Err(ConfigError::new(
+                    // On a dyno, a typo must not stop the metrics: run everywhere.
+                    notes.push(ConfigError::new(
                         "DYNOSTAT_DYNO_TYPES",
                         &v,
                         format!(
-                            "{bad:?} is not a process type; use a list such as web,worker or all"
+                            "{bad:?} is not a process type; use a list such as web,worker or all; using the default (all)"
                         ),
                     ));
+                    DynoTypes::All
                 } else {
                     DynoTypes::Only(list)
                 }
@@ -98,7 +104,9 @@ impl AgentConfig {
         };
         let agent_host_set = set(vars::DD_AGENT_HOST)?;
         let log_level_set = set(vars::DD_LOG_LEVEL)?;
-        let full = Config::from_lookup(env)?;
+        // As the listener reads it under the agent: only a fatal setting is
+        // an error here; the listener logs the others.
+        let full = Config::from_lookup_on_dyno(env)?;
         Ok(Self {
             disabled,
             dyno_types,
@@ -128,6 +136,7 @@ impl AgentConfig {
             },
             agent_host_set,
             log_level_set,
+            notes,
         })
     }
 
@@ -159,7 +168,22 @@ mod tests {
         assert!(a.dyno_types.allows("worker"));
         let a = AgentConfig::from_lookup(&env(&[("DISABLE_DATADOG_AGENT", "1")])).expect("valid");
         assert!(a.disabled);
-        assert!(AgentConfig::from_lookup(&env(&[("DYNOSTAT_DYNO_TYPES", "web;x")])).is_err());
+        // A typo in an optional setting falls back to its default, noted.
+        let a = AgentConfig::from_lookup(&env(&[
+            ("DYNOSTAT_DYNO_TYPES", "web;x"),
+            ("DD_HISTOGRAM_PERCENTILES", "2"),
+        ]))
+        .expect("optional settings fall back");
+        assert_eq!(a.dyno_types, DynoTypes::All);
+        assert_eq!(
+            a.notes.len(),
+            1,
+            "the listener reports its own: {:?}",
+            a.notes
+        );
+        assert!(a.notes[0].to_string().contains("using the default (all)"));
+        // A port that is not a number stops it.
+        assert!(AgentConfig::from_lookup(&env(&[("DD_DOGSTATSD_PORT", "x")])).is_err());
     }
 
     #[test]

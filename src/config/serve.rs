@@ -3,6 +3,15 @@
 //! In: an [`Env`]. Out: [`Config`], or a [`ConfigError`] naming the variable
 //! and the fix. Must never: read the environment other than through the
 //! [`Env`] it is given, or put the API key in an error.
+//!
+//! Two modes. [`Config::from_lookup`] (`serve` in a terminal, `check`,
+//! `start`): any invalid value is the error, and the CLI exits 2.
+//! [`Config::from_lookup_on_dyno`] (`serve` under `dynostat agent`): an
+//! invalid optional setting is kept in [`Config::notes`], with the default
+//! used instead, and the listener runs; only the settings without which
+//! nothing can work stop it ([`FATAL`]).
+
+use super::mapper::{parse_mapper_profiles, MapperProfile};
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -41,6 +50,37 @@ impl HistogramAggregate {
     }
 }
 
+/// Settings that stop the listener even on a dyno: without them nothing can
+/// be received or sent. Every other setting falls back to its default there.
+pub const FATAL: &[&str] = &["DD_DOGSTATSD_PORT", "DD_DOGSTATSD_SOCKET", "DD_API_KEY"];
+
+/// The Agent's standard DogStatsD prefixes, never namespaced unless
+/// `DD_STATSD_METRIC_NAMESPACE_BLACKLIST` says otherwise (pkg/config/setup,
+/// `StandardStatsdPrefixes`).
+pub const STANDARD_STATSD_PREFIXES: &[&str] = &[
+    "datadog.agent",
+    "datadog.dogstatsd",
+    "datadog.process",
+    "datadog.trace_agent",
+    "datadog.tracer",
+    "activemq",
+    "activemq_58",
+    "airflow",
+    "cassandra",
+    "confluent",
+    "hazelcast",
+    "hive",
+    "ignite",
+    "jboss",
+    "jvm",
+    "kafka",
+    "presto",
+    "sidekiq",
+    "solr",
+    "tomcat",
+    "runtime",
+];
+
 /// Everything `dynostat serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -69,8 +109,32 @@ pub struct Config {
     pub hostname: Option<String>,
     /// `DD_HISTOGRAM_AGGREGATES`. Defaults to `max median avg count`.
     pub histogram_aggregates: Vec<HistogramAggregate>,
-    /// `DD_HISTOGRAM_PERCENTILES`, each in (0, 1). Defaults to `0.95`.
+    /// `DD_HISTOGRAM_PERCENTILES`, each in [0, 1] (the Agent's range). Defaults to `0.95`.
     pub histogram_percentiles: Vec<f64>,
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`: idle counters are sent as 0 this long
+    /// after their last sample; 0 turns it off. Defaults to 300.
+    pub counter_expiry_secs: u64,
+    /// `DD_DOGSTATSD_TAGS`: tags on every metric, event and service check
+    /// received over DogStatsD (not on `dynostat.*`). Defaults to none.
+    pub dogstatsd_tags: Vec<String>,
+    /// `DD_DOGSTATSD_MAPPER_PROFILES`: the Agent's JSON. Defaults to none.
+    pub mapper_profiles: Vec<MapperProfile>,
+    /// `DD_DOGSTATSD_MAPPER_CACHE_SIZE`: mapped names remembered. Defaults to 1000.
+    pub mapper_cache_size: usize,
+    /// `DD_STATSD_METRIC_NAMESPACE`, with a `.` added. Defaults to none.
+    pub metric_namespace: String,
+    /// `DD_STATSD_METRIC_NAMESPACE_BLACKLIST`: prefixes never namespaced.
+    /// Defaults to [`STANDARD_STATSD_PREFIXES`].
+    pub namespace_exceptions: Vec<String>,
+    /// `DD_STATSD_METRIC_BLOCKLIST`: metric names dropped. Defaults to none.
+    pub metric_blocklist: Vec<String>,
+    /// `DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX`: the blocklist holds
+    /// prefixes. Defaults to false.
+    pub blocklist_match_prefix: bool,
+    /// Problems that did not stop the configuration: on a dyno, invalid
+    /// settings replaced by their defaults; in both modes, skipped entries
+    /// of a list. Each names the variable, the value and what was used.
+    pub notes: Vec<ConfigError>,
     /// `DD_LOG_LEVEL`. Defaults to `info`.
     pub log_level: LogLevel,
     /// `DYNOSTAT_FLUSH_INTERVAL`: seconds per bucket. Defaults to 10.
@@ -105,49 +169,94 @@ impl Config {
         Self::from_lookup(&ProcessEnv)
     }
 
-    /// Reads any [`Env`]; unit tests pass a map.
+    /// Reads the real environment as on a dyno: see [`Config::from_lookup_on_dyno`].
+    pub fn from_env_on_dyno() -> Result<Self, ConfigError> {
+        Self::from_lookup_on_dyno(&ProcessEnv)
+    }
+
+    /// Reads any [`Env`]; unit tests pass a map. Any invalid value is the error.
     pub fn from_lookup(env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::read(env, false)
+    }
+
+    /// As [`Config::from_lookup`], but an invalid setting other than the
+    /// [`FATAL`] ones is noted in [`Config::notes`] and replaced by its default.
+    pub fn from_lookup_on_dyno(env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::read(env, true)
+    }
+
+    #[allow(clippy::too_many_lines)] // one setting after the other
+    fn read(env: &dyn Env, on_dyno: bool) -> Result<Self, ConfigError> {
         let r = Reader(env);
+        let mut n = Notes {
+            on_dyno,
+            notes: Vec::new(),
+        };
         let api_key = r
             .string("DD_API_KEY")?
             .filter(|k| !k.trim().is_empty())
             .map(|k| ApiKey::new(&k));
-        let site = r
-            .string("DD_SITE")?
-            .unwrap_or_else(|| defaults::SITE.to_owned());
-        if site.is_empty() || site.contains('/') || site.contains(char::is_whitespace) {
-            return Err(ConfigError::new(
-                "DD_SITE",
-                &site,
-                "not a Datadog site; use e.g. datadoghq.com, datadoghq.eu or us5.datadoghq.com",
-            ));
-        }
-        let intake_url = match r.string("DD_DD_URL")?.filter(|s| !s.is_empty()) {
-            Some(url) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(ConfigError::new(
-                        "DD_DD_URL",
-                        &url,
-                        "must start with http:// or https://, e.g. https://api.datadoghq.com",
-                    ));
+        let site = n.or(
+            r.string("DD_SITE").and_then(|site| match site {
+                Some(site)
+                    if site.is_empty()
+                        || site.contains('/')
+                        || site.contains(char::is_whitespace) =>
+                {
+                    Err(ConfigError::new(
+                        "DD_SITE",
+                        &site,
+                        "not a Datadog site; use e.g. datadoghq.com, datadoghq.eu or us5.datadoghq.com",
+                    ))
                 }
-                url.trim_end_matches('/').to_owned()
-            }
-            None => format!("https://api.{site}"),
+                Some(site) => Ok(site),
+                None => Ok(defaults::SITE.to_owned()),
+            }),
+            defaults::SITE.to_owned(),
+            defaults::SITE,
+        )?;
+        let default_url = format!("https://api.{site}");
+        let intake_url = n.or(
+            r.string("DD_DD_URL")
+                .and_then(|url| match url.filter(|s| !s.is_empty()) {
+                    Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                        Err(ConfigError::new(
+                            "DD_DD_URL",
+                            &url,
+                            "must start with http:// or https://, e.g. https://api.datadoghq.com",
+                        ))
+                    }
+                    Some(url) => Ok(url.trim_end_matches('/').to_owned()),
+                    None => Ok(default_url.clone()),
+                }),
+            default_url.clone(),
+            &default_url,
+        )?;
+        let non_local = n
+            .or(r.bool("DD_DOGSTATSD_NON_LOCAL_TRAFFIC"), None, "false")?
+            .unwrap_or(false);
+        let default_bind = if non_local {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([127, 0, 0, 1])
         };
-        let non_local = r.bool("DD_DOGSTATSD_NON_LOCAL_TRAFFIC")?.unwrap_or(false);
-        let bind_host = match r.string("DD_BIND_HOST")?.filter(|s| !s.is_empty()) {
-            Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h.parse().map_err(|_| {
-                ConfigError::new(
-                    "DD_BIND_HOST",
-                    &h,
-                    "not an IP address; use e.g. 127.0.0.1 or 0.0.0.0",
-                )
-            })?,
-            None if non_local => IpAddr::from([0, 0, 0, 0]),
-            None => IpAddr::from([127, 0, 0, 1]),
-        };
+        let bind_host = n.or(
+            r.string("DD_BIND_HOST")
+                .and_then(|h| match h.filter(|s| !s.is_empty()) {
+                    Some(h) if h == "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
+                    Some(h) => h.parse().map_err(|_| {
+                        ConfigError::new(
+                            "DD_BIND_HOST",
+                            &h,
+                            "not an IP address; use e.g. 127.0.0.1 or 0.0.0.0",
+                        )
+                    }),
+                    None => Ok(default_bind),
+                }),
+            default_bind,
+            &default_bind.to_string(),
+        )?;
+        // Fatal everywhere: without a port or a socket nothing is received.
         let port = match r.string("DD_DOGSTATSD_PORT")? {
             Some(p) => p.trim().parse::<u16>().map_err(|_| {
                 ConfigError::new(
@@ -162,30 +271,45 @@ impl Config {
             .string("DD_DOGSTATSD_SOCKET")?
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
-        let buffer_size = r
-            .uint("DD_DOGSTATSD_BUFFER_SIZE", 512, 65_536)?
+        if port == 0 && socket.is_none() {
+            return Err(ConfigError::new(
+                "DD_DOGSTATSD_PORT",
+                "0",
+                "nothing to listen on: UDP is off and DD_DOGSTATSD_SOCKET is not set; set one of them",
+            ));
+        }
+        let buffer_size = n
+            .or(
+                r.uint("DD_DOGSTATSD_BUFFER_SIZE", 512, 65_536),
+                None,
+                "8192",
+            )?
             .unwrap_or(defaults::BUFFER_SIZE);
-        let so_rcvbuf = r
-            .uint("DD_DOGSTATSD_SO_RCVBUF", 0, 1 << 30)?
+        let so_rcvbuf = n
+            .or(r.uint("DD_DOGSTATSD_SO_RCVBUF", 0, 1 << 30), None, "25 MiB")?
             .unwrap_or(defaults::SO_RCVBUF);
 
-        let dyno = r.string("DYNO")?.filter(|s| !s.is_empty());
-        let app_name = r.string("HEROKU_APP_NAME")?.filter(|s| !s.is_empty());
+        let dyno = n
+            .or(r.string("DYNO"), None, "none")?
+            .filter(|s| !s.is_empty());
+        let app_name = n
+            .or(r.string("HEROKU_APP_NAME"), None, "none")?
+            .filter(|s| !s.is_empty());
         let mut global_tags = Vec::new();
-        if let Some(tags) = r.string("DD_TAGS")? {
-            global_tags.extend(
-                tags.split(|c: char| c == ',' || c.is_whitespace())
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned),
-            );
+        // `DD_EXTRA_TAGS` is the Agent's `extra_tags`: more host-level tags,
+        // added to `DD_TAGS`.
+        for var in ["DD_TAGS", "DD_EXTRA_TAGS"] {
+            if let Some(tags) = n.or(r.string(var), None, "none")? {
+                global_tags.extend(split_list(&tags).map(str::to_owned));
+            }
         }
         for (var, key) in [
             ("DD_ENV", "env"),
             ("DD_SERVICE", "service"),
             ("DD_VERSION", "version"),
         ] {
-            if let Some(v) = r
-                .string(var)?
+            if let Some(v) = n
+                .or(r.string(var), None, "none")?
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
             {
@@ -201,63 +325,147 @@ impl Config {
         }
         global_tags.sort();
         global_tags.dedup();
+        let dogstatsd_tags: Vec<String> = n
+            .or(r.string("DD_DOGSTATSD_TAGS"), None, "none")?
+            .map(|t| split_list(&t).map(str::to_owned).collect())
+            .unwrap_or_default();
 
-        let hostname = match r.string("DD_HOSTNAME")?.filter(|s| !s.trim().is_empty()) {
+        let hostname = match n
+            .or(r.string("DD_HOSTNAME"), None, "none")?
+            .filter(|s| !s.trim().is_empty())
+        {
             Some(h) => Some(h.trim().to_owned()),
-            None if r.bool("DD_DYNO_HOST")?.unwrap_or(false) => match (&app_name, &dyno) {
-                (Some(a), Some(d)) => Some(format!("{a}.{d}")),
-                (None, Some(d)) => Some(d.clone()),
-                _ => None,
-            },
+            None if n
+                .or(r.bool("DD_DYNO_HOST"), None, "false")?
+                .unwrap_or(false) =>
+            {
+                match (&app_name, &dyno) {
+                    (Some(a), Some(d)) => Some(format!("{a}.{d}")),
+                    (None, Some(d)) => Some(d.clone()),
+                    _ => None,
+                }
+            }
             None => None,
         };
 
-        let histogram_aggregates = match r.string("DD_HISTOGRAM_AGGREGATES")? {
-            Some(list) => parse_aggregates(&list)?,
+        let histogram_aggregates = match n.or(r.string("DD_HISTOGRAM_AGGREGATES"), None, "")? {
+            Some(list) => parse_aggregates(&list, &mut n)?,
             None => defaults::HISTOGRAM_AGGREGATES.to_vec(),
         };
-        let histogram_percentiles = match r.string("DD_HISTOGRAM_PERCENTILES")? {
-            Some(list) => parse_percentiles(&list)?,
+        let histogram_percentiles = match n.or(r.string("DD_HISTOGRAM_PERCENTILES"), None, "")? {
+            Some(list) => parse_percentiles(&list, &mut n)?,
             None => defaults::PERCENTILES.to_vec(),
         };
-        let log_level = match r.string("DD_LOG_LEVEL")? {
-            Some(l) => match l.trim().to_ascii_lowercase().as_str() {
-                "error" | "critical" => LogLevel::Error,
-                "warn" | "warning" => LogLevel::Warn,
-                "info" | "" => LogLevel::Info,
-                "debug" => LogLevel::Debug,
-                "trace" => LogLevel::Trace,
-                _ => {
-                    return Err(ConfigError::new(
+        let log_level = n.or(
+            r.string("DD_LOG_LEVEL").and_then(|l| match l {
+                Some(l) => match l.trim().to_ascii_lowercase().as_str() {
+                    "error" | "critical" => Ok(LogLevel::Error),
+                    "warn" | "warning" => Ok(LogLevel::Warn),
+                    "info" | "" => Ok(LogLevel::Info),
+                    "debug" => Ok(LogLevel::Debug),
+                    "trace" => Ok(LogLevel::Trace),
+                    _ => Err(ConfigError::new(
                         "DD_LOG_LEVEL",
                         &l,
                         "not a log level; use error, warn, info, debug or trace",
-                    ))
-                }
-            },
-            None => LogLevel::Info,
-        };
+                    )),
+                },
+                None => Ok(LogLevel::Info),
+            }),
+            LogLevel::Info,
+            "info",
+        )?;
+        let counter_expiry_secs = n
+            .or(
+                r.uint("DD_DOGSTATSD_EXPIRY_SECONDS", 0, 31_536_000),
+                None,
+                "300",
+            )?
+            .map_or(defaults::EXPIRY_SECONDS, |v| v as u64);
+        let mapper_profiles = n.or(
+            r.string("DD_DOGSTATSD_MAPPER_PROFILES")
+                .and_then(|json| match json {
+                    Some(json) => parse_mapper_profiles(&json).map_err(|reason| {
+                        ConfigError::new("DD_DOGSTATSD_MAPPER_PROFILES", &json, reason)
+                    }),
+                    None => Ok(Vec::new()),
+                }),
+            Vec::new(),
+            "no mapping",
+        )?;
+        let mapper_cache_size = n
+            .or(
+                r.uint("DD_DOGSTATSD_MAPPER_CACHE_SIZE", 1, 10_000_000),
+                None,
+                "1000",
+            )?
+            .unwrap_or(defaults::MAPPER_CACHE_SIZE);
+        let metric_namespace = n
+            .or(r.string("DD_STATSD_METRIC_NAMESPACE"), None, "none")?
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .map(|ns| if ns.ends_with('.') { ns } else { ns + "." })
+            .unwrap_or_default();
+        // The Agent reads these lists from the environment split on spaces.
+        let words = |s: String| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let namespace_exceptions = n
+            .or(r.string("DD_STATSD_METRIC_NAMESPACE_BLACKLIST"), None, "")?
+            .map_or_else(
+                || {
+                    STANDARD_STATSD_PREFIXES
+                        .iter()
+                        .map(|p| (*p).to_owned())
+                        .collect()
+                },
+                words,
+            );
+        let metric_blocklist = n
+            .or(r.string("DD_STATSD_METRIC_BLOCKLIST"), None, "none")?
+            .map(words)
+            .unwrap_or_default();
+        let blocklist_match_prefix = n
+            .or(
+                r.bool("DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX"),
+                None,
+                "false",
+            )?
+            .unwrap_or(false);
         let flush_interval = Duration::from_secs(
-            r.uint("DYNOSTAT_FLUSH_INTERVAL", 1, 3600)?
+            n.or(r.uint("DYNOSTAT_FLUSH_INTERVAL", 1, 3600), None, "10")?
                 .map_or(defaults::FLUSH_INTERVAL_SECS, |v| v as u64),
         );
-        let context_limit = r
-            .uint("DYNOSTAT_CONTEXT_LIMIT", 1, usize::MAX)?
+        let context_limit = n
+            .or(
+                r.uint("DYNOSTAT_CONTEXT_LIMIT", 1, usize::MAX),
+                None,
+                "200000",
+            )?
             .unwrap_or(defaults::CONTEXT_LIMIT);
-        let retry_queue_bytes = r
-            .uint("DYNOSTAT_RETRY_QUEUE_BYTES", 0, usize::MAX)?
+        let retry_queue_bytes = n
+            .or(
+                r.uint("DYNOSTAT_RETRY_QUEUE_BYTES", 0, usize::MAX),
+                None,
+                "15 MiB",
+            )?
             .unwrap_or(defaults::RETRY_QUEUE_BYTES);
-        let shutdown_grace = r
-            .seconds("DYNOSTAT_SHUTDOWN_GRACE", 0.0, 20.0)?
+        let shutdown_grace = n
+            .or(r.seconds("DYNOSTAT_SHUTDOWN_GRACE", 0.0, 20.0), None, "1")?
             .unwrap_or(defaults::SHUTDOWN_GRACE_SECS);
-        let shutdown_timeout = r
-            .seconds("DYNOSTAT_SHUTDOWN_TIMEOUT", 0.0, 25.0)?
+        let shutdown_timeout = n
+            .or(r.seconds("DYNOSTAT_SHUTDOWN_TIMEOUT", 0.0, 25.0), None, "5")?
             .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS);
-        let console = r
-            .bool("DYNOSTAT_CONSOLE")?
-            .unwrap_or(api_key.is_none() && dyno.is_none());
-        let console_tty = r.bool(vars::DYNOSTAT_CONSOLE_TTY)?;
-        let no_color = r.string(vars::NO_COLOR)?.is_some_and(|v| !v.is_empty());
+        let console_default = api_key.is_none() && dyno.is_none();
+        let console = n
+            .or(
+                r.bool("DYNOSTAT_CONSOLE"),
+                None,
+                if console_default { "true" } else { "false" },
+            )?
+            .unwrap_or(console_default);
+        let console_tty = n.or(r.bool(vars::DYNOSTAT_CONSOLE_TTY), None, "ask stdout")?;
+        let no_color = n
+            .or(r.string(vars::NO_COLOR), None, "unset")?
+            .is_some_and(|v| !v.is_empty());
 
         Ok(Self {
             api_key,
@@ -272,6 +480,14 @@ impl Config {
             hostname,
             histogram_aggregates,
             histogram_percentiles,
+            counter_expiry_secs,
+            dogstatsd_tags,
+            mapper_profiles,
+            mapper_cache_size,
+            metric_namespace,
+            namespace_exceptions,
+            metric_blocklist,
+            blocklist_match_prefix,
             log_level,
             flush_interval,
             context_limit,
@@ -282,16 +498,65 @@ impl Config {
             console_tty,
             no_color,
             dyno,
+            notes: n.notes,
         })
     }
 }
 
-fn parse_aggregates(list: &str) -> Result<Vec<HistogramAggregate>, ConfigError> {
+/// Collects what did not stop the configuration (see [`Config::notes`]).
+struct Notes {
+    on_dyno: bool,
+    notes: Vec<ConfigError>,
+}
+
+impl Notes {
+    /// An optional setting's value; on a dyno, an invalid one becomes its
+    /// `default` (shown as `shown`) and a note.
+    fn or<T>(
+        &mut self,
+        result: Result<T, ConfigError>,
+        default: T,
+        shown: &str,
+    ) -> Result<T, ConfigError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(mut e) if self.on_dyno && !FATAL.contains(&e.var) => {
+                e.reason = format!("{}; using the default ({shown})", e.reason);
+                self.notes.push(e);
+                Ok(default)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A bad entry of a list: an error in a terminal; on a dyno skipped, as
+    /// the Agent skips it, with a note.
+    fn skip(&mut self, e: ConfigError) -> Result<(), ConfigError> {
+        if self.on_dyno {
+            let mut e = e;
+            e.reason = format!("{}; skipped", e.reason);
+            self.notes.push(e);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Items of a list separated by commas or whitespace.
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+}
+
+/// `DD_HISTOGRAM_AGGREGATES`: each of `max min median avg sum count`, in
+/// order, duplicates once. A bad entry is an error in a terminal and is
+/// skipped on a dyno; a list left with no entry means the default.
+fn parse_aggregates(list: &str, n: &mut Notes) -> Result<Vec<HistogramAggregate>, ConfigError> {
+    const VAR: &str = "DD_HISTOGRAM_AGGREGATES";
     let mut out = Vec::new();
-    for item in list
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-    {
+    let mut bad = false;
+    for item in split_list(list) {
         let agg = match item.to_ascii_lowercase().as_str() {
             "max" => HistogramAggregate::Max,
             "min" => HistogramAggregate::Min,
@@ -300,42 +565,64 @@ fn parse_aggregates(list: &str) -> Result<Vec<HistogramAggregate>, ConfigError> 
             "sum" => HistogramAggregate::Sum,
             "count" => HistogramAggregate::Count,
             _ => {
-                return Err(ConfigError::new(
-                    "DD_HISTOGRAM_AGGREGATES",
+                bad = true;
+                n.skip(ConfigError::new(
+                    VAR,
                     list,
                     format!(
                         "unknown aggregate {item:?}; use any of max, min, median, avg, sum, count"
                     ),
-                ))
+                ))?;
+                continue;
             }
         };
         if !out.contains(&agg) {
             out.push(agg);
         }
     }
+    if bad && out.is_empty() {
+        n.notes.push(ConfigError::new(
+            VAR,
+            list,
+            "no valid aggregate; using the default (max median avg count)",
+        ));
+        return Ok(defaults::HISTOGRAM_AGGREGATES.to_vec());
+    }
     Ok(out)
 }
 
-fn parse_percentiles(list: &str) -> Result<Vec<f64>, ConfigError> {
+/// `DD_HISTOGRAM_PERCENTILES`: fractions in the Agent's range [0, 1]
+/// (pkg/metrics/histogram.go `ParsePercentiles`, which skips a bad entry
+/// with an error log). A bad entry is an error in a terminal and is skipped
+/// on a dyno; a list left with no entry means the default.
+fn parse_percentiles(list: &str, n: &mut Notes) -> Result<Vec<f64>, ConfigError> {
+    const VAR: &str = "DD_HISTOGRAM_PERCENTILES";
     let mut out: Vec<f64> = Vec::new();
-    for item in list
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-    {
+    let mut bad = false;
+    for item in split_list(list) {
         match item.parse::<f64>() {
-            Ok(p) if p > 0.0 && p < 1.0 => {
+            Ok(p) if (0.0..=1.0).contains(&p) => {
                 if !out.contains(&p) {
                     out.push(p);
                 }
             }
             _ => {
-                return Err(ConfigError::new(
-                    "DD_HISTOGRAM_PERCENTILES",
+                bad = true;
+                n.skip(ConfigError::new(
+                    VAR,
                     list,
-                    format!("{item:?} is not a percentile; use fractions between 0 and 1, e.g. \"0.95 0.99\""),
-                ))
+                    format!("{item:?} is not a percentile; use fractions from 0 to 1, e.g. \"0.95 0.99\""),
+                ))?;
             }
         }
+    }
+    if bad && out.is_empty() {
+        n.notes.push(ConfigError::new(
+            VAR,
+            list,
+            "no valid percentile; using the default (0.95)",
+        ));
+        return Ok(defaults::PERCENTILES.to_vec());
     }
     Ok(out)
 }
@@ -437,5 +724,127 @@ mod tests {
         let dump = format!("{c:?}");
         assert!(!dump.contains("sekrit"), "{dump}");
         assert_eq!(c.api_key.as_ref().map(ApiKey::expose), Some("sekrit-123"));
+    }
+
+    #[test]
+    fn percentiles_take_the_agents_range_and_skip_bad_entries_on_a_dyno() {
+        let c =
+            Config::from_lookup(&env(&[("DD_HISTOGRAM_PERCENTILES", "0 0.5 1")])).expect("valid");
+        assert_eq!(c.histogram_percentiles, vec![0.0, 0.5, 1.0]);
+        for bad in ["2", "-0.1", "x", "0.5,nan"] {
+            let e = Config::from_lookup(&env(&[("DD_HISTOGRAM_PERCENTILES", bad)])).unwrap_err();
+            assert_eq!(e.var, "DD_HISTOGRAM_PERCENTILES", "{bad}");
+        }
+        let c = Config::from_lookup_on_dyno(&env(&[("DD_HISTOGRAM_PERCENTILES", "0.5 2 0.99")]))
+            .expect("a bad entry is skipped");
+        assert_eq!(c.histogram_percentiles, vec![0.5, 0.99]);
+        assert_eq!(c.notes.len(), 1);
+        assert!(
+            c.notes[0].to_string().contains("\"2\" is not a percentile"),
+            "{}",
+            c.notes[0]
+        );
+        // Nothing valid left: the default, said once more.
+        let c = Config::from_lookup_on_dyno(&env(&[("DD_HISTOGRAM_PERCENTILES", "2")]))
+            .expect("default");
+        assert_eq!(c.histogram_percentiles, vec![0.95]);
+        assert!(c
+            .notes
+            .last()
+            .is_some_and(|n| n.reason.contains("using the default (0.95)")));
+        let c = Config::from_lookup_on_dyno(&env(&[("DD_HISTOGRAM_AGGREGATES", "max,p99 sum")]))
+            .expect("a bad entry is skipped");
+        assert_eq!(
+            c.histogram_aggregates,
+            vec![HistogramAggregate::Max, HistogramAggregate::Sum]
+        );
+        assert!(Config::from_lookup(&env(&[("DD_HISTOGRAM_AGGREGATES", "max,p99")])).is_err());
+    }
+
+    #[test]
+    fn on_a_dyno_optional_settings_fall_back_and_only_fatal_ones_stop() {
+        let bad = [
+            ("DD_LOG_LEVEL", "loud"),
+            ("DYNOSTAT_FLUSH_INTERVAL", "0"),
+            ("DD_DOGSTATSD_EXPIRY_SECONDS", "-1"),
+            ("DD_DOGSTATSD_MAPPER_PROFILES", "{"),
+            ("DD_SITE", "https://datadoghq.eu"),
+            ("DD_BIND_HOST", "local"),
+            ("DYNOSTAT_CONSOLE", "maybe"),
+        ];
+        for (var, value) in bad {
+            let e = Config::from_lookup(&env(&[(var, value)])).expect_err(var);
+            assert_eq!(e.var, var);
+            let c = Config::from_lookup_on_dyno(&env(&[(var, value)])).expect(var);
+            assert_eq!(c.notes.len(), 1, "{var}: {:?}", c.notes);
+            let note = c.notes[0].to_string();
+            assert!(note.starts_with(&format!("{var}={value}: ")), "{note}");
+            assert!(note.contains("using the default ("), "{note}");
+        }
+        let c = Config::from_lookup_on_dyno(&env(&bad)).expect("all fall back");
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.flush_interval, Duration::from_secs(10));
+        assert_eq!(c.counter_expiry_secs, 300);
+        assert!(c.mapper_profiles.is_empty());
+        assert_eq!(c.intake_url, "https://api.datadoghq.com");
+        assert_eq!(c.bind_host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.notes.len(), bad.len());
+        for fatal in [
+            vec![("DD_DOGSTATSD_PORT", "80a")],
+            vec![("DD_DOGSTATSD_PORT", "0")],
+        ] {
+            assert!(
+                Config::from_lookup_on_dyno(&env(&fatal)).is_err(),
+                "{fatal:?}"
+            );
+            assert!(Config::from_lookup(&env(&fatal)).is_err(), "{fatal:?}");
+        }
+        let c = Config::from_lookup(&env(&[
+            ("DD_DOGSTATSD_PORT", "0"),
+            ("DD_DOGSTATSD_SOCKET", "/tmp/x.sock"),
+        ]))
+        .expect("a socket alone is enough");
+        assert_eq!(c.port, 0);
+    }
+
+    #[test]
+    fn dogstatsd_settings_with_agent_names_and_defaults() {
+        let c = Config::from_lookup(&env(&[])).expect("defaults");
+        assert_eq!(c.counter_expiry_secs, 300);
+        assert!(c.dogstatsd_tags.is_empty());
+        assert_eq!(c.mapper_cache_size, 1000);
+        assert_eq!(c.metric_namespace, "");
+        assert_eq!(c.namespace_exceptions.len(), STANDARD_STATSD_PREFIXES.len());
+        assert!(c.namespace_exceptions.iter().any(|p| p == "sidekiq"));
+        assert!(c.metric_blocklist.is_empty() && !c.blocklist_match_prefix);
+        let c = Config::from_lookup(&env(&[
+            ("DD_DOGSTATSD_EXPIRY_SECONDS", "0"),
+            ("DD_DOGSTATSD_TAGS", "team:a, region:eu"),
+            ("DD_EXTRA_TAGS", "extra:1"),
+            ("DD_TAGS", "t:1"),
+            ("DD_STATSD_METRIC_NAMESPACE", "app"),
+            ("DD_STATSD_METRIC_NAMESPACE_BLACKLIST", "jvm sidekiq"),
+            ("DD_STATSD_METRIC_BLOCKLIST", "a.b  c.d"),
+            ("DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX", "true"),
+            ("DD_DOGSTATSD_MAPPER_CACHE_SIZE", "5"),
+            (
+                "DD_DOGSTATSD_MAPPER_PROFILES",
+                r#"[{"name":"p","prefix":"p.","mappings":[{"match":"p.*","name":"q","tags":{"x":"$1"}}]}]"#,
+            ),
+        ]))
+        .expect("valid");
+        assert_eq!(c.counter_expiry_secs, 0);
+        assert_eq!(c.dogstatsd_tags, ["team:a", "region:eu"]);
+        assert_eq!(c.global_tags, ["extra:1", "t:1"]);
+        assert_eq!(c.metric_namespace, "app.");
+        assert_eq!(c.namespace_exceptions, ["jvm", "sidekiq"]);
+        assert_eq!(c.metric_blocklist, ["a.b", "c.d"]);
+        assert!(c.blocklist_match_prefix);
+        assert_eq!(c.mapper_cache_size, 5);
+        assert_eq!(c.mapper_profiles[0].rules.len(), 1);
+        assert!(Config::from_lookup(&env(&[("DD_DOGSTATSD_MAPPER_CACHE_SIZE", "0")])).is_err());
+        let c =
+            Config::from_lookup(&env(&[("DD_STATSD_METRIC_NAMESPACE", "app.")])).expect("valid");
+        assert_eq!(c.metric_namespace, "app.");
     }
 }

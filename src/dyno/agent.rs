@@ -69,6 +69,9 @@ pub fn main() -> i32 {
         config.log_level
     };
     crate::serve::init_logging(level);
+    for note in &config.notes {
+        tracing::error!("{note}");
+    }
 
     if let Some(ty) = config.dyno_type() {
         if !config.dyno_types.allows(ty) {
@@ -291,7 +294,9 @@ fn is_zombie(pid: i32) -> bool {
 fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.arg("serve").stdin(Stdio::null());
+    // On a dyno a typo in an optional setting must not cost every metric:
+    // the listener logs it and uses the default (config/serve.rs).
+    cmd.args(["serve", "--on-dyno"]).stdin(Stdio::null());
     if level != config.log_level {
         cmd.env(vars::DD_LOG_LEVEL, "warn");
     }

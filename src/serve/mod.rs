@@ -28,6 +28,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{escape_truncate, Config};
 use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
+use crate::dogstatsd::mapper::NameRules;
 use crate::dogstatsd::protocol::{self, ParseError, Parsed};
 use crate::dogstatsd::stats::Stats;
 use crate::forward::Forwarder;
@@ -91,7 +92,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             context_limit: config.context_limit,
             histogram_aggregates: config.histogram_aggregates.clone(),
             histogram_percentiles: config.histogram_percentiles.clone(),
-            ..AggregatorOptions::default()
+            counter_expiry_secs: config.counter_expiry_secs,
+            dogstatsd_tags: config.dogstatsd_tags.clone(),
+            names: NameRules {
+                mapper_profiles: config.mapper_profiles.clone(),
+                mapper_cache_size: config.mapper_cache_size,
+                namespace: config.metric_namespace.clone(),
+                namespace_exceptions: config.namespace_exceptions.clone(),
+                blocklist: config.metric_blocklist.clone(),
+                blocklist_match_prefix: config.blocklist_match_prefix,
+            },
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
