@@ -214,3 +214,47 @@ fn agent_exits_when_the_watched_pid_exits() {
     assert!(!udp_bound(port), "the listener outlived the agent");
     assert!(p.stderr().contains("the app exited"), "{}", p.stderr());
 }
+
+/// On a dyno a typo in an optional setting costs nothing but one error line:
+/// the listener runs with the default (here the 0.95 percentile) and
+/// forwards. A setting without which nothing works still stops it.
+#[test]
+fn an_invalid_optional_setting_is_logged_once_and_the_default_used() {
+    let port = harness::free_udp_port();
+    let intake = Intake::start();
+    let mut p = Proc::spawn(agent(port, &intake).env("DD_HISTOGRAM_PERCENTILES", "2"));
+    p.expect_stderr("listening", T);
+    assert!(
+        send_until_seen(
+            port,
+            &intake,
+            b"agent.lat:1|h\nagent.lat:3|h",
+            "agent.lat.95percentile"
+        ),
+        "not forwarding with the default percentile\n{}",
+        p.stderr()
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 0);
+    let stderr = p.stderr();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("DD_HISTOGRAM_PERCENTILES=2"))
+        .collect();
+    assert_eq!(errors.len(), 1, "logged once:\n{stderr}");
+    assert!(errors[0].contains("ERROR"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("using the default (0.95)"),
+        "{}",
+        errors[0]
+    );
+
+    // A port that is not a number: nothing can work, so it stops (exit 2).
+    let mut p = Proc::spawn(agent(port, &intake).env("DD_DOGSTATSD_PORT", "81x"));
+    assert_eq!(p.code(T), 2);
+    assert!(
+        p.stderr().contains("DD_DOGSTATSD_PORT=81x"),
+        "{}",
+        p.stderr()
+    );
+}

@@ -529,17 +529,28 @@ impl Notes {
         }
     }
 
-    /// A bad entry of a list: an error in a terminal; on a dyno skipped, as
-    /// the Agent skips it, with a note.
-    fn skip(&mut self, e: ConfigError) -> Result<(), ConfigError> {
-        if self.on_dyno {
-            let mut e = e;
-            e.reason = format!("{}; skipped", e.reason);
-            self.notes.push(e);
-            Ok(())
-        } else {
-            Err(e)
+    /// The bad entries of a list: an error in a terminal; on a dyno they
+    /// are skipped, as the Agent skips them, with one note; when no good
+    /// entry is left, the note says the default is used instead.
+    fn skip(
+        &mut self,
+        bad: Vec<ConfigError>,
+        nothing_left: bool,
+        shown: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(mut first) = bad.into_iter().next() else {
+            return Ok(());
+        };
+        if !self.on_dyno {
+            return Err(first);
         }
+        first.reason = if nothing_left {
+            format!("{}; using the default ({shown})", first.reason)
+        } else {
+            format!("{}; skipped", first.reason)
+        };
+        self.notes.push(first);
+        Ok(())
     }
 }
 
@@ -555,7 +566,7 @@ fn split_list(s: &str) -> impl Iterator<Item = &str> {
 fn parse_aggregates(list: &str, n: &mut Notes) -> Result<Vec<HistogramAggregate>, ConfigError> {
     const VAR: &str = "DD_HISTOGRAM_AGGREGATES";
     let mut out = Vec::new();
-    let mut bad = false;
+    let mut bad = Vec::new();
     for item in split_list(list) {
         let agg = match item.to_ascii_lowercase().as_str() {
             "max" => HistogramAggregate::Max,
@@ -565,14 +576,13 @@ fn parse_aggregates(list: &str, n: &mut Notes) -> Result<Vec<HistogramAggregate>
             "sum" => HistogramAggregate::Sum,
             "count" => HistogramAggregate::Count,
             _ => {
-                bad = true;
-                n.skip(ConfigError::new(
+                bad.push(ConfigError::new(
                     VAR,
                     list,
                     format!(
                         "unknown aggregate {item:?}; use any of max, min, median, avg, sum, count"
                     ),
-                ))?;
+                ));
                 continue;
             }
         };
@@ -580,12 +590,9 @@ fn parse_aggregates(list: &str, n: &mut Notes) -> Result<Vec<HistogramAggregate>
             out.push(agg);
         }
     }
-    if bad && out.is_empty() {
-        n.notes.push(ConfigError::new(
-            VAR,
-            list,
-            "no valid aggregate; using the default (max median avg count)",
-        ));
+    let nothing_left = !bad.is_empty() && out.is_empty();
+    n.skip(bad, nothing_left, "max median avg count")?;
+    if nothing_left {
         return Ok(defaults::HISTOGRAM_AGGREGATES.to_vec());
     }
     Ok(out)
@@ -598,7 +605,7 @@ fn parse_aggregates(list: &str, n: &mut Notes) -> Result<Vec<HistogramAggregate>
 fn parse_percentiles(list: &str, n: &mut Notes) -> Result<Vec<f64>, ConfigError> {
     const VAR: &str = "DD_HISTOGRAM_PERCENTILES";
     let mut out: Vec<f64> = Vec::new();
-    let mut bad = false;
+    let mut bad = Vec::new();
     for item in split_list(list) {
         match item.parse::<f64>() {
             Ok(p) if (0.0..=1.0).contains(&p) => {
@@ -606,22 +613,18 @@ fn parse_percentiles(list: &str, n: &mut Notes) -> Result<Vec<f64>, ConfigError>
                     out.push(p);
                 }
             }
-            _ => {
-                bad = true;
-                n.skip(ConfigError::new(
-                    VAR,
-                    list,
-                    format!("{item:?} is not a percentile; use fractions from 0 to 1, e.g. \"0.95 0.99\""),
-                ))?;
-            }
+            _ => bad.push(ConfigError::new(
+                VAR,
+                list,
+                format!(
+                    "{item:?} is not a percentile; use fractions from 0 to 1, e.g. \"0.95 0.99\""
+                ),
+            )),
         }
     }
-    if bad && out.is_empty() {
-        n.notes.push(ConfigError::new(
-            VAR,
-            list,
-            "no valid percentile; using the default (0.95)",
-        ));
+    let nothing_left = !bad.is_empty() && out.is_empty();
+    n.skip(bad, nothing_left, "0.95")?;
+    if nothing_left {
         return Ok(defaults::PERCENTILES.to_vec());
     }
     Ok(out)
@@ -744,14 +747,16 @@ mod tests {
             "{}",
             c.notes[0]
         );
-        // Nothing valid left: the default, said once more.
+        // Nothing valid left: the default, in one note.
         let c = Config::from_lookup_on_dyno(&env(&[("DD_HISTOGRAM_PERCENTILES", "2")]))
             .expect("default");
         assert_eq!(c.histogram_percentiles, vec![0.95]);
-        assert!(c
-            .notes
-            .last()
-            .is_some_and(|n| n.reason.contains("using the default (0.95)")));
+        assert_eq!(c.notes.len(), 1);
+        assert!(
+            c.notes[0].reason.contains("using the default (0.95)"),
+            "{}",
+            c.notes[0]
+        );
         let c = Config::from_lookup_on_dyno(&env(&[("DD_HISTOGRAM_AGGREGATES", "max,p99 sum")]))
             .expect("a bad entry is skipped");
         assert_eq!(
