@@ -44,7 +44,7 @@ fn points(intake: &Intake, metric: &str) -> Vec<(i64, f64)> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|p| p.0);
     out
 }
 
