@@ -987,6 +987,7 @@ fn aggregated(lines: &[&str], stats: &Stats) -> Flush {
         context_limit: 1_000,
         histogram_aggregates: crate::config::defaults::HISTOGRAM_AGGREGATES.to_vec(),
         histogram_percentiles: crate::config::defaults::PERCENTILES.to_vec(),
+        ..AggregatorOptions::default()
     });
     for line in lines {
         Stats::add(&stats.packets, 1);
