@@ -7,6 +7,8 @@
 //! serve (UDP / Unix sockets, flush clock, shutdown)
 //!   → dogstatsd::protocol (parse) → dogstatsd::aggregate (buckets)
 //!   → forward (Datadog HTTP API, retry queue) or console table
+//! dynometrics (the dyno's memory, load, CPU; sampled every 5 s)
+//!   → appended to each of serve's flushes
 //! ```
 //!
 //! and the process side:
@@ -25,6 +27,7 @@
 
 pub mod config;
 pub mod dogstatsd;
+pub mod dynometrics;
 pub mod forward;
 pub mod serve;
 

@@ -161,6 +161,9 @@ pub struct Config {
     pub no_color: bool,
     /// `DYNO`, when on a dyno (or under `dynostat start`).
     pub dyno: Option<String>,
+    /// `DYNOSTAT_DYNO_METRICS`: report the dyno's memory, load and CPU as
+    /// `heroku.dyno.*` (DESIGN §5b). Defaults to true where `DYNO` is set.
+    pub dyno_metrics: bool,
 }
 
 impl Config {
@@ -466,6 +469,13 @@ impl Config {
         let no_color = n
             .or(r.string(vars::NO_COLOR), None, "unset")?
             .is_some_and(|v| !v.is_empty());
+        let dyno_metrics = n
+            .or(
+                r.bool("DYNOSTAT_DYNO_METRICS"),
+                None,
+                if dyno.is_some() { "true" } else { "false" },
+            )?
+            .unwrap_or(dyno.is_some());
 
         Ok(Self {
             api_key,
@@ -498,6 +508,7 @@ impl Config {
             console_tty,
             no_color,
             dyno,
+            dyno_metrics,
             notes: n.notes,
         })
     }
@@ -647,6 +658,24 @@ mod tests {
         assert_eq!(c.histogram_aggregates.len(), 4);
         assert!(c.console);
         assert!(c.global_tags.is_empty());
+        assert!(!c.dyno_metrics, "off where DYNO is not set");
+    }
+
+    #[test]
+    fn dyno_metrics_on_a_dyno_unless_turned_off() {
+        let on = |pairs: &[(&str, &str)]| {
+            Config::from_lookup(&env(pairs))
+                .expect("valid")
+                .dyno_metrics
+        };
+        assert!(on(&[("DYNO", "web.1")]));
+        assert!(!on(&[
+            ("DYNO", "web.1"),
+            ("DYNOSTAT_DYNO_METRICS", "false")
+        ]));
+        assert!(on(&[("DYNOSTAT_DYNO_METRICS", "true")]));
+        let err = Config::from_lookup(&env(&[("DYNOSTAT_DYNO_METRICS", "maybe")])).unwrap_err();
+        assert_eq!(err.var, "DYNOSTAT_DYNO_METRICS");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::dogstatsd::mapper::NameRules;
 use crate::dogstatsd::protocol::{self, ParseError, Parsed};
 use crate::dogstatsd::stats::Stats;
+use crate::dynometrics::DynoMetrics;
 use crate::forward::Forwarder;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
@@ -68,6 +69,9 @@ struct Shared {
     aggregator: Mutex<Aggregator>,
     stats: Arc<Stats>,
     stop: AtomicBool,
+    /// The dyno collector, when `DYNOSTAT_DYNO_METRICS` is on: its series
+    /// join each flush's self-telemetry.
+    dyno: Option<DynoMetrics>,
 }
 
 impl Shared {
@@ -105,6 +109,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
+        dyno: start_dyno_metrics(&config),
     });
 
     let mut receivers: Vec<JoinHandle<()>> = Vec::new();
@@ -154,6 +159,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Starts the dyno collector when configured; a failure to start it costs
+/// only its metrics, never the listener.
+fn start_dyno_metrics(config: &Config) -> Option<DynoMetrics> {
+    if !config.dyno_metrics {
+        return None;
+    }
+    DynoMetrics::start()
+        .map_err(|e| tracing::warn!(error = %e, "could not start the dyno metrics thread; heroku.dyno.* will be missing"))
+        .ok()
 }
 
 fn bind_error(e: &io::Error, addr: SocketAddr) -> anyhow::Error {
@@ -605,7 +621,10 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
                 "new contexts dropped at the context limit; raise DYNOSTAT_CONTEXT_LIMIT or send fewer tag combinations"
             );
         }
-        let series = stats.drain_series(bucket_start, interval);
+        let mut series = stats.drain_series(bucket_start, interval);
+        if let Some(dyno) = &shared.dyno {
+            series.extend(dyno.series(bucket_start, interval));
+        }
         let [s, d, e, k] = counts.get();
         tracing::debug!(
             series = s + series.len(),
