@@ -1039,3 +1039,271 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, Option<SystemTime>)> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------
+// The dyno collector (issue 11): heroku.dyno.* from inside a booted dyno, with
+// fake cgroup files on a tmpfs at /sys/fs/cgroup (dyno.sh's DYNO_FAKE_CGROUP).
+
+/// A directory of fake cgroup files, `(relative path, content)`.
+fn fake_cgroup(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = scratch();
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        fs::write(path, content).expect("write a fake cgroup file");
+    }
+    dir
+}
+
+/// Every point value of `metric` the intake accepted, in arrival order.
+fn values(intake: &Intake, metric: &str) -> Vec<f64> {
+    intake
+        .series_named(metric)
+        .iter()
+        .flat_map(|s| {
+            s["points"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| p["value"].as_f64())
+        })
+        .collect()
+}
+
+fn dyno_series(intake: &Intake) -> Vec<serde_json::Value> {
+    intake
+        .series()
+        .into_iter()
+        .filter(|s| {
+            s["metric"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("heroku.dyno."))
+        })
+        .collect()
+}
+
+/// A dyno command that holds 80 MiB of touched memory in a helper process
+/// (perl is Essential on Debian and Ubuntu: no download, nothing to build).
+const HOLD_80_MB: &str =
+    r#"exec perl -e '$| = 1; vec($x, (80 << 20) - 1, 8) = 1; print "holding 80 MB\n"; sleep 120'"#;
+
+#[test]
+fn dyno_metrics_v1_limit_only_gives_the_quota_and_rss_from_proc() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let cgroup = fake_cgroup(&[("memory/memory.limit_in_bytes", "536870912\n")]);
+    let base = dyno_env(&intake, free_udp_port());
+    let cgroup_dir = cgroup.path().display().to_string();
+    let changes = [("DYNO_FAKE_CGROUP", Some(cgroup_dir.as_str()))];
+    let env = with(&base, &changes);
+    let mut dyno = Dyno::boot(&app.build(), HOLD_80_MB, &env);
+    let holding = dyno.wait_for("holding 80 MB", Duration::from_secs(30));
+    // The next sample after the allocation: within one 5 s period.
+    let counted = holding
+        && intake.wait_until(Duration::from_secs(20), |i| {
+            values(i, "heroku.dyno.memory_rss")
+                .last()
+                .is_some_and(|&mb| mb >= 80.0)
+        });
+    let (status, output) = dyno.stop();
+    assert!(status.success(), "{output}");
+    assert!(
+        counted,
+        "memory_rss never counted the app's 80 MB: {:?}\n{output}",
+        values(&intake, "heroku.dyno.memory_rss")
+    );
+    let quota = values(&intake, "heroku.dyno.memory_quota");
+    assert!(
+        !quota.is_empty() && quota.iter().all(|&q| q == 512.0),
+        "memory_quota from memory.limit_in_bytes: {quota:?}"
+    );
+    let rss = values(&intake, "heroku.dyno.memory_rss");
+    let last = rss.last().copied().unwrap_or_default();
+    // The app's 80 MB plus bash, perl, the agent and the listener; far below
+    // what the host's memory or the host's cgroup would say.
+    assert!((80.0..200.0).contains(&last), "memory_rss {rss:?}");
+    for s in intake.series_named("heroku.dyno.memory_rss") {
+        assert!(common::has_tags(&s, &["source:proc", "dyno:web.1"]), "{s}");
+    }
+    // /proc has no page-cache figure; the cgroup's would be a lie here.
+    assert!(values(&intake, "heroku.dyno.memory_cache").is_empty());
+    let total = values(&intake, "heroku.dyno.memory_total");
+    assert!(total.last().is_some_and(|&t| t >= last), "{total:?}");
+}
+
+#[test]
+fn dyno_metrics_v2_accounting_reports_the_files_values_with_the_dyno_tags() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let stat = "anon 209715200\nfile 52428800\nkernel 6291456\nkernel_stack 425984\npagetables 1056768\nsock 0\nshmem 0\nfile_mapped 31457280\nfile_dirty 4096\ninactive_anon 209100800\nactive_anon 614400\ninactive_file 40000000\nactive_file 12428800\nunevictable 0\nslab 4000000\npgfault 120000\n";
+    let cgroup = fake_cgroup(&[
+        ("memory.max", "1073741824\n"),
+        ("memory.current", "314572800\n"),
+        ("memory.stat", stat),
+        ("memory.swap.current", "10485760\n"),
+    ]);
+    let base = dyno_env(&intake, free_udp_port());
+    let cgroup_dir = cgroup.path().display().to_string();
+    let changes = [
+        ("DYNO_FAKE_CGROUP", Some(cgroup_dir.as_str())),
+        ("DD_TAGS", Some("team:core")),
+    ];
+    let env = with(&base, &changes);
+    let mut dyno = Dyno::boot(&app.build(), "exec sleep 120", &env);
+    // The CPU rate needs two samples, 5 s apart.
+    let arrived = intake.wait_until(Duration::from_secs(30), |i| {
+        !values(i, "heroku.dyno.cpu_time").is_empty()
+    });
+    let (status, output) = dyno.stop();
+    assert!(status.success(), "{output}");
+    assert!(arrived, "no heroku.dyno.cpu_time:\n{output}");
+    for (metric, mb) in [
+        ("heroku.dyno.memory_quota", 1024.0),
+        ("heroku.dyno.memory_total", 310.0),
+        ("heroku.dyno.memory_rss", 200.0),
+        ("heroku.dyno.memory_cache", 50.0),
+        ("heroku.dyno.memory_swap", 10.0),
+    ] {
+        let got = values(&intake, metric);
+        assert!(
+            !got.is_empty() && got.iter().all(|&v| v == mb),
+            "{metric}: expected {mb} in every point, got {got:?}"
+        );
+    }
+    for s in intake.series_named("heroku.dyno.memory_total") {
+        assert!(common::has_tags(&s, &["source:cgroup"]), "{s}");
+    }
+    let processes = values(&intake, "heroku.dyno.processes");
+    let threads = values(&intake, "heroku.dyno.threads");
+    // bash, the agent, the listener, sleep: at least 3 processes and more threads.
+    assert!(processes.last().is_some_and(|&p| p >= 3.0), "{processes:?}");
+    assert!(
+        threads.last() > processes.last(),
+        "{threads:?} vs {processes:?}"
+    );
+    let cpu = values(&intake, "heroku.dyno.cpu_time");
+    assert!(cpu.iter().all(|&c| (0.0..4.0).contains(&c)), "{cpu:?}");
+    let all = dyno_series(&intake);
+    for s in &all {
+        assert!(
+            common::has_tags(
+                s,
+                &[
+                    "dyno:web.1",
+                    "dynotype:web",
+                    "appname:dynostat-boot-test",
+                    "team:core"
+                ]
+            ),
+            "a dyno metric without the dyno's tags: {s}"
+        );
+    }
+}
+
+#[test]
+fn dyno_load_reads_zero_when_idle_and_rises_with_a_busy_process() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let base = dyno_env(&intake, free_udp_port());
+    let env = with(&base, &[]);
+    // Two or three load ticks idle, then one shell spinning.
+    let command = r#"sleep 11; echo "busy now"; while :; do :; done"#;
+    let mut dyno = Dyno::boot(&app.build(), command, &env);
+    let busy = dyno.wait_for("busy now", Duration::from_secs(40));
+    let idle = values(&intake, "heroku.dyno.load_avg_1m");
+    let rose = busy
+        && intake.wait_until(Duration::from_secs(10), |i| {
+            values(i, "heroku.dyno.load_avg_1m")
+                .iter()
+                .any(|&l| l > 0.05)
+        });
+    let (status, output) = dyno.stop();
+    assert!(status.success(), "{output}");
+    assert!(busy, "{output}");
+    assert!(
+        !idle.is_empty() && idle.iter().all(|&l| l < 0.05),
+        "an idle dyno's load_avg_1m: {idle:?}\n{output}"
+    );
+    assert!(
+        rose,
+        "load_avg_1m did not pass 0.05 within 10 s of a busy process: {:?}",
+        values(&intake, "heroku.dyno.load_avg_1m")
+    );
+    for metric in ["heroku.dyno.load_avg_5m", "heroku.dyno.load_avg_15m"] {
+        assert!(!values(&intake, metric).is_empty(), "no {metric}");
+    }
+}
+
+#[test]
+fn dyno_metrics_survive_malformed_cgroup_files() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let cgroup = fake_cgroup(&[
+        ("memory.max", "12abc\n"),
+        ("memory.current", "lots\n"),
+        ("memory.stat", "\u{0}\u{1}garbage"),
+        ("memory.swap.current", ""),
+    ]);
+    let statsd_port = free_udp_port();
+    let base = dyno_env(&intake, statsd_port);
+    let cgroup_dir = cgroup.path().display().to_string();
+    let changes = [
+        ("DYNO_FAKE_CGROUP", Some(cgroup_dir.as_str())),
+        ("DD_LOG_LEVEL", Some("debug")),
+    ];
+    let env = with(&base, &changes);
+    let mut dyno = Dyno::boot(&app.build(), "exec sleep 120", &env);
+    let up = dyno.wait_for("dynostat listening", Duration::from_secs(30));
+    // Load needs a tick, 5 s in: by then the files were read at least twice.
+    let arrived = up
+        && intake.wait_until(Duration::from_secs(20), |i| {
+            !values(i, "heroku.dyno.load_avg_1m").is_empty()
+        });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .send_to(b"probe.after_bad_files:1|c", ("127.0.0.1", statsd_port))
+        .expect("send");
+    let received = intake.wait_until(Duration::from_secs(10), |i| {
+        i.total("probe.after_bad_files", &[]) == 1.0
+    });
+    let (status, output) = dyno.stop();
+    assert!(status.success(), "{output}");
+    assert!(arrived, "no load average:\n{output}");
+    assert!(received, "the listener stopped taking metrics:\n{output}");
+    assert!(!output.contains("panicked"), "{output}");
+    assert!(values(&intake, "heroku.dyno.memory_quota").is_empty());
+    // Usage falls back to /proc; processes and load still come.
+    let rss = intake.series_named("heroku.dyno.memory_rss");
+    assert!(
+        !rss.is_empty() && rss.iter().all(|s| common::has_tags(s, &["source:proc"])),
+        "{rss:?}"
+    );
+    assert!(!values(&intake, "heroku.dyno.processes").is_empty());
+    // Each bad file is logged once, at debug, however many samples read it.
+    for file in ["memory.max", "memory.current"] {
+        let logged = output
+            .lines()
+            .filter(|l| l.contains("leaving out what this file gives") && l.contains(file))
+            .count();
+        assert_eq!(logged, 1, "{file} logged {logged} times:\n{output}");
+    }
+}
+
+#[test]
+fn dyno_metrics_false_sends_none() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let base = dyno_env(&intake, free_udp_port());
+    let env = with(&base, &[("DYNOSTAT_DYNO_METRICS", Some("false"))]);
+    let mut dyno = Dyno::boot(&app.build(), "exec sleep 120", &env);
+    // Three flushes: the collector's first sample is taken at start, so it
+    // would be in the first.
+    let flushed = intake.wait_until(Duration::from_secs(30), |i| {
+        i.series_named("dynostat.packets").len() >= 3
+    });
+    let (status, output) = dyno.stop();
+    assert!(status.success(), "{output}");
+    assert!(flushed, "{output}");
+    assert_eq!(dyno_series(&intake), Vec::<serde_json::Value>::new());
+}

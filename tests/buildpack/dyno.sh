@@ -7,6 +7,8 @@
 #     as root without a user namespace when those are not allowed);
 #   - every filesystem read-only except <slug-dir> (which becomes $HOME, as
 #     /app is on Heroku), a fresh tmpfs on /tmp, and /dev, /proc, /sys;
+#   - with DYNO_FAKE_CGROUP=<dir>, a tmpfs on /sys/fs/cgroup holding a copy
+#     of <dir> (fake cgroup files for the dyno metrics tests), read-only too;
 #   - `bash --login -c` that sources $HOME/.profile.d/*.sh, then runs <command>
 #     in the same shell, stdin from /dev/null, with the caller's environment
 #     (DYNO, PORT, HEROKU_APP_NAME, DD_* ...) and HOME=<slug-dir>.
@@ -86,6 +88,19 @@ case "${slug}/" in
 	esac
 	;;
 esac
+
+# A test's fake cgroup files, written before the root becomes read-only, and
+# read-only themselves. (The real cgroup mounts under /sys/fs/cgroup stay in
+# mountinfo, hidden below the tmpfs.)
+if [[ -n "${DYNO_FAKE_CGROUP:-}" ]]; then
+	if ! { mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup &&
+		cp -R "${DYNO_FAKE_CGROUP}/." /sys/fs/cgroup/ &&
+		mount -o remount,ro /sys/fs/cgroup; }; then
+		say "cannot set up the fake cgroup files from ${DYNO_FAKE_CGROUP} on /sys/fs/cgroup"
+		exit 3
+	fi
+	unset DYNO_FAKE_CGROUP
+fi
 
 # Heroku's filesystem: the slug ($HOME) and /tmp writable, everything else read-only.
 mount --bind "${slug}" "${slug}" || {
