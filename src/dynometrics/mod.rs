@@ -15,8 +15,8 @@
 //! | metric | unit | from |
 //! |---|---|---|
 //! | `heroku.dyno.memory_quota` | MB | cgroup limit; none when unlimited |
-//! | `heroku.dyno.memory_total` | MB | cgroup usage + swap, else /proc RSS/PSS + swap |
-//! | `heroku.dyno.memory_rss` | MB | cgroup anon, else /proc PSS (RSS without `smaps_rollup`) |
+//! | `heroku.dyno.memory_total` | MB | cgroup usage + swap, else /proc rss + swap |
+//! | `heroku.dyno.memory_rss` | MB | cgroup anon, else /proc: RSS sum less the shared pages PSS found (read each minute) |
 //! | `heroku.dyno.memory_cache` | MB | cgroup page cache (no /proc equivalent) |
 //! | `heroku.dyno.memory_swap` | MB | cgroup swap, else /proc `VmSwap` |
 //! | `heroku.dyno.load_avg_1m`, `_5m`, `_15m` | tasks | R/D tasks in /proc, kernel-style averages |
@@ -45,7 +45,12 @@ use crate::dogstatsd::aggregate::{Series, SeriesKind};
 
 use self::cgroup::{Cgroup, CgroupFile};
 use self::load::{LoadAvg, LOAD_FREQ};
-use self::procfs::{ProcScanner, ScanProblem};
+use self::procfs::{Memory, ProcScanner, ScanProblem};
+
+/// In /proc mode, how often PSS is read from every `smaps_rollup` (a page
+/// table walk, ~15 µs of CPU per resident MB); between reads, `memory_rss`
+/// is the RSS sum less the shared pages the last PSS read found.
+const PSS_EVERY: Duration = Duration::from_secs(60);
 
 /// Where the memory usage figures came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +128,8 @@ pub struct Sampler {
     clk_tck: f64,
     logged: [bool; 7],
     last_source: Option<MemorySource>,
+    /// RSS sum minus PSS sum at the last PSS read, and when that was.
+    pss: Option<(u64, Instant, bool)>,
 }
 
 impl Sampler {
@@ -138,7 +145,9 @@ impl Sampler {
         Self::with(ProcScanner::new("/proc"), cgroup)
     }
 
-    fn with(procs: ProcScanner, cgroup: Option<Cgroup>) -> Self {
+    /// A sampler of `procs` and `cgroup` (none: memory from `/proc`); for
+    /// tests and `benches/dyno_sample.rs`.
+    pub fn with(procs: ProcScanner, cgroup: Option<Cgroup>) -> Self {
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         #[allow(clippy::cast_precision_loss)]
@@ -162,6 +171,7 @@ impl Sampler {
             clk_tck,
             logged: [false; 7],
             last_source: None,
+            pss: None,
         }
     }
 
@@ -181,7 +191,12 @@ impl Sampler {
             })
         });
         let usage = mem.and_then(|m| m.usage);
-        let totals = self.procs.scan(usage.is_none(), &mut |p, what| {
+        let memory = match (usage, self.pss) {
+            (Some(_), _) => Memory::Skip,
+            (None, Some((_, at, _))) if at.elapsed() < PSS_EVERY => Memory::Rss,
+            (None, _) => Memory::RssAndPss,
+        };
+        let totals = self.procs.scan(memory, &mut |p, what| {
             log_once(logged, Problem::Scan(p), what, "unreadable or malformed");
         });
         let scanned = totals.processes > 0;
@@ -211,12 +226,19 @@ impl Sampler {
             s.cache = u.cache;
             s.swap = u.swap;
         } else if scanned {
-            s.total = Some(totals.rss_bytes.saturating_add(totals.swap_bytes));
-            s.rss = Some(totals.rss_bytes);
+            if memory == Memory::RssAndPss {
+                let shared = totals.rss_bytes.saturating_sub(totals.pss_bytes);
+                self.pss = Some((shared, s.at, totals.used_pss));
+            }
+            let shared = self.pss.map_or(0, |(shared, _, _)| shared);
+            let rss = totals.rss_bytes.saturating_sub(shared);
+            s.total = Some(rss.saturating_add(totals.swap_bytes));
+            s.rss = Some(rss);
             s.swap = Some(totals.swap_bytes);
         }
         if self.last_source != Some(s.source) {
-            self.source_changed(s.source, totals.used_pss);
+            let pss = self.pss.is_some_and(|(_, _, used)| used);
+            self.source_changed(s.source, pss);
         }
         s
     }
@@ -227,7 +249,7 @@ impl Sampler {
         match source {
             MemorySource::Cgroup => tracing::info!("dyno metrics: memory usage from the cgroup (source:cgroup)"),
             MemorySource::Proc => tracing::info!(
-                per_process = if pss { "PSS from smaps_rollup" } else { "RSS from status" },
+                per_process = if pss { "PSS from smaps_rollup (each minute), RSS from status between" } else { "RSS from status" },
                 "dyno metrics: memory usage summed over /proc (source:proc); the cgroup's accounting is not readable"
             ),
         }

@@ -107,12 +107,28 @@ pub struct ProcTotals {
     pub active: u64,
     /// CPU time of the processes and their reaped children, in clock ticks.
     pub cpu_ticks: u64,
-    /// Memory, when asked for: PSS (or RSS) in bytes.
+    /// Memory, when asked for: RSS (`VmRSS` from `status`) in bytes.
     pub rss_bytes: u64,
+    /// Memory, with [`Memory::RssAndPss`]: PSS from `smaps_rollup` in bytes
+    /// (RSS for a process whose `smaps_rollup` is missing or unreadable).
+    pub pss_bytes: u64,
     /// Memory, when asked for: swap in bytes.
     pub swap_bytes: u64,
     /// Whether PSS from `smaps_rollup` was used for at least one process.
     pub used_pss: bool,
+}
+
+/// Which memory figures a scan reads per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// None (the cgroup's accounting is in use).
+    Skip,
+    /// RSS and swap from `status`: a few counters the kernel keeps, cheap.
+    Rss,
+    /// Also PSS from `smaps_rollup`, which walks the page tables: about
+    /// 15 µs of CPU per resident MB (`benches/dyno_sample.rs`), so it is
+    /// read at a slower pace than the rest.
+    RssAndPss,
 }
 
 /// A file or listing the scanner could not use; reported once by the caller.
@@ -171,10 +187,13 @@ impl ProcScanner {
         self.own_tid
     }
 
-    /// Scans every process. With `memory`, also sums each process's PSS (from
-    /// `smaps_rollup`, else RSS from `status`) and swap (from `status`).
+    /// Scans every process, and sums the `memory` figures asked for.
     /// Problems met are passed to `problem` (the caller logs each kind once).
-    pub fn scan(&mut self, memory: bool, problem: &mut dyn FnMut(ScanProblem, &str)) -> ProcTotals {
+    pub fn scan(
+        &mut self,
+        memory: Memory,
+        problem: &mut dyn FnMut(ScanProblem, &str),
+    ) -> ProcTotals {
         let mut totals = ProcTotals::default();
         let dir = match File::open(&self.root) {
             Ok(d) => d,
@@ -207,7 +226,7 @@ impl ProcScanner {
     fn process(
         &mut self,
         pid: u32,
-        memory: bool,
+        memory: Memory,
         totals: &mut ProcTotals,
         problem: &mut dyn FnMut(ScanProblem, &str),
     ) {
@@ -238,12 +257,13 @@ impl ProcScanner {
                 None => return,
             }
         }
-        if memory {
-            match self.memory(pid) {
+        if memory != Memory::Skip {
+            match self.memory(pid, memory == Memory::RssAndPss) {
                 Ok(Some((rss, swap, pss))) => {
                     p.rss_bytes = rss;
                     p.swap_bytes = swap;
-                    p.used_pss = pss;
+                    p.pss_bytes = pss.unwrap_or(rss);
+                    p.used_pss = pss.is_some();
                 }
                 Ok(None) => return,
                 Err(Malformed) => {
@@ -257,6 +277,7 @@ impl ProcScanner {
         totals.active += p.active;
         totals.cpu_ticks = totals.cpu_ticks.saturating_add(p.cpu_ticks);
         totals.rss_bytes = totals.rss_bytes.saturating_add(p.rss_bytes);
+        totals.pss_bytes = totals.pss_bytes.saturating_add(p.pss_bytes);
         totals.swap_bytes = totals.swap_bytes.saturating_add(p.swap_bytes);
         totals.used_pss |= p.used_pss;
     }
@@ -305,27 +326,35 @@ impl ProcScanner {
         (!gone).then_some(active)
     }
 
-    /// `(rss_or_pss_bytes, swap_bytes, used_pss)` of `pid`; `Ok(None)` when
-    /// it exited mid-read, `Err` when a value is malformed.
-    fn memory(&mut self, pid: u32) -> Result<Option<(u64, u64, bool)>, Malformed> {
+    /// `(rss, swap, pss)` of `pid` in bytes (PSS only with `pss`, and where
+    /// `smaps_rollup` is readable); `Ok(None)` when it exited mid-read,
+    /// `Err` when a value is malformed.
+    fn memory(
+        &mut self,
+        pid: u32,
+        pss: bool,
+    ) -> Result<Option<(u64, u64, Option<u64>)>, Malformed> {
         self.set_path(pid, None, "status");
         let Ok(status) = read_into(&self.path, &mut self.file) else {
             return Ok(None);
         };
         let rss = kb_field(status, b"VmRSS")?.unwrap_or(0);
         let swap = kb_field(status, b"VmSwap")?.unwrap_or(0);
-        // smaps_rollup walks the page tables, and needs ptrace-read access:
-        // where it is missing or unreadable, RSS from status stands in.
-        self.set_path(pid, None, "smaps_rollup");
-        let pss = match read_into(&self.path, &mut self.file) {
-            Ok(rollup) => kb_field(rollup, b"Pss")?,
-            Err(_) => None,
+        // smaps_rollup needs ptrace-read access: where it is missing or
+        // unreadable, the caller lets RSS stand in.
+        let pss = if pss {
+            self.set_path(pid, None, "smaps_rollup");
+            match read_into(&self.path, &mut self.file) {
+                Ok(rollup) => kb_field(rollup, b"Pss")?,
+                Err(_) => None,
+            }
+        } else {
+            None
         };
-        let mem = pss.unwrap_or(rss);
         Ok(Some((
-            mem.saturating_mul(1024),
+            rss.saturating_mul(1024),
             swap.saturating_mul(1024),
-            pss.is_some(),
+            pss.map(|k| k.saturating_mul(1024)),
         )))
     }
 
@@ -469,9 +498,18 @@ mod tests {
         let mut scanner = ProcScanner::new("/proc");
         assert!(scanner.own_tid().is_some(), "/proc/thread-self resolves");
         let mut problems = Vec::new();
-        let t = scanner.scan(true, &mut |p, what| problems.push((p, what.to_owned())));
+        let t = scanner.scan(Memory::RssAndPss, &mut |p, what| {
+            problems.push((p, what.to_owned()))
+        });
         assert!(t.processes >= 1 && t.threads >= t.processes, "{t:?}");
-        assert!(t.rss_bytes > 0, "{t:?}");
+        assert!(t.rss_bytes > 0 && t.pss_bytes > 0 && t.used_pss, "{t:?}");
+        let cheap = scanner.scan(Memory::Rss, &mut |_, _| {});
+        assert!(
+            cheap.rss_bytes > 0 && cheap.pss_bytes == cheap.rss_bytes && !cheap.used_pss,
+            "{cheap:?}"
+        );
+        let none = scanner.scan(Memory::Skip, &mut |_, _| {});
+        assert_eq!((none.rss_bytes, none.swap_bytes), (0, 0));
         assert!(problems.is_empty(), "{problems:?}");
     }
 
@@ -479,7 +517,7 @@ mod tests {
     fn a_missing_proc_is_a_problem_and_empty_totals() {
         let mut scanner = ProcScanner::new("/nonexistent-proc");
         let mut problems = Vec::new();
-        let t = scanner.scan(true, &mut |p, _| problems.push(p));
+        let t = scanner.scan(Memory::RssAndPss, &mut |p, _| problems.push(p));
         assert_eq!(t, ProcTotals::default());
         assert_eq!(problems, [ScanProblem::ProcDir]);
     }
