@@ -21,8 +21,8 @@
 //!
 //! One folder per part, each importing only the ones listed before it:
 //! [`config`] (read the environment; the only module that does),
-//! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`serve`] (the
-//! listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`dynometrics`]
+//! (the dyno's own memory, load and CPU), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
 
 pub mod config;
