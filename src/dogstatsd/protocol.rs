@@ -103,6 +103,28 @@ impl<'a> Tags<'a> {
     }
 }
 
+/// The first index of `needle` in `hay`.
+///
+/// Long input goes to the `memchr` crate, which picks its SSE2 or AVX2
+/// searcher at run time and goes 16 or 32 bytes a step; short input (a
+/// value, a short name or tag field) to [`find_byte_swar`], whose setup is a
+/// fraction of `memchr`'s dispatch. On the long lines of `loadgen --shape
+/// long` (about 2 KiB each, most of it one tag field scanned twice: for
+/// `\n`, then for `|`) the SWAR loop alone was most of the receive thread's
+/// instructions; on the mixed load's 45-byte lines `memchr` alone cost more
+/// than the SWAR loop (callgrind, docs/PERFORMANCE.md).
+#[inline(always)]
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    if hay.len() >= MEMCHR_FROM {
+        memchr::memchr(needle, hay)
+    } else {
+        find_byte_swar(hay, needle)
+    }
+}
+
+/// Input at least this long is searched with `memchr`.
+const MEMCHR_FROM: usize = 32;
+
 /// The first index of `needle` in `hay`, eight bytes at a time (SWAR).
 ///
 /// Why not `str::split`/`find`: on lines of ~50 bytes the generic
@@ -111,7 +133,7 @@ impl<'a> Tags<'a> {
 /// `lines` 312 -> 112 instructions, `lines` + `parse_line` 1485 -> 753,
 /// plus reading `values()` and `tags.iter()` 2128 -> 1011.
 #[inline(always)]
-fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+fn find_byte_swar(hay: &[u8], needle: u8) -> Option<usize> {
     const LO: u64 = u64::from_ne_bytes([0x01; 8]);
     const HI: u64 = u64::from_ne_bytes([0x80; 8]);
     let pattern = LO.wrapping_mul(u64::from(needle));
@@ -359,7 +381,7 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
     if line.len() > MAX_LINE_LEN {
         return Err(ParseError::TooLong);
     }
-    parse_str(std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?)
+    parse_str(simdutf8::basic::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?)
 }
 
 /// [`parse_line`] for a line already known to be UTF-8, e.g. one cut from a
@@ -934,6 +956,38 @@ fn parse_service_check(body: &str) -> Result<ServiceCheck, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_byte_agrees_with_position_on_both_sides_of_the_memchr_cut() {
+        // Every length around the SWAR/memchr cut and past one AVX2 vector,
+        // the needle at every position, once and twice, and absent.
+        for len in 0..(3 * MEMCHR_FROM + 5) {
+            let hay = vec![b'a'; len];
+            assert_eq!(find_byte(&hay, b'|'), None, "len {len}");
+            for at in 0..len {
+                let mut h = hay.clone();
+                h[at] = b'|';
+                if at + 3 < len {
+                    h[at + 3] = b'|';
+                }
+                assert_eq!(find_byte(&h, b'|'), Some(at), "len {len} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_lines_parse_the_same_through_both_entry_points() {
+        let tags: Vec<String> = (0..50).map(|i| format!("key{i}:{}", "v".repeat(140))).collect();
+        let line = format!("{}:1.5|d|@0.5|#{}|T1700000000", "n".repeat(200), tags.join(","));
+        let m = metric(&line);
+        assert_eq!(m.name.len(), 200);
+        assert_eq!(m.tags.iter().count(), 50);
+        assert_eq!(m.sample_rate, 0.5);
+        assert_eq!(m.timestamp, Some(1_700_000_000));
+        assert_eq!(parse_str(&line), parse_line(line.as_bytes()));
+        let datagram = format!("{line}\n{line}\r\n\n{line}");
+        assert_eq!(lines(datagram.as_bytes()).count(), 3);
+    }
 
     fn metric(line: &str) -> Metric<'_> {
         match parse_line(line.as_bytes()) {

@@ -383,7 +383,9 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
             // One UTF-8 check per datagram rather than per line; a datagram
             // with invalid bytes falls back to per-line checks, so only its
             // bad lines are dropped.
-            let text = std::str::from_utf8(data).ok();
+            // `simdutf8` (SSE4.2 or AVX2, picked at run time) checks an
+            // 8 KiB datagram several times faster than `std::str::from_utf8`.
+            let text = simdutf8::basic::from_utf8(data).ok();
             for line in protocol::lines(data) {
                 c.lines += 1;
                 let parsed = match text {
