@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             for note in &config.notes {
                 tracing::error!("{note}");
             }
+            for ignored in &config.ignored {
+                tracing::warn!("{ignored}");
+            }
             match dynostat::serve::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -81,6 +81,48 @@ pub const STANDARD_STATSD_PREFIXES: &[&str] = &[
     "runtime",
 ];
 
+/// The Agent's DogStatsD settings that dynostat does not implement, and
+/// why (the README's migration table says the same). When one is set,
+/// `serve` warns once instead of ignoring it silently.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("DD_USE_DOGSTATSD", "dynostat is only DogStatsD; DISABLE_DATADOG_AGENT turns it off"),
+    ("DD_DOGSTATSD_PIPE_NAME", "Windows named pipes; dynos run Linux"),
+    ("DD_DOGSTATSD_EOL_REQUIRED", "every line is taken, with or without a final newline"),
+    ("DD_DOGSTATSD_PACKET_BUFFER_SIZE", "the Agent's internal queue; dynostat reads batches of 32 datagrams straight into the aggregator"),
+    ("DD_DOGSTATSD_PACKET_BUFFER_FLUSH_TIMEOUT", "the Agent's internal queue; there is none to flush"),
+    ("DD_DOGSTATSD_QUEUE_SIZE", "the Agent's internal queue; there is none"),
+    ("DD_DOGSTATSD_PIPELINE_AUTOADJUST", "one receive thread per socket, no pipelines to tune"),
+    ("DD_DOGSTATSD_PIPELINE_COUNT", "one receive thread per socket, no pipelines to tune"),
+    ("DD_DOGSTATSD_WORKERS_COUNT", "one receive thread per socket, no workers to tune"),
+    ("DD_DOGSTATSD_STATS_ENABLE", "no debug endpoint; the dynostat.* self-telemetry is always sent"),
+    ("DD_DOGSTATSD_STATS_PORT", "no debug endpoint; the dynostat.* self-telemetry is always sent"),
+    ("DD_DOGSTATSD_STATS_BUFFER", "no debug endpoint"),
+    ("DD_DOGSTATSD_METRICS_STATS_ENABLE", "no per-metric debug statistics"),
+    ("DD_DOGSTATSD_LOG_FILE", "dynostat writes no files; logs go to stderr, Heroku's log stream"),
+    ("DD_DOGSTATSD_LOGGING_ENABLED", "dynostat writes no metric log file"),
+    ("DD_DOGSTATSD_LOG_FILE_MAX_ROLLS", "dynostat writes no files"),
+    ("DD_DOGSTATSD_LOG_FILE_MAX_SIZE", "dynostat writes no files"),
+    ("DD_DOGSTATSD_CONTEXT_EXPIRY_SECONDS", "contexts live one interval; idle counters are kept for DD_DOGSTATSD_EXPIRY_SECONDS"),
+    ("DD_DOGSTATSD_ORIGIN_DETECTION", "origin detection needs the Agent's container tagger; a dyno is tagged dyno:/dynotype:"),
+    ("DD_DOGSTATSD_ORIGIN_DETECTION_CLIENT", "origin detection needs the Agent's container tagger"),
+    ("DD_DOGSTATSD_ORIGIN_OPTOUT_ENABLED", "origin detection needs the Agent's container tagger"),
+    ("DD_DOGSTATSD_ENTITY_ID_PRECEDENCE", "origin detection needs the Agent's container tagger"),
+    ("DD_DOGSTATSD_STRING_INTERNER_SIZE", "the Agent's memory tuning; no equivalent"),
+    ("DD_DOGSTATSD_DISABLE_VERBOSE_LOGS", "bad lines are already sampled: one log line per 10 s at most"),
+    ("DD_DOGSTATSD_CAPTURE_PATH", "no traffic capture"),
+    ("DD_DOGSTATSD_CAPTURE_DEPTH", "no traffic capture"),
+    ("DD_DOGSTATSD_NO_AGGREGATION_PIPELINE", "|T metrics always bypass aggregation, as with the Agent's default"),
+    ("DD_DOGSTATSD_NO_AGGREGATION_PIPELINE_BATCH_SIZE", "payloads are sized by the intake's limits"),
+    ("DD_DOGSTATSD_MAX_METRICS_TAGS", "not implemented"),
+    ("DD_DOGSTATSD_FLUSH_INCOMPLETE_BUCKETS", "the open buckets are always flushed on shutdown"),
+    ("DD_DOGSTATSD_MEM_BASED_RATE_LIMITER_ENABLED", "memory is bounded by the context limit and per-interval caps instead"),
+    ("DD_DOGSTATSD_CONTEXT_LIMITER_LIMIT", "use DYNOSTAT_CONTEXT_LIMIT"),
+    ("DD_STATSD_FORWARD_HOST", "forwarding raw packets to another StatsD server is not implemented"),
+    ("DD_STATSD_FORWARD_PORT", "forwarding raw packets to another StatsD server is not implemented"),
+    ("DD_HISTOGRAM_COPY_TO_DISTRIBUTION", "not implemented"),
+    ("DD_HISTOGRAM_COPY_TO_DISTRIBUTION_PREFIX", "not implemented"),
+];
+
 /// Everything `dynostat serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -135,6 +177,8 @@ pub struct Config {
     /// settings replaced by their defaults; in both modes, skipped entries
     /// of a list. Each names the variable, the value and what was used.
     pub notes: Vec<ConfigError>,
+    /// [`UNSUPPORTED`] variables that are set, with why they do nothing.
+    pub ignored: Vec<ConfigError>,
     /// `DD_LOG_LEVEL`. Defaults to `info`.
     pub log_level: LogLevel,
     /// `DYNOSTAT_FLUSH_INTERVAL`: seconds per bucket. Defaults to 10.
@@ -510,6 +554,17 @@ impl Config {
             dyno,
             dyno_metrics,
             notes: n.notes,
+            ignored: UNSUPPORTED
+                .iter()
+                .filter_map(|&(var, why)| {
+                    let value = env.get(var)?;
+                    Some(ConfigError::new(
+                        var,
+                        &value.to_string_lossy(),
+                        format!("not supported by dynostat ({why}); ignored"),
+                    ))
+                })
+                .collect(),
         })
     }
 }
@@ -880,5 +935,28 @@ mod tests {
         let c =
             Config::from_lookup(&env(&[("DD_STATSD_METRIC_NAMESPACE", "app.")])).expect("valid");
         assert_eq!(c.metric_namespace, "app.");
+    }
+
+    #[test]
+    fn unsupported_agent_settings_are_reported_not_silently_ignored() {
+        let c = Config::from_lookup(&env(&[
+            ("DD_STATSD_FORWARD_HOST", "10.0.0.1"),
+            ("DD_DOGSTATSD_QUEUE_SIZE", "2048"),
+        ]))
+        .expect("still valid");
+        let got: Vec<String> = c.ignored.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("DD_DOGSTATSD_QUEUE_SIZE=2048: not supported"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("DD_STATSD_FORWARD_HOST=10.0.0.1: not supported"),
+            "{got:?}"
+        );
+        assert!(Config::from_lookup(&env(&[]))
+            .expect("valid")
+            .ignored
+            .is_empty());
     }
 }

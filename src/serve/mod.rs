@@ -96,7 +96,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             context_limit: config.context_limit,
             histogram_aggregates: config.histogram_aggregates.clone(),
             histogram_percentiles: config.histogram_percentiles.clone(),
-            counter_expiry_secs: config.counter_expiry_secs,
+            // Zeros are for Datadog's monitors; the local console (no key)
+            // would print idle counters for five minutes.
+            counter_expiry_secs: if config.api_key.is_some() {
+                config.counter_expiry_secs
+            } else {
+                0
+            },
             dogstatsd_tags: config.dogstatsd_tags.clone(),
             names: NameRules {
                 mapper_profiles: config.mapper_profiles.clone(),
