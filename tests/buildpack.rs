@@ -1207,8 +1207,9 @@ fn dyno_load_reads_zero_when_idle_and_rises_with_a_busy_process() {
     let intake = Intake::start();
     let base = dyno_env(&intake, free_udp_port());
     let env = with(&base, &[]);
-    // Two or three load ticks idle, then one shell spinning.
-    let command = r#"sleep 11; echo "busy now"; while :; do :; done"#;
+    // The first load tick comes 5 to 10 s after the listener starts: one or
+    // two ticks idle, then one shell spinning.
+    let command = r#"sleep 16; echo "busy now"; while :; do :; done"#;
     let mut dyno = Dyno::boot(&app.build(), command, &env);
     let busy = dyno.wait_for("busy now", Duration::from_secs(40));
     let idle = values(&intake, "heroku.dyno.load_avg_1m");

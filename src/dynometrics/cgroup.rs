@@ -400,7 +400,8 @@ mod tests {
     /// A real `memory.stat` of a v1 cgroup (Linux 6.x, truncated).
     const V1_STAT: &str = "cache 1327104\nrss 1753088\nrss_huge 0\nshmem 0\nmapped_file 0\ndirty 40960\nwriteback 0\nswap 0\npgpgin 28207\npgpgout 27439\npgfault 63065\npgmajfault 9\ninactive_anon 1634304\nactive_anon 12288\ninactive_file 1105920\nactive_file 221184\nunevictable 0\nhierarchical_memory_limit 9223372036854771712\nhierarchical_memsw_limit 9223372036854771712\ntotal_cache 1327104\ntotal_rss 1753088\ntotal_rss_huge 0\ntotal_shmem 0\ntotal_mapped_file 0\ntotal_dirty 40960\ntotal_writeback 0\ntotal_swap 4096\ntotal_pgpgin 28207\n";
 
-    /// A real `memory.stat` of a v2 cgroup (Linux 6.x, truncated).
+    /// A v2 `memory.stat` with the keys and order of Linux 6.x (truncated; this
+    /// machine has no v2 memory controller, so the values are made up).
     const V2_STAT: &str = "anon 209715200\nfile 52428800\nkernel 6291456\nkernel_stack 425984\npagetables 1056768\nsec_pagetables 0\npercpu 3360\nsock 0\nvmalloc 8192\nshmem 0\nzswap 0\nzswapped 0\nfile_mapped 31457280\nfile_dirty 4096\nfile_writeback 0\nswapcached 0\nanon_thp 0\nfile_thp 0\nshmem_thp 0\ninactive_anon 209100800\nactive_anon 614400\ninactive_file 40000000\nactive_file 12428800\nunevictable 0\nslab_reclaimable 3000000\nslab_unreclaimable 1000000\nslab 4000000\nworkingset_refault_anon 0\npgfault 120000\npgmajfault 12\n";
 
     #[test]

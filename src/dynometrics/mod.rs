@@ -52,6 +52,9 @@ use self::procfs::{Memory, ProcScanner, ScanProblem};
 /// is the RSS sum less the shared pages the last PSS read found.
 const PSS_EVERY: Duration = Duration::from_secs(60);
 
+/// A sample older than this (three sample periods) is not reported.
+const STALE_AFTER: Duration = Duration::from_secs(15);
+
 /// Where the memory usage figures came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemorySource {
@@ -281,6 +284,7 @@ struct FlushState {
     /// CPU seconds and time of the sample the last rate ended at.
     last: Option<(f64, Instant)>,
     rate: Option<f64>,
+    stale_reported: bool,
 }
 
 /// The running collector: a sampling thread and its latest sample.
@@ -318,7 +322,8 @@ fn until_next_sample() -> Duration {
 
 impl DynoMetrics {
     /// Starts the sampling thread; it takes a first sample at once (without
-    /// a load tick: the kernel's averages also start at 0).
+    /// a load tick: the kernel's averages also start at 0), and counts tasks
+    /// for the load from 5 to 10 s after start on.
     pub fn start() -> std::io::Result<Self> {
         let latest = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel::<()>();
@@ -328,13 +333,18 @@ impl DynoMetrics {
             .spawn(move || {
                 let mut sampler = Sampler::new();
                 *lock(&shared) = Some(sampler.sample(false));
+                // The first count comes a whole period after start, not
+                // while the dyno's boot (and the listener's own) may still
+                // be running.
+                let mut wait = until_next_sample() + LOAD_FREQ;
                 loop {
-                    match rx.recv_timeout(until_next_sample()) {
+                    match rx.recv_timeout(wait) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
                     let s = sampler.sample(true);
                     *lock(&shared) = Some(s);
+                    wait = until_next_sample();
                 }
             })?;
         Ok(Self {
@@ -346,10 +356,17 @@ impl DynoMetrics {
     }
 
     /// The series for one flush, stamped `timestamp`, from the latest sample.
+    /// Nothing when there is no recent sample: a sampling thread that ended
+    /// (it cannot, short of a bug) or hangs (a `/proc` read stuck in the
+    /// kernel) must not leave its last figures repeating as if current.
     pub fn series(&self, timestamp: i64, interval: u64) -> Vec<Series> {
         let Some(s) = *lock(&self.latest) else {
             return Vec::new();
         };
+        if s.at.elapsed() > STALE_AFTER {
+            self.report_stale();
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(13);
         #[allow(clippy::cast_precision_loss)]
         let mb = |b: u64| b as f64 / 1_048_576.0;
@@ -400,6 +417,20 @@ impl DynoMetrics {
             });
         }
         out
+    }
+
+    #[cold]
+    fn report_stale(&self) {
+        let mut f = lock(&self.flush);
+        if !f.stale_reported {
+            f.stale_reported = true;
+            let ended = self.thread.as_ref().is_some_and(JoinHandle::is_finished);
+            tracing::warn!(
+                thread_ended = ended,
+                "dyno metrics: no sample for over {} s; heroku.dyno.* are left out until one comes",
+                STALE_AFTER.as_secs()
+            );
+        }
     }
 
     /// CPU seconds per second between the sample the last rate ended at and
@@ -543,6 +574,34 @@ mod tests {
             .find(|s| s.metric == "heroku.dyno.cpu_time")
             .expect("cpu");
         assert_eq!(cpu.points[0].1, 0.0);
+    }
+
+    #[test]
+    fn a_stale_sample_is_not_reported() {
+        let Some(old) = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1)) else {
+            return; // an uptime too short to build an old Instant
+        };
+        let m = DynoMetrics {
+            latest: Arc::new(Mutex::new(Some(Sample {
+                at: old,
+                quota: Some(1),
+                total: None,
+                rss: None,
+                cache: None,
+                swap: None,
+                source: MemorySource::Proc,
+                load: Some([0.0; 3]),
+                cpu_seconds: None,
+                processes: Some(1),
+                threads: Some(1),
+            }))),
+            flush: Mutex::new(FlushState::default()),
+            stop: None,
+            thread: None,
+        };
+        assert_eq!(m.series(0, 10), []);
+        lock(&m.latest).as_mut().unwrap().at = Instant::now();
+        assert_eq!(m.series(0, 10).len(), 6);
     }
 
     #[test]

@@ -171,7 +171,11 @@ impl ProcScanner {
                 // "PID/task/TID"
                 let s = p.to_str()?.rsplit('/').next()?.to_owned();
                 s.parse().ok()
-            });
+            })
+            // Kernels before 3.17 have no thread-self; then /proc is taken
+            // to be our PID namespace's, as it is in a dyno.
+            // SAFETY: gettid has no preconditions.
+            .or_else(|| u32::try_from(unsafe { libc::syscall(libc::SYS_gettid) }).ok());
         Self {
             root: root.to_owned(),
             outer: vec![0; DIR_BUF],
