@@ -280,6 +280,30 @@ proptest! {
         }
     }
 
+    /// Any finite f64, written as a Go hex float (`-0x1.8p+3`, subnormals as
+    /// `0x0.…p-1022`), with `_` between digits, reads back exactly: the
+    /// hex path of the Go-`ParseFloat` parser, rounding included.
+    #[test]
+    fn parse_value_reads_back_any_hex_written_f64(v in any::<f64>(), under in any::<bool>()) {
+        prop_assume!(v.is_finite());
+        let bits = v.to_bits();
+        let sign = if bits >> 63 == 1 { "-" } else { "" };
+        let exp = ((bits >> 52) & 0x7ff) as i64;
+        let frac = bits & ((1u64 << 52) - 1);
+        let (lead, e) = if exp == 0 { (0, -1022) } else { (1, exp - 1023) };
+        let digits = format!("{frac:013x}");
+        let digits = if under { format!("{}_{}", &digits[..6], &digits[6..]) } else { digits };
+        let s = format!("{sign}0x{lead}.{digits}p{e:+}");
+        prop_assert_eq!(parse_value(&s).map(f64::to_bits), Some(bits), "{}", s);
+    }
+
+    /// Strings over the float alphabet (signs, `0x`, hex digits, `_`, `.`,
+    /// exponents) never panic the Go-`ParseFloat` parser.
+    #[test]
+    fn parse_value_never_panics_on_float_like_strings(s in "[-+]?(0[xX])?[0-9a-fA-F_.pPeE+-]{0,24}") {
+        let _ = parse_value(&s);
+    }
+
     #[test]
     fn parse_value_reads_back_any_displayed_f64(v in any::<f64>()) {
         let s = v.to_string();

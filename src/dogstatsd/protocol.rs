@@ -977,8 +977,14 @@ mod tests {
 
     #[test]
     fn long_lines_parse_the_same_through_both_entry_points() {
-        let tags: Vec<String> = (0..50).map(|i| format!("key{i}:{}", "v".repeat(140))).collect();
-        let line = format!("{}:1.5|d|@0.5|#{}|T1700000000", "n".repeat(200), tags.join(","));
+        let tags: Vec<String> = (0..50)
+            .map(|i| format!("key{i}:{}", "v".repeat(140)))
+            .collect();
+        let line = format!(
+            "{}:1.5|d|@0.5|#{}|T1700000000",
+            "n".repeat(200),
+            tags.join(",")
+        );
         let m = metric(&line);
         assert_eq!(m.name.len(), 200);
         assert_eq!(m.tags.iter().count(), 50);
