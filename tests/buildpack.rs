@@ -888,7 +888,11 @@ exec sleep 1000"#
         .iter()
         .filter(|p| p.ends_with("dynostat agent"))
         .count();
-    let servers = procs.iter().filter(|p| p.ends_with(" serve")).count();
+    // The agent runs its listener as `serve --on-dyno` (lenient configuration).
+    let servers = procs
+        .iter()
+        .filter(|p| p.ends_with(" serve --on-dyno"))
+        .count();
     assert_eq!((agents, servers), (1, 1), "processes: {procs:#?}\n{output}");
     assert!(status.success(), "the dyno did not stop cleanly:\n{output}");
 }
