@@ -16,11 +16,13 @@
 
 mod agent;
 mod mapper;
+mod proxy;
 mod runner;
 mod serve;
 
 pub use agent::{AgentConfig, DynoTypes};
 pub use mapper::{parse_mapper_profiles, MapperProfile, MapperRule};
+pub use proxy::{redact_url, Proxy};
 pub use runner::RunnerEnv;
 pub use serve::{Config, HistogramAggregate};
 
@@ -225,7 +227,7 @@ impl Reader<'_> {
         match self.0.get(var) {
             None => Ok(None),
             Some(v) => v.into_string().map(Some).map_err(|v| {
-                let shown = if var == "DD_API_KEY" {
+                let shown = if var == "DD_API_KEY" || var.to_ascii_uppercase().contains("PROXY") {
                     "<redacted>".to_owned()
                 } else {
                     v.to_string_lossy().into_owned()

@@ -17,7 +17,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{defaults, dyno_type, vars, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Reader};
+use super::{
+    defaults, dyno_type, vars, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Proxy, Reader,
+};
 
 /// One histogram aggregate, as in the Agent's `histogram_aggregates`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +210,9 @@ pub struct Config {
     /// `DYNOSTAT_DYNO_METRICS`: report the dyno's memory, load and CPU as
     /// `heroku.dyno.*` (DESIGN §5b). Defaults to true where `DYNO` is set.
     pub dyno_metrics: bool,
+    /// The proxies for the intake, read as the Agent reads them (see
+    /// [`Proxy`]). Defaults to none.
+    pub proxy: Proxy,
 }
 
 impl Config {
@@ -520,6 +525,7 @@ impl Config {
                 if dyno.is_some() { "true" } else { "false" },
             )?
             .unwrap_or(dyno.is_some());
+        let proxy = n.or(Proxy::from_reader(&r), Proxy::default(), "no proxy")?;
 
         Ok(Self {
             api_key,
@@ -553,6 +559,7 @@ impl Config {
             no_color,
             dyno,
             dyno_metrics,
+            proxy,
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()

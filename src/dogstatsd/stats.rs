@@ -7,6 +7,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dogstatsd::aggregate::{Series, SeriesKind};
 
+/// How a counter is reported.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A count since the last flush, sent as a RATE.
+    Rate,
+    /// A level, read and kept.
+    Gauge,
+    /// The highest value since the last flush, sent as a GAUGE and reset.
+    Peak,
+}
+
+impl Kind {
+    const fn series_kind(self) -> SeriesKind {
+        match self {
+            Self::Rate => SeriesKind::Rate,
+            Self::Gauge | Self::Peak => SeriesKind::Gauge,
+        }
+    }
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $field:ident => $name:literal, $kind:ident;)*) => {
         /// The listener's and forwarder's counters.
@@ -21,12 +41,12 @@ macro_rules! counters {
             pub fn drain_series(&self, timestamp: i64, interval_secs: u64) -> Vec<Series> {
                 let mut out = Vec::new();
                 $(
-                    let v = match SeriesKind::$kind {
-                        SeriesKind::Gauge => self.$field.load(Ordering::Relaxed),
-                        _ => self.$field.swap(0, Ordering::Relaxed),
+                    let v = match Kind::$kind {
+                        Kind::Gauge => self.$field.load(Ordering::Relaxed),
+                        Kind::Rate | Kind::Peak => self.$field.swap(0, Ordering::Relaxed),
                     };
                     #[allow(clippy::cast_precision_loss)]
-                    out.push(stat_series($name, SeriesKind::$kind, timestamp, v as f64, interval_secs));
+                    out.push(stat_series($name, Kind::$kind.series_kind(), timestamp, v as f64, interval_secs));
                 )*
                 out
             }
@@ -62,16 +82,29 @@ counters! {
     metrics_filtered => "dynostat.metrics.filtered", Rate;
     /// Payloads sent and accepted.
     payloads => "dynostat.forwarder.payloads", Rate;
+    /// Points (series points, distribution values, events, checks) in accepted payloads.
+    points => "dynostat.forwarder.points", Rate;
     /// Compressed bytes sent and accepted.
     bytes => "dynostat.forwarder.bytes", Rate;
+    /// Requests made (first tries and retries).
+    requests => "dynostat.forwarder.requests", Rate;
     /// Retried send attempts.
     retries => "dynostat.forwarder.retries", Rate;
-    /// Payloads given up on (rejected, or dropped at the queue limit).
+    /// Requests waiting for an answer at the last flush.
+    in_flight => "dynostat.forwarder.in_flight", Gauge;
+    /// The longest request (answered or not) since the last flush, in ms.
+    latency_ms => "dynostat.forwarder.latency_ms", Peak;
+    /// Payloads dropped, for whatever reason: rejected (400, 403, 3xx), a
+    /// single item answered 413, the queue bound, the shutdown deadline.
     failures => "dynostat.forwarder.failures", Rate;
-    /// Payloads dropped because the retry queue was full.
+    /// Points in the payloads counted in `failures`, and in items that could not be encoded.
+    points_dropped => "dynostat.forwarder.points_dropped", Rate;
+    /// Payloads dropped because the send queue was full (also in `failures`).
     queue_dropped => "dynostat.forwarder.queue_dropped", Rate;
-    /// Bytes waiting in the retry queue.
+    /// Bytes waiting in the send and retry queues.
     queue_bytes => "dynostat.forwarder.queue_bytes", Gauge;
+    /// Events and service checks whose text was cut to fit one payload.
+    truncated => "dynostat.forwarder.items_truncated", Rate;
     /// Milliseconds the last flush took to build.
     flush_ms => "dynostat.flush.duration_ms", Gauge;
 }

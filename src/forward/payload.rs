@@ -5,10 +5,15 @@
 //! each one complete, compressed request body for one endpoint, every one
 //! under [`Limits`].
 //!
-//! Must never: drop an item silently (an item that does not fit closes the
-//! payload and starts the next one; an item too large for any payload is
-//! handed back to the caller, which logs and counts it), or emit JSON that
-//! the public API schema rejects (non-finite values are left out).
+//! Must never: drop an item for its size (an item that does not fit closes
+//! the payload and starts the next one; a series too large for any payload
+//! is split by points (a sketch is bounded by its bins); an event or service
+//! check too large
+//! has its text cut to fit, counted), drop anything silently, compare raw
+//! JSON against the compressed limit (a large item is compressed to see
+//! whether it fits), or emit JSON that the public API schema rejects
+//! (non-finite values are left out). Every payload knows how many points it
+//! carries, so the forwarder can count what it delivers and what it drops.
 //!
 //! Shapes, from Datadog's public OpenAPI spec (the source of the official
 //! `datadog-api-client-*` libraries):
@@ -47,6 +52,10 @@ pub const MAX_ITEMS: usize = 10_000;
 /// flush makes everything written so far show up in the output, which bounds
 /// how far the compressed-size estimate can be off.
 const SYNC_EVERY: usize = 64 * 1024;
+
+/// Bytes kept free when a large item's compressed size was measured alone:
+/// the sync-flush markers the builder adds cost a few bytes each.
+const SYNC_MARGIN: usize = 64;
 
 /// Size limits for one payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +172,26 @@ pub struct Payload {
     pub raw_len: usize,
     /// How many items (series, events, checks) it holds.
     pub items: usize,
+    /// How many points it carries: series points, distribution values, one
+    /// per event or service check. What the forwarder counts as delivered or
+    /// dropped.
+    pub points: usize,
+    /// The drop counts this payload reports (set on the self-telemetry
+    /// payload only). Dropping it gives them back to the counters, so a
+    /// later payload reports them: the counts of what was lost cannot be
+    /// lost with it.
+    pub carry: Carry,
+}
+
+/// Drop counts carried by a self-telemetry payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// `dynostat.forwarder.failures`
+    pub failures: u64,
+    /// `dynostat.forwarder.points_dropped`
+    pub points_dropped: u64,
+    /// `dynostat.forwarder.queue_dropped`
+    pub queue_dropped: u64,
 }
 
 impl std::fmt::Debug for Payload {
@@ -172,6 +201,7 @@ impl std::fmt::Debug for Payload {
             .field("bytes", &self.body.len())
             .field("raw_len", &self.raw_len)
             .field("items", &self.items)
+            .field("points", &self.points)
             .finish()
     }
 }
@@ -210,15 +240,28 @@ impl Payload {
             let mut enc = Encoder::new(self.endpoint, *limits);
             for item in part {
                 let bytes = serde_json::to_vec(item).ok()?;
+                let points = json_points(self.endpoint, item);
                 // Each half is smaller than the whole, so nothing is handed back
                 // unless the limits shrank; then the item stays in the result.
-                if let Err(Oversize) = enc.push(&bytes) {
-                    enc.force(&bytes);
+                if let Err(Oversize) = enc.push(&bytes, points) {
+                    enc.force(&bytes, points);
                 }
             }
             Some(enc.finish())
         };
-        Some((encode_half(&items[..half])?, encode_half(&items[half..])?))
+        let mut first = encode_half(&items[..half])?;
+        if let Some(p) = first.first_mut() {
+            p.carry = self.carry;
+        }
+        Some((first, encode_half(&items[half..])?))
+    }
+}
+
+/// The points one encoded item carries (see [`Payload::points`]).
+fn json_points(endpoint: Endpoint, item: &serde_json::Value) -> usize {
+    match endpoint {
+        Endpoint::Series => item["points"].as_array().map_or(1, Vec::len),
+        Endpoint::Sketches | Endpoint::Events | Endpoint::Checks => 1,
     }
 }
 
@@ -236,8 +279,8 @@ fn split_sketches(raw: &[u8], limits: &Limits) -> Option<(Vec<Payload>, Vec<Payl
         for s in part {
             buf.clear();
             super::sketch::encode_entry(s, &mut buf);
-            if let Err(Oversize) = enc.push(&buf) {
-                enc.force(&buf);
+            if let Err(Oversize) = enc.push(&buf, 1) {
+                enc.force(&buf, 1);
             }
         }
         enc.finish()
@@ -306,6 +349,7 @@ struct Builder {
     gz: Compressor,
     raw_len: usize,
     items: usize,
+    points: usize,
     since_sync: usize,
 }
 
@@ -321,6 +365,7 @@ impl Builder {
             gz,
             raw_len: prefix.len(),
             items: 0,
+            points: 0,
             since_sync: prefix.len(),
         }
     }
@@ -341,8 +386,9 @@ impl Builder {
         raw_ok && compressed_ok && count_ok
     }
 
-    /// Adds `item` unconditionally.
-    fn write(&mut self, item: &[u8]) {
+    /// Adds `item`, which carries `points` points, unconditionally.
+    fn write(&mut self, item: &[u8], points: usize) {
+        self.points += points;
         if self.items > 0 {
             let sep = self.endpoint.separator();
             let _ = self.gz.write_all(sep);
@@ -375,6 +421,8 @@ impl Builder {
             body,
             raw_len: self.raw_len,
             items: self.items,
+            points: self.points,
+            carry: Carry::default(),
         })
     }
 }
@@ -405,42 +453,60 @@ impl Encoder {
         }
     }
 
-    /// Adds one serialized item. When it would push the open payload past a
-    /// limit, that payload is closed and the item starts a fresh one; an item
-    /// that does not fit even an empty payload is refused with [`Oversize`].
-    pub fn push(&mut self, item: &[u8]) -> Result<(), Oversize> {
+    /// Adds one serialized item carrying `points` points. When it would push
+    /// the open payload past a limit, that payload is closed and the item
+    /// starts a fresh one; an item that does not fit even an empty payload is
+    /// refused with [`Oversize`]. Whether a large item fits alone is decided
+    /// on its compressed size, not on the raw size's worst case.
+    pub fn push(&mut self, item: &[u8], points: usize) -> Result<(), Oversize> {
         if self.current.fits(item) {
-            self.current.write(item);
+            self.current.write(item, points);
             return Ok(());
         }
-        if self.current.items == 0 || !self.fits_alone(item) {
+        if !self.fits_alone(item) {
             // Closing the open payload would not help: keep it open for the next item.
             return Err(Oversize);
         }
-        let full = std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
-        self.done.extend(full.finish());
-        if self.current.fits(item) {
-            self.current.write(item);
-            Ok(())
-        } else {
-            Err(Oversize)
-        }
-    }
-
-    /// Whether `item` fits an empty payload.
-    fn fits_alone(&self, item: &[u8]) -> bool {
-        let n = self.endpoint.prefix().len() + item.len() + self.endpoint.suffix().len();
-        n <= self.limits.max_uncompressed && deflate_bound(n) <= self.limits.max_compressed
-    }
-
-    /// Adds an item past the limits, alone in its own payload (413 splitting only).
-    fn force(&mut self, item: &[u8]) {
         if self.current.items > 0 {
             let full =
                 std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
             self.done.extend(full.finish());
         }
-        self.current.write(item);
+        // Alone in an empty payload, it fits: the estimate may say otherwise
+        // for a large, compressible item, but `fits_alone` compressed it.
+        self.current.write(item, points);
+        Ok(())
+    }
+
+    /// Whether `item` fits an empty payload: within the raw limit, and
+    /// within the compressed limit once compressed (tried only when the
+    /// worst-case bound says no).
+    fn fits_alone(&self, item: &[u8]) -> bool {
+        let (prefix, suffix) = (self.endpoint.prefix(), self.endpoint.suffix());
+        let n = prefix.len() + item.len() + suffix.len();
+        if n > self.limits.max_uncompressed {
+            return false;
+        }
+        if deflate_bound(n) <= self.limits.max_compressed {
+            return true;
+        }
+        let mut gz = Compressor::new(self.endpoint);
+        let _ = gz.write_all(prefix);
+        let _ = gz.write_all(item);
+        let _ = gz.write_all(suffix);
+        // Room for the sync-flush markers the builder may add.
+        gz.finish()
+            .is_ok_and(|out| out.len() + SYNC_MARGIN <= self.limits.max_compressed)
+    }
+
+    /// Adds an item past the limits, alone in its own payload (413 splitting only).
+    fn force(&mut self, item: &[u8], points: usize) {
+        if self.current.items > 0 {
+            let full =
+                std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
+            self.done.extend(full.finish());
+        }
+        self.current.write(item, points);
     }
 
     /// Closes the open payload and returns them all.
@@ -663,8 +729,16 @@ impl Decoration {
 pub struct Encoded {
     /// Ready to send, in endpoint order.
     pub payloads: Vec<Payload>,
-    /// Items larger than a payload may be: `(endpoint, name)` for the log.
+    /// Items that could not be sent at any size: `(endpoint, name)` for the
+    /// log. Only a single point whose name and tags alone exceed a payload
+    /// can end here; series are split by points, events
+    /// and checks are cut.
     pub oversize: Vec<(Endpoint, String)>,
+    /// The points those items carried.
+    pub oversize_points: usize,
+    /// Events and service checks whose text was cut to fit one payload:
+    /// `(endpoint, name)` for the log.
+    pub truncated: Vec<(Endpoint, String)>,
     /// Series or distributions with no finite value, left out.
     pub empty: usize,
 }
@@ -680,12 +754,34 @@ pub fn encode_flush(
     enc.finish()
 }
 
+/// The raw JSON bytes of one item that surely fit an empty payload under
+/// `limits` (the worst-case compressed bound holds for them).
+fn item_budget(endpoint: Endpoint, limits: &Limits) -> usize {
+    let frame = endpoint.prefix().len() + endpoint.suffix().len();
+    // The largest n with deflate_bound(n) <= max_compressed.
+    let compressed = limits.max_compressed.saturating_sub(64) * 1024 / 1025;
+    limits
+        .max_uncompressed
+        .min(compressed)
+        .saturating_sub(frame)
+}
+
+/// `text` cut by at least `excess` bytes, at a char boundary.
+fn cut(text: &str, excess: usize) -> String {
+    let mut keep = text.len().saturating_sub(excess);
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    text[..keep].to_owned()
+}
+
 /// Encodes a flush that arrives in chunks: each chunk's items are serialized
 /// and compressed as it is pushed, so the caller can drop the chunk before
 /// building the next. Pushing chunks one by one gives the same payloads as
 /// [`encode_flush`] on their concatenation.
 pub struct FlushEncoder<'a> {
     deco: &'a Decoration,
+    limits: Limits,
     series: Encoder,
     sketches: Encoder,
     events: Encoder,
@@ -699,6 +795,7 @@ impl<'a> FlushEncoder<'a> {
     pub fn new(deco: &'a Decoration, limits: Limits) -> Self {
         Self {
             deco,
+            limits,
             series: Encoder::new(Endpoint::Series, limits),
             sketches: Encoder::new(Endpoint::Sketches, limits),
             events: Encoder::new(Endpoint::Events, limits),
@@ -710,30 +807,106 @@ impl<'a> FlushEncoder<'a> {
 
     /// Serializes and compresses every item of `flush`.
     pub fn push(&mut self, flush: &crate::dogstatsd::aggregate::Flush) {
-        let (deco, buf, out) = (self.deco, &mut self.buf, &mut self.out);
         for s in &flush.series {
-            if deco.series_json(s, buf).is_none() {
-                out.empty += 1;
-            } else if self.series.push(buf).is_err() {
-                out.oversize.push((Endpoint::Series, s.metric.clone()));
-            }
+            self.push_series(s);
         }
         for d in &flush.distributions {
-            if deco.sketch_entry(d, buf).is_none() {
-                out.empty += 1;
-            } else if self.sketches.push(buf).is_err() {
-                out.oversize.push((Endpoint::Sketches, d.metric.clone()));
+            if self.deco.sketch_entry(d, &mut self.buf).is_none() {
+                self.out.empty += 1;
+            } else if self.sketches.push(&self.buf, 1).is_err() {
+                // A sketch is bounded by its bins: only absurd names or
+                // tags can get here.
+                self.out
+                    .oversize
+                    .push((Endpoint::Sketches, d.metric.clone()));
+                self.out.oversize_points += 1;
             }
         }
         for e in &flush.events {
-            if deco.event_json(e, buf).is_some() && self.events.push(buf).is_err() {
-                out.oversize.push((Endpoint::Events, e.title.clone()));
-            }
+            self.push_event(e);
         }
         for c in &flush.service_checks {
-            if deco.check_json(c, buf).is_some() && self.checks.push(buf).is_err() {
-                out.oversize.push((Endpoint::Checks, c.name.clone()));
-            }
+            self.push_check(c);
+        }
+    }
+
+    /// One series; split in halves by points while it does not fit a payload.
+    fn push_series(&mut self, s: &Series) {
+        if self.deco.series_json(s, &mut self.buf).is_none() {
+            self.out.empty += 1;
+            return;
+        }
+        let points = s.points.iter().filter(|(_, v)| v.is_finite()).count();
+        if self.series.push(&self.buf, points).is_ok() {
+            return;
+        }
+        if s.points.len() < 2 {
+            self.out.oversize.push((Endpoint::Series, s.metric.clone()));
+            self.out.oversize_points += points;
+            return;
+        }
+        let half = s.points.len() / 2;
+        for part in [&s.points[..half], &s.points[half..]] {
+            let piece = Series {
+                points: part.to_vec(),
+                ..s.clone()
+            };
+            self.push_series(&piece);
+        }
+    }
+
+    /// One event; its text is cut when the whole does not fit a payload.
+    fn push_event(&mut self, e: &Event) {
+        if self.deco.event_json(e, &mut self.buf).is_none() {
+            return;
+        }
+        if self.events.push(&self.buf, 1).is_ok() {
+            return;
+        }
+        let excess = self
+            .buf
+            .len()
+            .saturating_sub(item_budget(Endpoint::Events, &self.limits));
+        let cut_event = Event {
+            text: cut(&e.text, excess),
+            ..e.clone()
+        };
+        let fits = cut_event.text.len() < e.text.len()
+            && self.deco.event_json(&cut_event, &mut self.buf).is_some()
+            && self.events.push(&self.buf, 1).is_ok();
+        if fits {
+            self.out.truncated.push((Endpoint::Events, e.title.clone()));
+        } else {
+            self.out.oversize.push((Endpoint::Events, e.title.clone()));
+            self.out.oversize_points += 1;
+        }
+    }
+
+    /// One service check; its message is cut when the whole does not fit.
+    fn push_check(&mut self, c: &ServiceCheck) {
+        if self.deco.check_json(c, &mut self.buf).is_none() {
+            return;
+        }
+        if self.checks.push(&self.buf, 1).is_ok() {
+            return;
+        }
+        let excess = self
+            .buf
+            .len()
+            .saturating_sub(item_budget(Endpoint::Checks, &self.limits));
+        let message = c.message.as_deref().unwrap_or("");
+        let cut_check = ServiceCheck {
+            message: Some(cut(message, excess)),
+            ..c.clone()
+        };
+        let fits = !message.is_empty()
+            && self.deco.check_json(&cut_check, &mut self.buf).is_some()
+            && self.checks.push(&self.buf, 1).is_ok();
+        if fits {
+            self.out.truncated.push((Endpoint::Checks, c.name.clone()));
+        } else {
+            self.out.oversize.push((Endpoint::Checks, c.name.clone()));
+            self.out.oversize_points += 1;
         }
     }
 
@@ -812,7 +985,7 @@ mod tests {
                 };
                 let item = serde_json::json!({"metric": format!("m{i}"), "t": text});
                 let bytes = serde_json::to_vec(&item).expect("json");
-                match enc.push(&bytes) {
+                match enc.push(&bytes, 1) {
                     Ok(()) => kept.push(item),
                     Err(Oversize) => refused += 1,
                 }
@@ -901,9 +1074,9 @@ mod tests {
             max_items: 10,
         };
         let mut enc = Encoder::new(Endpoint::Checks, limits);
-        assert_eq!(enc.push(br#"{"check":"a"}"#), Ok(()));
-        assert_eq!(enc.push(&[b'1'; 200]), Err(Oversize));
-        assert_eq!(enc.push(br#"{"check":"b"}"#), Ok(()));
+        assert_eq!(enc.push(br#"{"check":"a"}"#, 1), Ok(()));
+        assert_eq!(enc.push(&[b'1'; 200], 1), Err(Oversize));
+        assert_eq!(enc.push(br#"{"check":"b"}"#, 1), Ok(()));
         let payloads = enc.finish();
         assert_eq!(payloads.len(), 1);
         assert_eq!(
@@ -917,7 +1090,7 @@ mod tests {
         let limits = Limits::default();
         let mut enc = Encoder::new(Endpoint::Series, limits);
         for i in 0..5 {
-            enc.push(format!(r#"{{"metric":"m{i}"}}"#).as_bytes())
+            enc.push(format!(r#"{{"metric":"m{i}"}}"#).as_bytes(), 1)
                 .expect("fits");
         }
         let p = enc.finish().remove(0);
@@ -931,8 +1104,8 @@ mod tests {
         assert_eq!(all, items_of(&p));
 
         let mut enc = Encoder::new(Endpoint::Events, limits);
-        enc.push(br#"{"title":"a","text":"b"}"#).expect("fits");
-        enc.push(br#"{"title":"c","text":"d"}"#).expect("fits");
+        enc.push(br#"{"title":"a","text":"b"}"#, 1).expect("fits");
+        enc.push(br#"{"title":"c","text":"d"}"#, 1).expect("fits");
         let events = enc.finish();
         assert_eq!(events.len(), 2, "one event per request");
         assert!(events[0].split(&limits).is_none());

@@ -3,15 +3,18 @@
 //!
 //! In: UDP datagrams on `DD_BIND_HOST:DD_DOGSTATSD_PORT` and, optionally, a
 //! Unix datagram socket at `DD_DOGSTATSD_SOCKET`. Out: a
-//! [`crate::dogstatsd::aggregate::Flush`] every interval, handed to the
-//! [`crate::forward::Forwarder`] on the main thread's single-threaded runtime.
+//! [`crate::dogstatsd::aggregate::Flush`] at every wall-clock boundary,
+//! encoded and handed to the [`crate::forward::Forwarder`]'s sender thread.
 //!
 //! Threads: one receive thread per socket (batch reads with `recvmmsg` into
-//! reused buffers, parse and aggregate under one short lock per batch), and
-//! the main thread (flush timer, forwarder, signals).
+//! reused buffers, parse and aggregate under one short lock per batch), the
+//! main thread (the flush clock, encoding, signals), and the sender thread
+//! (HTTP; see [`crate::forward::sender`]).
 //!
-//! Must never: do HTTP or heavy flush work on the receive threads, log per
-//! packet, or exit on SIGTERM before the open buckets are flushed.
+//! Must never: do HTTP or heavy flush work on the receive threads, wait on
+//! the network on the clock (a slow intake must not merge or skip buckets),
+//! log per packet, exit on SIGTERM before the open buckets are flushed, or
+//! run past `DYNOSTAT_SHUTDOWN_GRACE + DYNOSTAT_SHUTDOWN_TIMEOUT` after it.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -40,9 +43,6 @@ const BATCH: usize = 32;
 
 /// How often receive threads wake to check for shutdown when idle.
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How often the forwarder's retry queue is looked at between flushes.
-const RETRY_TICK: Duration = Duration::from_secs(1);
 
 /// At most one bad-line sample in the log per this period, per socket.
 const BAD_LINE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -506,15 +506,68 @@ impl BadLineSampler {
     }
 }
 
-/// Seconds until the next multiple of `interval` in wall-clock time, so
-/// buckets line up across dynos as the Agent's do.
-fn until_next_boundary(interval: u64) -> Duration {
-    let now = SystemTime::now()
+/// Unix milliseconds now.
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let interval_ms = u128::from(interval) * 1000;
-    let into = now.as_millis() % interval_ms;
-    Duration::from_millis(u64::try_from(interval_ms - into).unwrap_or(1000))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The wall-clock flush boundaries: every multiple of the interval, so
+/// buckets line up across dynos as the Agent's do. Each boundary is known
+/// before it is reached, and the bucket closed there is stamped with its
+/// start (the boundary before), never with a time read afterwards.
+struct Clock {
+    interval_ms: u64,
+    /// The next boundary, unix ms.
+    next: u64,
+}
+
+impl Clock {
+    fn new(interval_s: u64) -> Self {
+        let interval_ms = interval_s.max(1) * 1000;
+        let now = unix_now_ms();
+        Self {
+            interval_ms,
+            next: (now / interval_ms + 1) * interval_ms,
+        }
+    }
+
+    /// Sleeps until the next boundary.
+    async fn tick(&self) {
+        let wait = self.next.saturating_sub(unix_now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        // A timer may fire a hair early against the wall clock: finish the wait.
+        let left = self.next.saturating_sub(unix_now_ms());
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(left)).await;
+        }
+    }
+
+    /// The boundary just reached: returns the start (unix s) of the bucket it
+    /// closes, and moves on to the next boundary. Boundaries missed while the
+    /// process could not run (a stopped or starved process) are skipped, said
+    /// once: their samples are in this bucket, which cannot be split again.
+    fn advance(&mut self) -> i64 {
+        let start = self.next - self.interval_ms;
+        self.next += self.interval_ms;
+        let now = unix_now_ms();
+        if self.next <= now {
+            let missed = (now - self.next) / self.interval_ms + 1;
+            tracing::warn!(
+                missed,
+                "the flush clock could not run for {missed} interval(s) (the process was stopped or starved of CPU); \
+                 their samples go out in the next bucket"
+            );
+            self.next += missed * self.interval_ms;
+        }
+        i64::try_from(start / 1000).unwrap_or(i64::MAX)
+    }
+
+    /// The start (unix s) of the bucket open now.
+    fn open_bucket(&self) -> i64 {
+        i64::try_from((self.next - self.interval_ms) / 1000).unwrap_or(i64::MAX)
+    }
 }
 
 async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyhow::Result<()> {
@@ -532,20 +585,21 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
         "dynostat listening"
     );
 
-    let mut retry = tokio::time::interval(RETRY_TICK);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The clock: nothing in this loop waits on the network. Flushing encodes
+    // and hands the payloads to the sender thread, which sends them.
+    let mut clock = Clock::new(interval);
     let signal_name = loop {
-        let next = tokio::time::sleep(until_next_boundary(interval));
         tokio::select! {
-            () = next => {
-                let bucket_start = (unix_now() / interval as i64 - 1) * interval as i64;
+            () = clock.tick() => {
+                let bucket_start = clock.advance();
                 flush(shared, &mut forwarder, bucket_start, interval).await;
             }
-            _ = retry.tick() => forwarder.retry_due().await,
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
     };
+    let signalled = Instant::now();
+    let deadline = signalled + config.shutdown_grace + config.shutdown_timeout;
 
     // A second Ctrl-C (SIGINT) exits at once, with the conventional 128 + 2.
     // Repeated SIGTERMs do not: Heroku sends SIGTERM to every process in the
@@ -565,13 +619,25 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
         grace_ms = u64::try_from(config.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
         "stopping: receiving the last metrics, then flushing the open buckets"
     );
-    tokio::time::sleep(config.shutdown_grace).await;
+    // Keep receiving for the grace period; boundaries inside it flush as usual.
+    let grace = tokio::time::sleep(config.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            () = &mut grace => break,
+            () = clock.tick() => {
+                let bucket_start = clock.advance();
+                flush(shared, &mut forwarder, bucket_start, interval).await;
+            }
+        }
+    }
     shared.stop.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + config.shutdown_timeout;
-    let bucket_start = unix_now() / interval as i64 * interval as i64;
-    flush(shared, &mut forwarder, bucket_start, interval).await;
+    flush(shared, &mut forwarder, clock.open_bucket(), interval).await;
     forwarder.drain(deadline).await;
-    tracing::info!("stopped");
+    tracing::info!(
+        after_ms = u64::try_from(signalled.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "stopped"
+    );
     Ok(())
 }
 
@@ -616,7 +682,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         }
         chunk
     });
-    let telemetry = std::iter::once_with(|| {
+    let telemetry = || {
         stats.contexts.store(contexts as u64, Ordering::Relaxed);
         stats.flush_ms.store(
             u64::try_from(built.get().as_millis()).unwrap_or(u64::MAX),
@@ -645,8 +711,6 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
             series,
             ..Default::default()
         }
-    });
-    forwarder
-        .submit_chunks(bucket_chunks.chain(telemetry))
-        .await;
+    };
+    forwarder.submit_flush(bucket_chunks, telemetry).await;
 }

@@ -9,9 +9,10 @@
 pub mod slug;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ pub struct Request {
     pub wire_len: usize,
     /// The status the intake answered.
     pub status: u16,
+    /// When it arrived (before any delay or hang).
+    pub arrived: Instant,
 }
 
 impl Request {
@@ -64,19 +67,41 @@ impl Request {
     }
 }
 
+/// How the intake answers one request (see [`Intake::reply_next`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer with this status.
+    Status(u16),
+    /// Answer with this status and a `Retry-After` header.
+    RetryAfter(u16, String),
+    /// Read the request, say nothing for this long, then accept it (202).
+    /// The request is recorded when the answer goes out; if the client gave
+    /// up before, it is still recorded as accepted, as a real intake would
+    /// have kept it.
+    Hang(Duration),
+    /// Read the request, then reset the connection (TCP RST), no answer.
+    Reset,
+}
+
 #[derive(Default)]
 struct State {
     requests: Vec<Request>,
-    script: VecDeque<u16>,
+    script: VecDeque<Reply>,
     delay: Duration,
+    max_body: Option<usize>,
+    /// When each request arrived (before any delay or hang), in order.
+    arrivals: Vec<Instant>,
 }
 
-/// A loopback stand-in for the Datadog intake.
+/// A loopback stand-in for the Datadog intake: a small HTTP/1.1 server on a
+/// raw `TcpListener` (keep-alive, one thread per connection), so it can also
+/// hang, answer slowly, reset a connection, refuse large bodies and answer
+/// `Retry-After`.
 pub struct Intake {
     /// Where it listens.
     pub addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
     state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -88,26 +113,34 @@ impl Intake {
 
     /// Starts on `port` (0 = any free port). Used to bring an intake up late.
     pub fn start_on(port: u16) -> Self {
-        let server =
-            Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("bind the test intake"));
-        let addr = server.server_addr().to_ip().expect("an IP listener");
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test intake");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let threads = (0..2)
-            .map(|_| {
-                let server = Arc::clone(&server);
-                let state = Arc::clone(&state);
-                thread::spawn(move || {
-                    while let Ok(req) = server.recv() {
-                        handle(req, &state);
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut conns = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
+                            conns.push(thread::spawn(move || serve_conn(stream, &state, &stop)));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
-                })
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
             })
-            .collect();
+        };
         Self {
             addr,
-            server,
             state,
-            threads,
+            stop,
+            threads: vec![accept],
         }
     }
 
@@ -118,14 +151,33 @@ impl Intake {
 
     /// The next requests get these statuses, in order; then 202 again.
     pub fn respond_next(&self, statuses: &[u16]) {
-        self.state.lock().unwrap().script.extend(statuses);
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(statuses.iter().map(|s| Reply::Status(*s)));
+    }
+
+    /// The next requests get these replies, in order; then 202 again.
+    pub fn reply_next(&self, replies: &[Reply]) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(replies.iter().cloned());
     }
 
     /// Every request gets this status until changed (e.g. 403 for a wrong key).
     pub fn respond_always(&self, status: u16) {
         let mut s = self.state.lock().unwrap();
         s.script.clear();
-        s.script.extend(std::iter::repeat_n(status, 100_000));
+        s.script
+            .extend(std::iter::repeat_n(Reply::Status(status), 100_000));
+    }
+
+    /// Back to accepting everything at once.
+    pub fn respond_normally(&self) {
+        self.state.lock().unwrap().script.clear();
     }
 
     /// Each answer waits this long first (a slow intake).
@@ -133,9 +185,19 @@ impl Intake {
         self.state.lock().unwrap().delay = delay;
     }
 
-    /// Every request so far.
+    /// A body larger than `bytes` on the wire (compressed) gets a 413.
+    pub fn too_large_above(&self, bytes: usize) {
+        self.state.lock().unwrap().max_body = Some(bytes);
+    }
+
+    /// Every request so far (recorded once answered).
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// When each request arrived, in order, including ones not answered yet.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().arrivals.clone()
     }
 
     /// Every series object in accepted `/api/v2/series` payloads.
@@ -211,12 +273,350 @@ impl Intake {
 
 impl Drop for Intake {
     fn drop(&mut self) {
-        self.server.unblock();
-        self.server.unblock();
+        self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
+}
+
+/// Sleeps `d`, waking early when `stop` is set.
+fn sleep_unless(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(10).min(end.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// One parsed request head and body.
+struct RawRequest {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 request (Content-Length bodies) from `stream`,
+/// polling `stop`. `None` at EOF, on garbage, or when stopped.
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    stop: &AtomicBool,
+) -> Option<RawRequest> {
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 || stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?.to_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, target) = (first.next()?.to_owned(), first.next()?.to_owned());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Some(RawRequest {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+/// Resets `stream` (SO_LINGER 0, then close: the peer sees a RST).
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket we own, with a plain struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}
+
+fn serve_conn(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut stream, &mut buf, stop) {
+        let encoding = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-encoding")
+            .map(|(_, v)| v.clone());
+        let arrived = Instant::now();
+        let (reply, delay) = {
+            let mut s = state.lock().unwrap();
+            s.arrivals.push(arrived);
+            let too_large = s.max_body.is_some_and(|m| req.body.len() > m);
+            let reply = if too_large {
+                Reply::Status(413)
+            } else {
+                s.script.pop_front().unwrap_or(Reply::Status(202))
+            };
+            (reply, s.delay)
+        };
+        if !delay.is_zero() {
+            sleep_unless(delay, stop);
+        }
+        let (status, retry_after) = match &reply {
+            Reply::Status(s) => (*s, None),
+            Reply::RetryAfter(s, v) => (*s, Some(v.clone())),
+            Reply::Hang(d) => {
+                sleep_unless(*d, stop);
+                (202, None)
+            }
+            Reply::Reset => (0, None),
+        };
+        // A path in absolute form (through a forward proxy) is cut to its path.
+        let path = req
+            .target
+            .split_once("://")
+            .map_or(req.target.as_str(), |(_, rest)| {
+                rest.find('/').map_or("/", |i| &rest[i..])
+            })
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let record = Request {
+            method: req.method,
+            path,
+            body: if status == 0 {
+                Vec::new()
+            } else {
+                decode(encoding.as_deref(), &req.body)
+            },
+            headers: req.headers,
+            encoding,
+            wire_len: req.body.len(),
+            status,
+            arrived,
+        };
+        // Record before answering, so a client that sees the answer sees the record.
+        state.lock().unwrap().requests.push(record);
+        if status == 0 {
+            reset(stream);
+            return;
+        }
+        let answer = if (200..300).contains(&status) {
+            r#"{"errors":[]}"#
+        } else {
+            r#"{"errors":["test intake says no"]}"#
+        };
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            answer.len()
+        );
+        if let Some(v) = retry_after {
+            head.push_str(&format!("Retry-After: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        if stream.write_all(head.as_bytes()).is_err()
+            || stream.write_all(answer.as_bytes()).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Request lines a proxy saw, each with its `Proxy-Authorization`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A loopback HTTP proxy: `CONNECT host:port` tunnels, and absolute-form
+/// requests (`POST http://host:port/path`) are passed to their host. It
+/// records each request line and its `Proxy-Authorization`, if any.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts on a free port.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test proxy");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+                            thread::spawn(move || proxy_conn(stream, &seen, &stop));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Each request line the proxy saw (`CONNECT 127.0.0.1:1234 HTTP/1.1`,
+    /// `POST http://… HTTP/1.1`) with its `Proxy-Authorization`.
+    pub fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn proxy_conn(
+    mut client: TcpStream,
+    seen: &Mutex<Vec<(String, Option<String>)>>,
+    stop: &AtomicBool,
+) {
+    let _ = client.set_nonblocking(false);
+    let _ = client.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match client.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let line = head.lines().next().unwrap_or("").to_owned();
+    let auth = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("proxy-authorization"))
+        .map(|(_, v)| v.trim().to_owned());
+    seen.lock().unwrap().push((line.clone(), auth));
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let host = if method == "CONNECT" {
+        target.to_owned()
+    } else {
+        let rest = target.split_once("://").map_or(target, |(_, r)| r);
+        rest.split('/').next().unwrap_or("").to_owned()
+    };
+    let Ok(mut upstream) = TcpStream::connect(&host) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    if method == "CONNECT" {
+        if client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        buf.drain(..head_end);
+    }
+    // Whatever was read so far goes first; then bytes flow both ways.
+    if upstream.write_all(&buf).is_err() {
+        return;
+    }
+    let _ = upstream.set_read_timeout(Some(Duration::from_millis(50)));
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let pipe = |from: &mut TcpStream, to: &mut TcpStream| {
+        let mut chunk = [0u8; 16 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            match from.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    };
+    thread::scope(|s| {
+        s.spawn(|| pipe(&mut client, &mut upstream));
+        s.spawn(|| pipe(&mut u2, &mut c2));
+    });
 }
 
 /// One `SketchPayload.Sketch` as the intake would read it.
@@ -378,50 +778,6 @@ pub fn has_tags(series: &Value, tags: &[&str]) -> bool {
     tags.iter().all(|t| have.contains(t))
 }
 
-fn handle(mut req: tiny_http::Request, state: &Mutex<State>) {
-    let mut raw = Vec::new();
-    let _ = req.as_reader().read_to_end(&mut raw);
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_owned(),
-            )
-        })
-        .collect();
-    let encoding = headers
-        .iter()
-        .find(|(k, _)| k == "content-encoding")
-        .map(|(_, v)| v.clone());
-    let body = decode(encoding.as_deref(), &raw);
-    let (status, delay) = {
-        let mut s = state.lock().unwrap();
-        (s.script.pop_front().unwrap_or(202), s.delay)
-    };
-    if !delay.is_zero() {
-        thread::sleep(delay);
-    }
-    let record = Request {
-        method: req.method().as_str().to_owned(),
-        path: req.url().split('?').next().unwrap_or("").to_owned(),
-        headers,
-        encoding,
-        body,
-        wire_len: raw.len(),
-        status,
-    };
-    let answer = if (200..300).contains(&status) {
-        r#"{"errors":[]}"#
-    } else {
-        r#"{"errors":["test intake says no"]}"#
-    };
-    // Record before answering, so a client that sees the answer sees the record.
-    state.lock().unwrap().requests.push(record);
-    let _ = req.respond(tiny_http::Response::from_string(answer).with_status_code(status));
-}
-
 fn decode(encoding: Option<&str>, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let ok = match encoding {
@@ -493,6 +849,7 @@ impl ServeBuilder {
         for (k, _) in std::env::vars() {
             if k.starts_with("DD_")
                 || k.starts_with("DYNOSTAT_")
+                || k.to_ascii_uppercase().ends_with("_PROXY")
                 || k == "DYNO"
                 || k == "HEROKU_APP_NAME"
             {
