@@ -1119,6 +1119,161 @@ mod tests {
         assert_eq!(tags, ["a:1", "env:x", "g:1"]);
     }
 
+    fn flush_with(
+        series: Vec<Series>,
+        events: Vec<Event>,
+        checks: Vec<ServiceCheck>,
+    ) -> crate::dogstatsd::aggregate::Flush {
+        crate::dogstatsd::aggregate::Flush {
+            series,
+            events,
+            service_checks: checks,
+            ..Default::default()
+        }
+    }
+
+    /// A series with more points than one payload holds is split by points:
+    /// every point arrives, each payload is under the limits and knows its
+    /// points.
+    #[test]
+    fn a_series_too_large_for_one_payload_is_split_by_points() {
+        let limits = Limits {
+            max_compressed: 20_000,
+            max_uncompressed: 60_000,
+            max_items: 100,
+        };
+        let points: Vec<(i64, f64)> = (0..20_000)
+            .map(|i| (1_700_000_000 + i, (i % 977) as f64 * 0.25)) // exact in JSON
+            .collect();
+        let s = Series {
+            metric: "many.points".to_owned(),
+            kind: SeriesKind::Gauge,
+            points: points.clone(),
+            tags: vec!["a:b".to_owned()],
+            host: None,
+            interval: None,
+            unit: None,
+        };
+        let out = encode_flush(
+            &flush_with(vec![s], vec![], vec![]),
+            &Decoration::default(),
+            limits,
+        );
+        assert!(out.oversize.is_empty() && out.oversize_points == 0);
+        assert!(out.payloads.len() > 5, "{} payloads", out.payloads.len());
+        let mut got = Vec::new();
+        for p in &out.payloads {
+            assert!(
+                p.body.len() <= limits.max_compressed && p.raw_len <= limits.max_uncompressed,
+                "{p:?}"
+            );
+            let mut n = 0;
+            for item in items_of(p) {
+                assert_eq!(item["metric"], "many.points");
+                for pt in item["points"].as_array().expect("points") {
+                    got.push((
+                        pt["timestamp"].as_i64().expect("ts"),
+                        pt["value"].as_f64().expect("v"),
+                    ));
+                    n += 1;
+                }
+            }
+            assert_eq!(p.points, n, "the payload knows its points");
+        }
+        assert_eq!(got.len(), points.len());
+        let first_diff = got.iter().zip(&points).position(|(a, b)| a != b);
+        assert_eq!(
+            first_diff,
+            None,
+            "every point once, in order: {:?}",
+            first_diff.map(|i| (got[i], points[i]))
+        );
+    }
+
+    /// An item whose raw JSON is larger than the compressed limit but which
+    /// compresses well fits (the old check compared raw bytes with the
+    /// compressed limit).
+    #[test]
+    fn a_large_compressible_item_is_judged_by_its_compressed_size() {
+        let limits = Limits {
+            max_compressed: 10_000,
+            max_uncompressed: 1_000_000,
+            max_items: 100,
+        };
+        let mut enc = Encoder::new(Endpoint::Checks, limits);
+        let item = format!(r#"{{"check":"c","message":"{}"}}"#, "a".repeat(200_000));
+        assert_eq!(enc.push(item.as_bytes(), 1), Ok(()));
+        let ps = enc.finish();
+        assert_eq!(ps.len(), 1);
+        assert!(ps[0].body.len() <= limits.max_compressed, "{:?}", ps[0]);
+        assert_eq!(ps[0].raw_len, item.len() + 2);
+    }
+
+    /// An event or check too large for any payload has its text cut to fit,
+    /// and is counted; the rest of it is kept.
+    #[test]
+    fn an_event_or_check_too_large_is_cut_to_fit_and_counted() {
+        let limits = Limits {
+            max_compressed: 4_000,
+            max_uncompressed: 8_000,
+            max_items: 100,
+        };
+        let mut rng = fastrand::Rng::with_seed(5);
+        let noise: String = (0..50_000).map(|_| rng.alphanumeric()).collect();
+        let event = Event {
+            title: "deploy".to_owned(),
+            text: format!("é{noise}"),
+            timestamp: Some(1),
+            host: None,
+            aggregation_key: None,
+            priority: Priority::Normal,
+            source_type: None,
+            alert_type: AlertType::Info,
+            tags: vec!["t:1".to_owned()],
+        };
+        let check = ServiceCheck {
+            name: "db.up".to_owned(),
+            status: CheckStatus::Critical,
+            timestamp: None,
+            host: None,
+            tags: vec!["t:2".to_owned()],
+            message: Some(noise.clone()),
+        };
+        let out = encode_flush(
+            &flush_with(vec![], vec![event], vec![check]),
+            &Decoration::default(),
+            limits,
+        );
+        assert!(out.oversize.is_empty());
+        assert_eq!(
+            out.truncated,
+            [
+                (Endpoint::Events, "deploy".to_owned()),
+                (Endpoint::Checks, "db.up".to_owned())
+            ]
+        );
+        assert_eq!(out.payloads.len(), 2);
+        for p in &out.payloads {
+            assert!(
+                p.body.len() <= limits.max_compressed && p.raw_len <= limits.max_uncompressed,
+                "{p:?}"
+            );
+            assert_eq!(p.points, 1);
+        }
+        let e = decode(&out.payloads[0]);
+        assert_eq!(e["title"], "deploy");
+        assert_eq!(e["tags"], serde_json::json!(["t:1"]));
+        let text = e["text"].as_str().expect("text");
+        assert!(
+            text.len() > 1_000 && format!("é{noise}").starts_with(text),
+            "{}",
+            text.len()
+        );
+        let c = &items_of(&out.payloads[1])[0];
+        assert_eq!(c["check"], "db.up");
+        assert!(noise.starts_with(c["message"].as_str().expect("message")));
+    }
+
     #[test]
     fn non_finite_points_are_left_out() {
         let deco = Decoration::default();
