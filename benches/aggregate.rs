@@ -68,6 +68,7 @@ const INSERTS_PER_INTERVAL: u64 = 10_000_000;
 fn options(context_limit: usize) -> AggregatorOptions {
     AggregatorOptions {
         context_limit,
+        memory_bytes: usize::MAX,
         histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
         histogram_percentiles: defaults::PERCENTILES.to_vec(),
         // Production defaults for the rest, zero-filling included.

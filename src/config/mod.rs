@@ -171,10 +171,36 @@ pub mod defaults {
     pub const SO_RCVBUF: usize = 25 * 1024 * 1024;
     /// `DYNOSTAT_FLUSH_INTERVAL`, seconds.
     pub const FLUSH_INTERVAL_SECS: u64 = 10;
-    /// `DYNOSTAT_CONTEXT_LIMIT`: live contexts per interval.
-    pub const CONTEXT_LIMIT: usize = 200_000;
-    /// `DYNOSTAT_RETRY_QUEUE_BYTES`: 15 MiB, as the Agent's forwarder.
-    pub const RETRY_QUEUE_BYTES: usize = 15 * 1024 * 1024;
+    /// `DYNOSTAT_MEMORY_LIMIT`: 64 MiB, an eighth of a 512 MB dyno.
+    pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+    /// The smallest `DYNOSTAT_MEMORY_LIMIT` accepted.
+    pub const MIN_MEMORY_LIMIT: usize = 4 * 1024 * 1024;
+    /// Shares of `DYNOSTAT_MEMORY_LIMIT`, in eighths: 2/8 for the
+    /// aggregation (live interval, buckets being flushed, the zero-fill
+    /// registry), 2/8 for the retry queue, and 4/8 left for the rest (flushes
+    /// being encoded, payloads in flight, buffers, allocator slack and
+    /// fragmentation, the runtime).
+    pub const AGGREGATE_EIGHTHS: usize = 2;
+    /// See [`AGGREGATE_EIGHTHS`].
+    pub const RETRY_QUEUE_EIGHTHS: usize = 2;
+    /// The aggregation's share of `memory_limit`.
+    pub fn aggregate_bytes(memory_limit: usize) -> usize {
+        memory_limit / 8 * AGGREGATE_EIGHTHS
+    }
+    /// The least the aggregator charges a context, whatever its name and
+    /// tags (map entries with their growth slack, the state slot, allocator
+    /// headers; see `dogstatsd::aggregate`).
+    pub const MIN_CONTEXT_BYTES: usize = 256;
+    /// `DYNOSTAT_CONTEXT_LIMIT` by default: the aggregation share divided by
+    /// the least a context costs, so the memory budget is what binds.
+    pub fn context_limit(memory_limit: usize) -> usize {
+        (aggregate_bytes(memory_limit) / MIN_CONTEXT_BYTES).max(1)
+    }
+    /// `DYNOSTAT_RETRY_QUEUE_BYTES` by default: a quarter of the memory
+    /// limit (16 MiB at the default, near the Agent's 15 MiB).
+    pub fn retry_queue_bytes(memory_limit: usize) -> usize {
+        memory_limit / 8 * RETRY_QUEUE_EIGHTHS
+    }
     /// `DYNOSTAT_SHUTDOWN_GRACE`, seconds of receiving after SIGTERM.
     pub const SHUTDOWN_GRACE_SECS: f64 = 1.0;
     /// `DYNOSTAT_SHUTDOWN_TIMEOUT`, seconds to flush and drain after the grace.
@@ -271,6 +297,31 @@ impl Reader<'_> {
         }
     }
 
+    /// A size in bytes: a whole number, optionally followed by a unit, `KiB
+    /// MiB GiB` (or `K M G`, also binary) or `KB MB GB` (decimal), in any case.
+    fn bytes(
+        &self,
+        var: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<usize>, ConfigError> {
+        let Some(v) = self.string(var)? else {
+            return Ok(None);
+        };
+        match parse_size(&v) {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ConfigError::new(
+                var,
+                &v,
+                format!(
+                    "not a size between {} MiB and {} GiB; use bytes or a unit, e.g. 64MiB or 128MB",
+                    min >> 20,
+                    max >> 30
+                ),
+            )),
+        }
+    }
+
     fn seconds(&self, var: &'static str, min: f64, max: f64) -> Result<Option<f64>, ConfigError> {
         let Some(v) = self.string(var)? else {
             return Ok(None);
@@ -286,9 +337,43 @@ impl Reader<'_> {
     }
 }
 
+/// `64MiB`, `64 MB`, `1g`, `1048576` → bytes; `None` when not a size.
+fn parse_size(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("67108864"), Some(64 << 20));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("64 mib"), Some(64 << 20));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("64MB"), Some(64_000_000));
+        assert_eq!(parse_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("2gb"), Some(2_000_000_000));
+        for bad in ["", "MiB", "64 MiBs", "-1", "1.5GiB", "64TB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 
     /// A map environment from pairs, for the tests of every configuration.
     pub(super) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

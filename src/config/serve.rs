@@ -185,10 +185,16 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `DYNOSTAT_FLUSH_INTERVAL`: seconds per bucket. Defaults to 10.
     pub flush_interval: Duration,
+    /// `DYNOSTAT_MEMORY_LIMIT`: the process's memory ceiling over its own
+    /// pages, split into shares ([`defaults::AGGREGATE_EIGHTHS`]). Defaults
+    /// to 64 MiB.
+    pub memory_limit: usize,
     /// `DYNOSTAT_CONTEXT_LIMIT`: live contexts per interval; past it new
-    /// contexts are counted as dropped. Defaults to 200000.
+    /// contexts are counted as dropped. Defaults to the aggregation share of
+    /// the memory limit over 256 bytes (65536 at 64 MiB).
     pub context_limit: usize,
-    /// `DYNOSTAT_RETRY_QUEUE_BYTES`: bytes of payloads held for retry. Defaults to 15 MiB.
+    /// `DYNOSTAT_RETRY_QUEUE_BYTES`: bytes of payloads held for retry.
+    /// Defaults to a quarter of the memory limit (16 MiB at 64 MiB).
     pub retry_queue_bytes: usize,
     /// `DYNOSTAT_SHUTDOWN_GRACE`: seconds to keep receiving after SIGTERM. Defaults to 1.
     pub shutdown_grace: Duration,
@@ -216,6 +222,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The aggregation's share of [`Config::memory_limit`]: what the live
+    /// interval and the buckets being flushed may hold together.
+    pub fn aggregate_memory_bytes(&self) -> usize {
+        defaults::aggregate_bytes(self.memory_limit)
+    }
+
     /// Reads the real environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&ProcessEnv)
@@ -486,20 +498,31 @@ impl Config {
             n.or(r.uint("DYNOSTAT_FLUSH_INTERVAL", 1, 3600), None, "10")?
                 .map_or(defaults::FLUSH_INTERVAL_SECS, |v| v as u64),
         );
+        let memory_limit = n
+            .or(
+                r.bytes(
+                    "DYNOSTAT_MEMORY_LIMIT",
+                    defaults::MIN_MEMORY_LIMIT,
+                    64 << 30,
+                ),
+                None,
+                "64MiB",
+            )?
+            .unwrap_or(defaults::MEMORY_LIMIT);
         let context_limit = n
             .or(
                 r.uint("DYNOSTAT_CONTEXT_LIMIT", 1, usize::MAX),
                 None,
-                "200000",
+                "from DYNOSTAT_MEMORY_LIMIT",
             )?
-            .unwrap_or(defaults::CONTEXT_LIMIT);
+            .unwrap_or_else(|| defaults::context_limit(memory_limit));
         let retry_queue_bytes = n
             .or(
                 r.uint("DYNOSTAT_RETRY_QUEUE_BYTES", 0, usize::MAX),
                 None,
-                "15 MiB",
+                "a quarter of DYNOSTAT_MEMORY_LIMIT",
             )?
-            .unwrap_or(defaults::RETRY_QUEUE_BYTES);
+            .unwrap_or_else(|| defaults::retry_queue_bytes(memory_limit));
         let shutdown_grace = n
             .or(r.seconds("DYNOSTAT_SHUTDOWN_GRACE", 0.0, 20.0), None, "1")?
             .unwrap_or(defaults::SHUTDOWN_GRACE_SECS);
@@ -550,6 +573,7 @@ impl Config {
             blocklist_match_prefix,
             log_level,
             flush_interval,
+            memory_limit,
             context_limit,
             retry_queue_bytes,
             shutdown_grace: Duration::from_secs_f64(shutdown_grace),
@@ -738,6 +762,34 @@ mod tests {
         assert!(on(&[("DYNOSTAT_DYNO_METRICS", "true")]));
         let err = Config::from_lookup(&env(&[("DYNOSTAT_DYNO_METRICS", "maybe")])).unwrap_err();
         assert_eq!(err.var, "DYNOSTAT_DYNO_METRICS");
+    }
+
+    #[test]
+    fn one_memory_limit_sets_the_per_type_defaults() {
+        let c = Config::from_lookup(&env(&[])).expect("defaults are valid");
+        assert_eq!(c.memory_limit, 64 << 20);
+        assert_eq!(c.aggregate_memory_bytes(), 16 << 20);
+        assert_eq!(c.context_limit, 65_536);
+        assert_eq!(c.retry_queue_bytes, 16 << 20);
+        let c = Config::from_lookup(&env(&[("DYNOSTAT_MEMORY_LIMIT", "32MiB")])).expect("valid");
+        assert_eq!(c.memory_limit, 32 << 20);
+        assert_eq!(c.context_limit, 32_768);
+        assert_eq!(c.retry_queue_bytes, 8 << 20);
+        let c = Config::from_lookup(&env(&[("DYNOSTAT_MEMORY_LIMIT", "100MB")])).expect("valid");
+        assert_eq!(c.memory_limit, 100_000_000);
+        // Explicit per-type values win.
+        let c = Config::from_lookup(&env(&[
+            ("DYNOSTAT_MEMORY_LIMIT", "32MiB"),
+            ("DYNOSTAT_CONTEXT_LIMIT", "500"),
+            ("DYNOSTAT_RETRY_QUEUE_BYTES", "1000"),
+        ]))
+        .expect("valid");
+        assert_eq!((c.context_limit, c.retry_queue_bytes), (500, 1000));
+        for bad in ["lots", "1MiB", "64TB", "-5"] {
+            let e = Config::from_lookup(&env(&[("DYNOSTAT_MEMORY_LIMIT", bad)])).unwrap_err();
+            assert_eq!(e.var, "DYNOSTAT_MEMORY_LIMIT");
+            assert!(e.to_string().contains("e.g. 64MiB"), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! sketches ([`crate::dogstatsd::sketch`]), events and service checks.
 //!
 //! Must never: allocate per sample for an existing context, grow past the
-//! context limit, or do the heavy per-flush work (sorting samples, building
+//! context limit or the memory budget ([`AggregatorOptions::memory_bytes`]),
+//! or do the heavy per-flush work (sorting samples, building
 //! series) while holding the listener's lock: [`Aggregator::take`] is a cheap
 //! swap and [`Bucket::into_chunks`] (or [`Bucket::into_flush`]) does the rest
 //! off the receive path, a bounded number of contexts at a time.
@@ -24,6 +25,20 @@
 //!    looks up or creates the canonical context, and caches the raw alias.
 //!
 //! Per-context state lives in a `Vec` indexed by context id.
+//!
+//! # The memory budget
+//!
+//! Every allocation an interval makes is charged, in approximate bytes, to
+//! one meter before it is made: a context (its two keys, map entries and
+//! state, with the slack of maps and vectors that grow by doubling), a kept
+//! histogram sample, a set member, a `|T` point, a sketch bin, an event or a
+//! service check. The live interval and the buckets still being flushed share
+//! the budget: a taken [`Bucket`] keeps its bytes charged until its chunks
+//! are built, and gives them back as it goes. Past the budget a new context
+//! is refused ([`InsertOutcome::ContextLimit`]) and a new sample, member,
+//! point or bin is dropped and counted ([`Bucket::dropped`]); existing
+//! contexts keep aggregating (counters, gauges, histogram count/sum/min/max,
+//! values that fall in an existing sketch bin, members already in a set).
 //!
 //! # Idle contexts
 //!
@@ -53,6 +68,7 @@
 use std::collections::hash_map::Entry;
 use std::hash::Hasher;
 use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
@@ -62,19 +78,24 @@ use crate::dogstatsd::mapper::{NameRules, Named, Names};
 use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
 use crate::dogstatsd::sketch::Sketch;
 
-/// Events kept per interval; more are counted in [`Bucket::overflowed`].
+/// Events kept per interval (within the memory budget); more are counted in
+/// [`Bucket::overflowed`].
 pub const MAX_EVENTS: usize = 10_000;
-/// Service checks kept per interval; more are counted in [`Bucket::overflowed`].
+/// Service checks kept per interval (within the memory budget); more are
+/// counted in [`Bucket::overflowed`].
 pub const MAX_SERVICE_CHECKS: usize = 10_000;
-/// Histogram samples kept for median/percentiles per interval, over all
-/// contexts (16 MB at most). Past it, `.max .min .avg .sum .count` stay exact
-/// and the rank statistics use the samples kept so far. The Agent keeps every
-/// sample; a 512 MB dyno cannot.
-pub const MAX_HISTOGRAM_SAMPLES: usize = 2_000_000;
-/// Unique set members kept per interval over all sets; past it, [`InsertOutcome::Discarded`].
-pub const MAX_SET_MEMBERS: usize = 1_000_000;
-/// `|T` points queued per interval; past it, [`InsertOutcome::Discarded`].
-pub const MAX_TIMESTAMPED_POINTS: usize = 500_000;
+/// The least a context is charged, whatever its name and tags: map entries
+/// with their growth slack, the state slot, allocator headers. The default
+/// context limit is the budget divided by this.
+pub const MIN_CONTEXT_BYTES: usize = crate::config::defaults::MIN_CONTEXT_BYTES;
+/// Charged per extra raw spelling (another tag order) of a context, plus
+/// its bytes: an alias map entry with its growth slack and a header.
+const ALIAS_BYTES: usize = 96;
+/// Charged per set member, plus its bytes past the inline ones: a 24-byte
+/// slot and its control byte, times the table's growth slack.
+const MEMBER_BYTES: usize = 64;
+/// Charged per event or service check, plus its strings.
+const EVENT_BYTES: usize = 256;
 /// `|T` points older than this (seconds before `now`) are discarded: the
 /// intake silently drops points more than 1 h in the past.
 pub const MAX_TIMESTAMP_PAST_SECS: i64 = 3_600;
@@ -88,6 +109,10 @@ pub struct AggregatorOptions {
     /// Live contexts allowed per interval; new ones past it are dropped and
     /// counted. Also the most counters kept for zero-filling.
     pub context_limit: usize,
+    /// Approximate heap bytes the live interval and the buckets being flushed
+    /// may hold together; past it, new contexts and samples are dropped and
+    /// counted (see the module docs).
+    pub memory_bytes: usize,
     /// Histogram aggregates, in order.
     pub histogram_aggregates: Vec<HistogramAggregate>,
     /// Histogram percentiles, each in [0, 1].
@@ -106,7 +131,8 @@ impl Default for AggregatorOptions {
     fn default() -> Self {
         use crate::config::defaults;
         Self {
-            context_limit: defaults::CONTEXT_LIMIT,
+            context_limit: defaults::context_limit(defaults::MEMORY_LIMIT),
+            memory_bytes: defaults::aggregate_bytes(defaults::MEMORY_LIMIT),
             histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
             histogram_percentiles: defaults::PERCENTILES.to_vec(),
             counter_expiry_secs: defaults::EXPIRY_SECONDS,
@@ -183,8 +209,11 @@ pub enum InsertOutcome {
     /// Aggregated (or queued as timestamped). For a multi-value line: at
     /// least one value was taken.
     Accepted,
-    /// A new context past the limit: dropped.
+    /// A new context past the context limit or the memory budget: dropped.
     ContextLimit,
+    /// No value was taken because the memory budget was reached; each value
+    /// is counted in [`Bucket::dropped`].
+    MemoryLimit,
     /// NaN/Inf values, or a `|T` histogram/set/distribution: dropped as the Agent does.
     /// Also: a set sample on a numeric context (or the reverse), a `|T` point
     /// outside the intake's window, or a per-interval storage cap reached.
@@ -197,6 +226,7 @@ pub enum InsertOutcome {
 #[derive(Debug)]
 struct Prepared {
     context_limit: usize,
+    meter: Meter,
     /// Raw-alias cache entries allowed per interval: a context can be sent
     /// with many tag orders, and each order is one alias.
     alias_limit: usize,
@@ -225,6 +255,10 @@ impl Prepared {
         pcts.dedup();
         Self {
             context_limit: opts.context_limit,
+            meter: Meter {
+                limit: opts.memory_bytes,
+                flushing: Arc::new(AtomicUsize::new(0)),
+            },
             alias_limit: opts.context_limit.saturating_mul(2).saturating_add(1_024),
             aggregates: opts.histogram_aggregates.clone(),
             percentiles: pcts
@@ -235,6 +269,90 @@ impl Prepared {
             dogstatsd_tags: opts.dogstatsd_tags.clone(),
         }
     }
+}
+
+/// The memory budget's limit and the bytes still held by taken buckets.
+#[derive(Debug)]
+struct Meter {
+    limit: usize,
+    /// Bytes charged to buckets taken but not yet fully flushed.
+    flushing: Arc<AtomicUsize>,
+}
+
+impl Meter {
+    /// Whether `live + extra` bytes fit beside what is being flushed.
+    #[inline]
+    fn fits(&self, live: usize, extra: usize) -> bool {
+        live.saturating_add(extra)
+            .saturating_add(self.flushing.load(Ordering::Relaxed))
+            <= self.limit
+    }
+}
+
+/// Bytes a taken bucket still holds against the budget; given back as the
+/// bucket is flushed, and at the latest when dropped.
+#[derive(Debug)]
+struct Held {
+    bytes: usize,
+    flushing: Arc<AtomicUsize>,
+}
+
+impl Held {
+    fn new(bytes: usize, flushing: &Arc<AtomicUsize>) -> Self {
+        flushing.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            bytes,
+            flushing: Arc::clone(flushing),
+        }
+    }
+
+    /// Charges `bytes` more (memory made without asking: the zero-fill keys
+    /// of a flush).
+    fn add(&mut self, bytes: usize) {
+        self.flushing.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes += bytes;
+    }
+
+    /// Keeps `bytes` at most, giving the rest back.
+    fn keep(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.flushing
+                .fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.keep(0);
+    }
+}
+
+/// Grows `v` for one more element if it is full, charging the new capacity
+/// to `bytes` when `meter` has room; `false` (nothing changed) when not.
+#[inline]
+fn grow_for_one<T>(v: &mut Vec<T>, bytes: &mut usize, meter: &Meter) -> bool {
+    if v.len() < v.capacity() {
+        return true;
+    }
+    let size = std::mem::size_of::<T>().max(1);
+    let cap = v.capacity();
+    let mut want = (cap * 2).max(4);
+    if !meter.fits(*bytes, (want - cap) * size) {
+        // Not room to double: take what is left, if anything.
+        let left = meter
+            .limit
+            .saturating_sub(*bytes)
+            .saturating_sub(meter.flushing.load(Ordering::Relaxed));
+        want = cap + left / size;
+        if want == cap {
+            return false;
+        }
+    }
+    v.reserve_exact(want - cap);
+    *bytes += (v.capacity() - cap) * size;
+    true
 }
 
 /// Which pipeline a context belongs to. It is part of the context key: the
@@ -365,20 +483,28 @@ impl Histogram {
     /// Weights are the float `1/rate`, as in the Agent's weightSample
     /// (pkg/metrics/histogram.go, current 7.x): four samples at `@0.75`
     /// count 5.33, and `.avg` of a constant is that constant at any rate.
+    ///
+    /// The sample is kept for median and percentiles while the budget has
+    /// room; past it, it still counts in `.count .sum .avg .min .max`, and
+    /// `false` says it was left out of the rank statistics.
     #[inline]
-    fn add(&mut self, v: f64, weight: f64, kept: &mut usize) {
+    fn add(&mut self, v: f64, weight: f64, bytes: &mut usize, meter: &Meter) -> bool {
         self.count += weight;
         self.sum += v * weight;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
-        if *kept < MAX_HISTOGRAM_SAMPLES {
-            *kept += 1;
-            if weight == 1.0 {
-                self.ones.push(v);
-            } else {
-                self.weighted.push((v, weight));
+        if weight == 1.0 {
+            if !grow_for_one(&mut self.ones, bytes, meter) {
+                return false;
             }
+            self.ones.push(v);
+        } else {
+            if !grow_for_one(&mut self.weighted, bytes, meter) {
+                return false;
+            }
+            self.weighted.push((v, weight));
         }
+        true
     }
 }
 
@@ -460,6 +586,15 @@ enum State {
 }
 
 impl State {
+    /// Heap bytes a new state holds at once (its box, with a header).
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Histogram(_) => std::mem::size_of::<Histogram>() + 16,
+            Self::Distribution(_) => std::mem::size_of::<Sketch>() + 16,
+            _ => 0,
+        }
+    }
+
     fn new(class: Class, kind: MetricType) -> Self {
         match class {
             Class::Distribution => Self::Distribution(Box::default()),
@@ -491,16 +626,17 @@ struct Interval {
     service_checks: Vec<ServiceCheck>,
     /// Events and service checks past their caps.
     overflowed: u64,
-    histogram_samples: usize,
-    set_members: usize,
-    timestamped_points: usize,
+    /// Values, members, points and bins refused at the memory budget.
+    dropped: u64,
+    /// Approximate heap bytes charged by this interval (see the module docs).
+    bytes: usize,
 }
 
 impl Interval {
     /// Applies one line's values to an existing context. The hot path: no
     /// allocation except amortised `Vec` growth and new set members.
     #[inline]
-    fn apply(&mut self, id: usize, m: &Metric<'_>, now: i64) -> InsertOutcome {
+    fn apply(&mut self, id: usize, m: &Metric<'_>, now: i64, meter: &Meter) -> InsertOutcome {
         let Some(state) = self.states.get_mut(id) else {
             // The only ids without a state are [`BLOCKED`] aliases.
             return InsertOutcome::Filtered;
@@ -513,10 +649,17 @@ impl Interval {
             if members.contains(member.as_bytes()) {
                 return InsertOutcome::Accepted;
             }
-            if self.set_members >= MAX_SET_MEMBERS {
-                return InsertOutcome::Discarded;
+            let cost = MEMBER_BYTES
+                + if member.len() > INLINE_MEMBER {
+                    member.len() + 16
+                } else {
+                    0
+                };
+            if !meter.fits(self.bytes, cost) {
+                self.dropped += 1;
+                return InsertOutcome::MemoryLimit;
             }
-            self.set_members += 1;
+            self.bytes += cost;
             members.insert(Member::new(member));
             return InsertOutcome::Accepted;
         }
@@ -534,7 +677,8 @@ impl Interval {
             1.0 / m.sample_rate
         };
         let ts = m.timestamp.unwrap_or_default();
-        let mut accepted = false;
+        let (mut accepted, mut dropped) = (false, false);
+        let bytes = &mut self.bytes;
         for v in m.values() {
             if !v.is_finite() {
                 // NaN and Inf parse but produce no point, as in the Agent.
@@ -546,9 +690,23 @@ impl Interval {
                     *last = now;
                 }
                 State::Gauge(last) => *last = v,
-                State::Histogram(h) => h.add(v, inv, &mut self.histogram_samples),
+                State::Histogram(h) => {
+                    if !h.add(v, inv, bytes, meter) {
+                        // Aggregated, but left out of the rank statistics.
+                        self.dropped += 1;
+                    }
+                }
                 State::Distribution(sketch) => {
-                    if !sketch.insert(v, inv, |_| true) {
+                    let grown = sketch.insert(v, inv, |extra| {
+                        let ok = meter.fits(*bytes, extra);
+                        if ok {
+                            *bytes += extra;
+                        }
+                        ok
+                    });
+                    if !grown {
+                        self.dropped += 1;
+                        dropped = true;
                         continue;
                     }
                 }
@@ -556,10 +714,11 @@ impl Interval {
                     // The Agent's no-aggregation pipeline sends the raw value
                     // (no 1/rate scaling); a counter's is divided by the
                     // interval at flush.
-                    if self.timestamped_points >= MAX_TIMESTAMPED_POINTS {
+                    if !grow_for_one(points, bytes, meter) {
+                        self.dropped += 1;
+                        dropped = true;
                         continue;
                     }
-                    self.timestamped_points += 1;
                     points.push((ts, v));
                 }
                 State::Set(_) => return InsertOutcome::Discarded,
@@ -568,10 +727,28 @@ impl Interval {
         }
         if accepted {
             InsertOutcome::Accepted
+        } else if dropped {
+            InsertOutcome::MemoryLimit
         } else {
             InsertOutcome::Discarded
         }
     }
+}
+
+/// What a new context is charged: its canonical key and first spelling (with
+/// allocator headers), plus map entries and its state slot with the slack of
+/// structures that grow by doubling, at least [`MIN_CONTEXT_BYTES`].
+fn context_bytes(canon_len: usize, spelling_len: usize) -> usize {
+    // Canonical map: Box<str> + u32 → 24 B + a control byte; alias map:
+    // u64 + Box<[u8]> + u32 → 32 B + a control byte; the state slot. Each
+    // times 2.5 for the load factor and a resize's old and new tables.
+    let fixed = (25 + 33 + std::mem::size_of::<State>()) * 5 / 2;
+    (fixed + canon_len + spelling_len + 2 * 16).max(MIN_CONTEXT_BYTES)
+}
+
+/// Heap bytes of a list of tags, with headers.
+fn tags_bytes(tags: &[String]) -> usize {
+    tags.iter().map(|t| t.len() + 24 + 16).sum()
 }
 
 /// Tag prefixes the Agent takes out of every metric's, event's and service
@@ -758,7 +935,14 @@ struct ZeroFill {
     counters: FxHashMap<Box<str>, (i64, u64)>,
     /// Flushes so far: tells "seen in this bucket" from "idle".
     flushes: u64,
+    /// Bytes charged to the memory budget for `counters` (part of the
+    /// meter's `flushing` bytes, since the registry outlives intervals).
+    bytes: usize,
 }
+
+/// Charged per zero-fill registry entry, plus its key: the key's header and
+/// a 32-byte map entry with its control byte, times the table's slack.
+const ZERO_FILL_BYTES: usize = 100;
 
 /// The live aggregation state. Owned by the listener behind a mutex.
 #[derive(Debug)]
@@ -779,6 +963,7 @@ pub struct Bucket {
     prepared: Arc<Prepared>,
     interval: Interval,
     zero_fill: Arc<Mutex<ZeroFill>>,
+    held: Held,
 }
 
 impl Aggregator {
@@ -822,7 +1007,8 @@ impl Aggregator {
                 Err(outcome) => return outcome,
             },
         };
-        self.cur.apply(id as usize, metric, now)
+        self.cur
+            .apply(id as usize, metric, now, &self.prepared.meter)
     }
 
     /// The cold path: a raw spelling not seen this interval. Canonicalises,
@@ -874,23 +1060,39 @@ impl Aggregator {
                 if n >= self.prepared.context_limit {
                     return Err(InsertOutcome::ContextLimit);
                 }
+                let state = State::new(class, m.kind);
+                let cost = context_bytes(self.scratch_key.len(), m.name.len() + tags.len())
+                    + state.heap_bytes();
+                if !self.prepared.meter.fits(self.cur.bytes, cost) {
+                    return Err(InsertOutcome::ContextLimit);
+                }
                 let id = u32::try_from(n)
                     .ok()
                     .filter(|&id| id != BLOCKED)
                     .ok_or(InsertOutcome::ContextLimit)?;
-                self.cur.states.push(State::new(class, m.kind));
+                self.cur.bytes += cost;
+                self.cur.states.push(state);
                 self.cur
                     .canon
                     .insert(Box::from(self.scratch_key.as_str()), id);
-                id
+                // The context's first spelling is paid for in its cost.
+                if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                    e.insert(Alias::new(class, m.name, tags, id));
+                }
+                return Ok(id);
             }
         };
-        // Cache the spelling, unless the cache is full (many tag orders for
-        // few contexts) or another spelling owns this hash (a 64-bit
+        // Cache another spelling, unless the cache is full (many tag orders
+        // for few contexts), the budget has no room (the spelling then keeps
+        // taking the cold path), or another spelling owns this hash (a 64-bit
         // collision: that spelling simply keeps taking the cold path).
-        if self.cur.aliases.len() < self.prepared.alias_limit {
+        let cost = ALIAS_BYTES + m.name.len() + tags.len();
+        if self.cur.aliases.len() < self.prepared.alias_limit
+            && self.prepared.meter.fits(self.cur.bytes, cost)
+        {
             if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
                 e.insert(Alias::new(class, m.name, tags, id));
+                self.cur.bytes += cost;
             }
         }
         Ok(id)
@@ -901,7 +1103,16 @@ impl Aggregator {
     /// Its host and tags are enriched as the Agent does (`host:` tags,
     /// internal tags, `DD_DOGSTATSD_TAGS`).
     pub fn insert_event(&mut self, mut event: Event) {
-        if self.cur.events.len() < MAX_EVENTS {
+        let cost = EVENT_BYTES
+            + event.title.len()
+            + event.text.len()
+            + tags_bytes(&event.tags)
+            + tags_bytes(&self.prepared.dogstatsd_tags)
+            + event.host.as_ref().map_or(0, String::len)
+            + event.aggregation_key.as_ref().map_or(0, String::len)
+            + event.source_type.as_ref().map_or(0, String::len);
+        if self.cur.events.len() < MAX_EVENTS && self.prepared.meter.fits(self.cur.bytes, cost) {
+            self.cur.bytes += cost;
             enrich_event_tags(
                 &mut event.tags,
                 &mut event.host,
@@ -917,7 +1128,16 @@ impl Aggregator {
     /// dropped and counted in [`Bucket::overflowed`].
     /// Enriched as [`Aggregator::insert_event`] says.
     pub fn insert_service_check(&mut self, mut check: ServiceCheck) {
-        if self.cur.service_checks.len() < MAX_SERVICE_CHECKS {
+        let cost = EVENT_BYTES
+            + check.name.len()
+            + tags_bytes(&check.tags)
+            + tags_bytes(&self.prepared.dogstatsd_tags)
+            + check.host.as_ref().map_or(0, String::len)
+            + check.message.as_ref().map_or(0, String::len);
+        if self.cur.service_checks.len() < MAX_SERVICE_CHECKS
+            && self.prepared.meter.fits(self.cur.bytes, cost)
+        {
+            self.cur.bytes += cost;
             enrich_event_tags(
                 &mut check.tags,
                 &mut check.host,
@@ -934,12 +1154,21 @@ impl Aggregator {
         self.cur.states.len()
     }
 
+    /// Approximate heap bytes charged to the budget now: the live interval
+    /// plus the buckets still being flushed.
+    pub fn memory_bytes(&self) -> usize {
+        self.cur.bytes + self.prepared.meter.flushing.load(Ordering::Relaxed)
+    }
+
     /// Swaps out this interval's state. Cheap: call it under the lock. Only
-    /// moves; freeing the old maps happens in [`Bucket::into_chunks`].
+    /// moves; freeing the old maps happens in [`Bucket::into_chunks`]. The
+    /// bucket's bytes stay charged to the budget until it is flushed.
     pub fn take(&mut self) -> Bucket {
+        let interval = mem::take(&mut self.cur);
         Bucket {
+            held: Held::new(interval.bytes, &self.prepared.meter.flushing),
             prepared: Arc::clone(&self.prepared),
-            interval: mem::take(&mut self.cur),
+            interval,
             zero_fill: Arc::clone(&self.zero_fill),
         }
     }
@@ -950,6 +1179,14 @@ impl Bucket {
     /// per-interval cap was reached (they are not in the flush).
     pub fn overflowed(&self) -> u64 {
         self.interval.overflowed
+    }
+
+    /// Values, set members, `|T` points and sketch bins dropped in this
+    /// interval at the memory budget, and histogram samples left out of its
+    /// median and percentiles (they still count in `.count .sum .avg .min
+    /// .max`).
+    pub fn dropped(&self) -> u64 {
+        self.interval.dropped
     }
 
     /// Contexts in this bucket.
@@ -990,6 +1227,7 @@ impl Bucket {
             ..
         } = self.interval;
         drop(aliases);
+        let total = states.len();
         let mut keys: Vec<Option<Box<str>>> =
             std::iter::repeat_with(|| None).take(states.len()).collect();
         for (key, id) in canon {
@@ -997,6 +1235,7 @@ impl Bucket {
                 *slot = Some(key);
             }
         }
+        let mut held = self.held;
         let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
             zero_fill(
                 &self.zero_fill,
@@ -1005,11 +1244,16 @@ impl Bucket {
                 timestamp,
                 self.prepared.counter_expiry_secs,
                 self.prepared.context_limit,
+                &self.prepared.meter,
             )
         } else {
             (Vec::new(), 0)
         };
+        // The idle keys are copies, held until their zeros are built.
+        held.add(idle.iter().map(|k| k.len() + 24).sum());
         Chunks {
+            held,
+            total,
             prepared: self.prepared,
             states: states.into_iter(),
             keys: keys.into_iter(),
@@ -1026,7 +1270,8 @@ impl Bucket {
 /// Updates the zero-fill registry with this bucket's counters and returns
 /// the keys of the idle counters to send as 0 for the bucket starting at
 /// `bucket_start`, plus how many counters could not be registered (the
-/// registry was at `limit`).
+/// registry was at `limit`, or the memory budget had no room: registry
+/// entries are charged to it for as long as they are kept).
 ///
 /// The Agent's rule (pkg/aggregator/time_sampler.go): a bucket gets a 0 for
 /// every counter whose last sample time plus the expiry is after the bucket's
@@ -1040,6 +1285,7 @@ fn zero_fill(
     bucket_start: i64,
     expiry: i64,
     limit: usize,
+    meter: &Meter,
 ) -> (Vec<Box<str>>, u64) {
     let mut reg = registry
         .lock()
@@ -1053,13 +1299,21 @@ fn zero_fill(
         };
         if let Some(entry) = reg.counters.get_mut(&**key) {
             *entry = (*last, flush);
-        } else if reg.counters.len() < limit {
+        } else if reg.counters.len() < limit
+            && reg.bytes + ZERO_FILL_BYTES + key.len() <= meter.limit / 4
+            && meter.fits(0, ZERO_FILL_BYTES + key.len())
+        {
+            // At most a quarter of the budget: a flush copies the idle keys.
+            let cost = ZERO_FILL_BYTES + key.len();
+            meter.flushing.fetch_add(cost, Ordering::Relaxed);
+            reg.bytes += cost;
             reg.counters.insert(key.clone(), (*last, flush));
         } else {
             untracked += 1;
         }
     }
     let mut idle = Vec::new();
+    let mut freed = 0usize;
     reg.counters.retain(|key, &mut (last, seen)| {
         if seen == flush {
             return true;
@@ -1067,9 +1321,14 @@ fn zero_fill(
         let live = last.saturating_add(expiry) >= bucket_start;
         if live {
             idle.push(key.clone());
+        } else {
+            freed += ZERO_FILL_BYTES + key.len();
         }
         live
     });
+    let freed = freed.min(reg.bytes);
+    reg.bytes -= freed;
+    meter.flushing.fetch_sub(freed, Ordering::Relaxed);
     (idle, untracked)
 }
 
@@ -1080,6 +1339,10 @@ pub const CHUNK_CONTEXTS: usize = 4_096;
 /// A bucket being turned into [`Flush`]es chunk by chunk; see [`Bucket::into_chunks`].
 #[derive(Debug)]
 pub struct Chunks {
+    /// Bytes still charged; given back in proportion to the contexts built.
+    held: Held,
+    /// Contexts in the bucket.
+    total: usize,
     prepared: Arc<Prepared>,
     states: std::vec::IntoIter<State>,
     keys: std::vec::IntoIter<Option<Box<str>>>,
@@ -1140,6 +1403,15 @@ impl Iterator for Chunks {
                 ));
             }
         }
+        // The contexts built so far are freed: give their share back.
+        let left = self.states.as_slice().len();
+        let keep = if self.total == 0 {
+            0
+        } else {
+            // At most bytes * contexts: no overflow for any real budget.
+            (self.held.bytes as u128 * left as u128 / self.total as u128) as usize
+        };
+        self.held.keep(keep);
         Some(out)
     }
 }
@@ -1368,6 +1640,7 @@ mod tests {
     fn opts() -> AggregatorOptions {
         AggregatorOptions {
             context_limit: 1_000,
+            memory_bytes: 1 << 30,
             histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
             histogram_percentiles: defaults::PERCENTILES.to_vec(),
             counter_expiry_secs: 0,
@@ -1728,6 +2001,142 @@ mod tests {
                 (None, &prod[..], 5.0)
             ]
         );
+    }
+
+    fn budget(bytes: usize) -> Aggregator {
+        let mut o = opts();
+        o.context_limit = usize::MAX;
+        o.memory_bytes = bytes;
+        Aggregator::new(o)
+    }
+
+    #[test]
+    fn the_memory_budget_refuses_new_contexts_and_existing_ones_keep_counting() {
+        let mut agg = budget(64 * 1024);
+        let mut taken = 0;
+        let mut refused = 0;
+        for i in 0..10_000 {
+            let name = format!("ctx.{i}");
+            match agg.insert(&metric(&name, "1", MetricType::Counter, "env:x"), NOW) {
+                InsertOutcome::Accepted => taken += 1,
+                InsertOutcome::ContextLimit => refused += 1,
+                other => panic!("{other:?}"),
+            }
+            assert!(agg.memory_bytes() <= 64 * 1024);
+        }
+        assert_eq!(taken + refused, 10_000);
+        assert!((100..=256).contains(&taken), "{taken} contexts in 64 KiB");
+        // An existing context keeps aggregating past the budget.
+        for _ in 0..5 {
+            assert_eq!(
+                agg.insert(&metric("ctx.0", "1", MetricType::Counter, "env:x"), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        let b = agg.take();
+        assert_eq!(b.contexts(), taken);
+        // The taken bucket still holds its bytes: the next interval has no
+        // room for a new context until it is flushed.
+        assert_eq!(
+            agg.insert(&metric("new", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::ContextLimit
+        );
+        let f = b.into_flush(TS, 1);
+        let c0 = f.series.iter().find(|s| s.metric == "ctx.0").unwrap();
+        assert_eq!(c0.points[0].1, 6.0);
+        assert_eq!(agg.memory_bytes(), agg.cur.bytes);
+        assert_eq!(
+            agg.insert(&metric("new", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+
+    #[test]
+    fn a_bucket_gives_its_bytes_back_chunk_by_chunk_and_when_dropped() {
+        let mut agg = budget(1 << 30);
+        for i in 0..100 {
+            let name = format!("c.{i}");
+            agg.insert(&metric(&name, "1", MetricType::Counter, ""), NOW);
+        }
+        let live = agg.memory_bytes();
+        assert!(live >= 100 * MIN_CONTEXT_BYTES);
+        let mut chunks = agg.take().into_chunks(TS, 1, 10);
+        assert_eq!(agg.memory_bytes(), live);
+        let _ = chunks.next();
+        let after_one = agg.memory_bytes();
+        assert!(
+            after_one < live && after_one >= live * 8 / 10,
+            "{after_one} of {live}"
+        );
+        for _ in chunks.by_ref() {}
+        assert_eq!(agg.memory_bytes(), 0);
+        // A bucket dropped unflushed gives everything back too.
+        agg.insert(&metric("x", "1", MetricType::Counter, ""), NOW);
+        drop(agg.take());
+        assert_eq!(agg.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_samples_members_points_and_bins_are_dropped_and_counted() {
+        let mut agg = budget(16 * 1024);
+        for (name, k, v) in [
+            ("kh", MetricType::Histogram, "1"),
+            ("kd", MetricType::Distribution, "1"),
+            ("ks", MetricType::Set, "m"),
+        ] {
+            assert_eq!(
+                agg.insert(&metric(name, v, k, ""), NOW),
+                InsertOutcome::Accepted
+            );
+        }
+        assert_eq!(
+            agg.insert(&stamped("t", "1", MetricType::Gauge, NOW), NOW),
+            InsertOutcome::Accepted
+        );
+        let mut outcomes = std::collections::BTreeMap::new();
+        for i in 0..5_000 {
+            let v = format!("{}", f64::from(i) * 1.7 + 1.0);
+            for (k, class, name) in [
+                (MetricType::Distribution, "d", "kd"),
+                (MetricType::Set, "s", "ks"),
+                (MetricType::Histogram, "h", "kh"),
+            ] {
+                let o = agg.insert(&metric(name, &v, k, ""), NOW);
+                *outcomes.entry((class, format!("{o:?}"))).or_insert(0) += 1;
+            }
+            let o = agg.insert(&stamped("t", &v, MetricType::Gauge, NOW), NOW);
+            *outcomes.entry(("t", format!("{o:?}"))).or_insert(0) += 1;
+            assert!(agg.memory_bytes() <= 16 * 1024);
+        }
+        // Every kind hit the budget; histograms keep aggregating.
+        for class in ["d", "s", "t"] {
+            assert!(
+                outcomes
+                    .get(&(class, "MemoryLimit".to_owned()))
+                    .copied()
+                    .unwrap_or(0)
+                    > 0,
+                "{outcomes:?}"
+            );
+        }
+        assert_eq!(outcomes[&("h", "Accepted".to_owned())], 5_000);
+        let refused: u64 = outcomes
+            .iter()
+            .filter(|((_, o), _)| o == "MemoryLimit")
+            .map(|(_, n)| *n)
+            .sum();
+        let b = agg.take();
+        assert!(
+            b.dropped() > refused,
+            "histogram samples left out count too"
+        );
+        let f = b.into_flush(TS, 1);
+        // The histogram's count is exact even though samples were left out.
+        assert_eq!(value(&f, "kh.count"), 5_001.0);
+        assert_eq!(value(&f, "kh.max"), 4_999.0 * 1.7 + 1.0);
+        // A value in an existing bin is still taken at the budget.
+        let d = &f.distributions[0].sketch;
+        assert!(d.count() > 1.0 && d.count() < 5_001.0, "{}", d.count());
     }
 
     #[test]

@@ -73,13 +73,21 @@ counters! {
     samples_discarded => "dynostat.samples.discarded", Rate;
     /// Live contexts at the last flush.
     contexts => "dynostat.contexts", Gauge;
-    /// New contexts dropped at the context limit.
+    /// New contexts dropped at the context limit or the memory budget.
     contexts_dropped => "dynostat.contexts.dropped", Rate;
     /// Counters that will not be zero-filled when idle: the zero-fill
     /// registry was at the context limit.
     zero_fill_dropped => "dynostat.contexts.zero_fill_dropped", Rate;
     /// Metric samples dropped by `DD_STATSD_METRIC_BLOCKLIST`.
     metrics_filtered => "dynostat.metrics.filtered", Rate;
+    /// Values dropped at the memory budget: new set members, `|T` points,
+    /// distribution values needing a new bin, and histogram samples left out
+    /// of median and percentiles (still in count, sum, avg, min, max).
+    samples_dropped => "dynostat.samples.dropped", Rate;
+    /// Approximate bytes the aggregation held at the last flush (the live
+    /// interval and buckets still being flushed), against its share of
+    /// `DYNOSTAT_MEMORY_LIMIT`.
+    memory_bytes => "dynostat.memory.aggregation_bytes", Gauge;
     /// Payloads sent and accepted.
     payloads => "dynostat.forwarder.payloads", Rate;
     /// Points (series points, distribution values, events, checks) in accepted payloads.

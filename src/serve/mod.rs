@@ -94,6 +94,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
             context_limit: config.context_limit,
+            memory_bytes: config.aggregate_memory_bytes(),
             histogram_aggregates: config.histogram_aggregates.clone(),
             histogram_percentiles: config.histogram_percentiles.clone(),
             // Zeros are for Datadog's monitors; the local console (no key)
@@ -410,6 +411,8 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
                         InsertOutcome::ContextLimit => c.contexts_dropped += 1,
                         InsertOutcome::Discarded => c.discarded += 1,
                         InsertOutcome::Filtered => c.filtered += 1,
+                        // Counted per value in the bucket (`Bucket::dropped`).
+                        InsertOutcome::MemoryLimit => {}
                     },
                     Ok(Parsed::Event(e)) => {
                         c.events += 1;
@@ -652,9 +655,16 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
 async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, interval: u64) {
     use std::cell::Cell;
     let started = Instant::now();
-    let bucket = shared.lock().take();
+    let (bucket, memory) = {
+        let mut agg = shared.lock();
+        let memory = agg.memory_bytes();
+        (agg.take(), memory)
+    };
     let contexts = bucket.contexts();
     let stats = &shared.stats;
+    stats.memory_bytes.store(memory as u64, Ordering::Relaxed);
+    // Values, members, points and bins refused at the memory budget.
+    Stats::add(&stats.samples_dropped, bucket.dropped());
     // Events and service checks past the per-interval cap were counted as
     // received by the receive loop; count them as discarded too.
     Stats::add(&stats.samples_discarded, bucket.overflowed());
@@ -692,7 +702,16 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         if dropped > 0 {
             tracing::warn!(
                 dropped,
-                "new contexts dropped at the context limit; raise DYNOSTAT_CONTEXT_LIMIT or send fewer tag combinations"
+                "new contexts dropped at the context or memory limit; raise DYNOSTAT_MEMORY_LIMIT \
+                 (or DYNOSTAT_CONTEXT_LIMIT) or send fewer tag combinations"
+            );
+        }
+        let samples = stats.samples_dropped.load(Ordering::Relaxed);
+        if samples > 0 {
+            tracing::warn!(
+                dropped = samples,
+                "samples dropped at the memory limit (histogram samples left out of percentiles, \
+                 new set members, |T points, new distribution bins); raise DYNOSTAT_MEMORY_LIMIT"
             );
         }
         let mut series = stats.drain_series(bucket_start, interval);

@@ -981,9 +981,57 @@ impl Serve {
         kb * 1024
     }
 
+    /// Polls `VmHWM` every 20 ms in a thread until the process exits (its
+    /// status no longer lists it) or the handle is stopped; the highest
+    /// value read, in bytes.
+    pub fn watch_hwm(&self) -> HwmWatch {
+        let pid = self.child.id();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut max = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(v) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                            l[6..]
+                                .trim()
+                                .trim_end_matches("kB")
+                                .trim()
+                                .parse::<u64>()
+                                .ok()
+                        })
+                    })
+                else {
+                    break;
+                };
+                max = max.max(v * 1024);
+                thread::sleep(Duration::from_millis(20));
+            }
+            max
+        });
+        HwmWatch { stop, thread }
+    }
+
     /// Whether it is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// See [`Serve::watch_hwm`].
+pub struct HwmWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<u64>,
+}
+
+impl HwmWatch {
+    /// Stops watching (or waits for the exit already seen) and returns the
+    /// highest `VmHWM` read.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }
 
