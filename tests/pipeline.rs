@@ -422,3 +422,31 @@ fn an_https_intake_goes_through_the_https_proxy_with_connect() {
     s.signal(libc::SIGTERM);
     s.wait_exit(Duration::from_secs(10)).expect("exits");
 }
+
+#[test]
+fn a_reset_connection_and_a_slow_answer_lose_nothing_and_duplicate_nothing() {
+    let intake = Intake::start();
+    intake.reply_next(&[Reply::Reset]);
+    intake.set_delay(Duration::from_millis(700));
+    let mut s = Serve::builder().intake(&intake).start();
+    for _ in 0..6 {
+        s.send(b"reset.count:1|c");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        intake.wait_until(Duration::from_secs(20), |i| {
+            (i.total("reset.count", &[]) - 6.0).abs() < 1e-9
+        }),
+        "{:?}",
+        points(&intake, "reset.count")
+    );
+    s.signal(libc::SIGTERM);
+    s.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        intake.requests()[0].status,
+        0,
+        "the first request was reset"
+    );
+    assert!((intake.total("reset.count", &[]) - 6.0).abs() < 1e-9);
+    assert!(s.stderr().contains("queued for retry"), "{}", s.stderr());
+}
