@@ -1086,6 +1086,39 @@ mod tests {
     }
 
     #[test]
+    fn a_sketch_payload_splits_into_halves_that_keep_every_sketch() {
+        let deco = Decoration::default();
+        let mut enc = Encoder::new(Endpoint::Sketches, Limits::default());
+        let mut buf = Vec::new();
+        for i in 0..5 {
+            let d = crate::dogstatsd::aggregate::DistributionSketch {
+                metric: format!("d.{i}"),
+                timestamp: 1_700_000_000,
+                sketch: crate::dogstatsd::sketch::Sketch::of(&[1.0, f64::from(i) + 2.0]),
+                tags: vec![],
+                host: None,
+            };
+            deco.sketch_entry(&d, &mut buf).expect("non-empty");
+            enc.push(&buf, 1).expect("fits");
+        }
+        let payloads = enc.finish();
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(payloads[0].items, 5);
+        let (a, b) = payloads[0].split(&Limits::default()).expect("splits");
+        let names = |ps: &[Payload]| -> Vec<serde_json::Value> {
+            ps.iter()
+                .flat_map(items_of)
+                .map(|v| v["metric"].clone())
+                .collect()
+        };
+        assert_eq!(names(&a), ["d.0", "d.1"]);
+        assert_eq!(names(&b), ["d.2", "d.3", "d.4"]);
+        for p in a.iter().chain(&b) {
+            assert_eq!(p.endpoint, Endpoint::Sketches);
+        }
+    }
+
+    #[test]
     fn split_halves_keep_every_item_and_events_do_not_split() {
         let limits = Limits::default();
         let mut enc = Encoder::new(Endpoint::Series, limits);
