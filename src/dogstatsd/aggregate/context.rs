@@ -1,0 +1,284 @@
+//! Contexts: the class a sample belongs to, the cached raw spelling
+//! (alias) that leads straight to a context id, and the cold path that makes
+//! a canonical key (tags sorted and deduplicated, `host:` and the Agent's
+//! internal tags taken out, `DD_DOGSTATSD_TAGS` added).
+//!
+//! In: a metric's name and raw tag field, or an event's tags. Out: keys and
+//! hosts. Must never: run on the hot path except `alias_hash` and the alias
+//! compare.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Which pipeline a context belongs to. It is part of the context key: the
+/// Agent keeps distributions and `|T` samples apart from aggregated metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// `c g s h ms` without `|T`.
+    Aggregated,
+    /// `d` without `|T`.
+    Distribution,
+    /// `g` with `|T`.
+    TimestampedGauge,
+    /// `c` with `|T`.
+    TimestampedRate,
+}
+
+impl Class {
+    pub(super) fn of(m: &Metric<'_>) -> Option<Self> {
+        match (m.timestamp, m.kind) {
+            (None, MetricType::Distribution) => Some(Self::Distribution),
+            (None, _) => Some(Self::Aggregated),
+            (Some(_), MetricType::Gauge) => Some(Self::TimestampedGauge),
+            (Some(_), MetricType::Counter) => Some(Self::TimestampedRate),
+            // The Agent's no-aggregation pipeline only takes gauges and counts.
+            (
+                Some(_),
+                MetricType::Histogram
+                | MetricType::Timer
+                | MetricType::Set
+                | MetricType::Distribution,
+            ) => None,
+        }
+    }
+
+    pub(super) fn byte(self) -> u8 {
+        match self {
+            Self::Aggregated => b'a',
+            Self::Distribution => b'd',
+            Self::TimestampedGauge => b'g',
+            Self::TimestampedRate => b'r',
+        }
+    }
+
+    pub(super) fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'a' => Some(Self::Aggregated),
+            b'd' => Some(Self::Distribution),
+            b'g' => Some(Self::TimestampedGauge),
+            b'r' => Some(Self::TimestampedRate),
+            _ => None,
+        }
+    }
+}
+
+/// One cached raw spelling of a context: `class, name, 0xFF, raw tags`.
+/// 0xFF never occurs in UTF-8, so the split is unambiguous.
+#[derive(Debug)]
+pub(super) struct Alias {
+    pub(super) key: Box<[u8]>,
+    pub(super) ctx: u32,
+}
+
+impl Alias {
+    pub(super) fn new(class: Class, name: &str, tags: &str, ctx: u32) -> Self {
+        let mut key = Vec::with_capacity(2 + name.len() + tags.len());
+        key.push(class.byte());
+        key.extend_from_slice(name.as_bytes());
+        key.push(0xFF);
+        key.extend_from_slice(tags.as_bytes());
+        Self {
+            key: key.into_boxed_slice(),
+            ctx,
+        }
+    }
+
+    #[inline]
+    pub(super) fn matches(&self, class: Class, name: &str, tags: &str) -> bool {
+        let k = &self.key[..];
+        let n = name.len();
+        k.len() == 2 + n + tags.len()
+            && k[0] == class.byte()
+            && &k[1..1 + n] == name.as_bytes()
+            && k[1 + n] == 0xFF
+            && &k[2 + n..] == tags.as_bytes()
+    }
+}
+
+#[inline]
+pub(super) fn alias_hash(class: Class, name: &str, tags: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_u8(class.byte());
+    h.write(name.as_bytes());
+    h.write_u8(0xFF);
+    h.write(tags.as_bytes());
+    h.finish()
+}
+
+/// Tag prefixes the Agent takes out of every metric's, event's and service
+/// check's tags (comp/dogstatsd/server enrich.go `extractTagsMetadata`):
+/// they steer its origin detection and never reach the intake.
+pub(super) const INTERNAL_TAG_PREFIXES: [&str; 3] = [
+    "dd.internal.entity_id:",
+    "dd.internal.card:",
+    "dd.internal.jmx_check_name:",
+];
+
+/// Whether the Agent strips `tag` (an internal tag; `host:` is handled apart).
+pub(super) fn is_internal_tag(tag: &str) -> bool {
+    tag.starts_with("dd.internal.") && INTERNAL_TAG_PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
+/// Where a tag of a canonical key comes from: the raw field (`[a..b]`), the
+/// mapper's tags or `DD_DOGSTATSD_TAGS` (index `a`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Span {
+    Raw(usize, usize),
+    Mapped(usize),
+    Extra(usize),
+}
+
+/// The tags of one new context: the wire's, the mapper's, `DD_DOGSTATSD_TAGS`.
+pub(super) struct TagSources<'a> {
+    pub(super) raw: &'a str,
+    pub(super) mapped: &'a [String],
+    pub(super) extra: &'a [String],
+}
+
+impl<'a> TagSources<'a> {
+    pub(super) fn get(&self, span: Span) -> &'a str {
+        match span {
+            // Spans start and end at ',' or the ends of the field: char boundaries.
+            Span::Raw(a, b) => self.raw.get(a..b).unwrap_or_default(),
+            Span::Mapped(i) => self.mapped.get(i).map_or("", String::as_str),
+            Span::Extra(i) => self.extra.get(i).map_or("", String::as_str),
+        }
+    }
+}
+
+/// Writes the canonical key of `(class, name, tags)` into `key`: tags sorted
+/// and deduplicated; every `host:` tag of the wire's and the mapper's removed
+/// and the last one kept as the host, internal tags removed; then
+/// `DD_DOGSTATSD_TAGS`, which the Agent adds after that extraction, so a
+/// `host:` among them stays a tag. `spans` is scratch space, reused so the
+/// cold path at the context limit does not allocate either.
+pub(super) fn canonicalise(
+    spans: &mut Vec<Span>,
+    key: &mut String,
+    class: Class,
+    name: &str,
+    tags: &TagSources<'_>,
+) {
+    spans.clear();
+    key.clear();
+    let mut host = "";
+    let mut start = 0;
+    fn take<'t>(span: Span, part: &'t str, host: &mut &'t str, spans: &mut Vec<Span>) {
+        if part.is_empty() {
+            return;
+        }
+        match part.strip_prefix("host:") {
+            Some(h) => *host = h,
+            None if is_internal_tag(part) => {}
+            None => spans.push(span),
+        }
+    }
+    for part in tags.raw.split(',') {
+        let end = start + part.len();
+        take(Span::Raw(start, end), part, &mut host, spans);
+        start = end + 1;
+    }
+    for (i, part) in tags.mapped.iter().enumerate() {
+        take(Span::Mapped(i), part, &mut host, spans);
+    }
+    spans.extend(
+        tags.extra
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(i, _)| Span::Extra(i)),
+    );
+    spans.sort_unstable_by(|a, b| tags.get(*a).cmp(tags.get(*b)));
+    spans.dedup_by(|a, b| tags.get(*a) == tags.get(*b));
+
+    key.push(char::from(class.byte()));
+    key.push_str(name);
+    key.push('\n');
+    key.push_str(host);
+    key.push('\n');
+    for (i, &span) in spans.iter().enumerate() {
+        if i > 0 {
+            key.push(',');
+        }
+        key.push_str(tags.get(span));
+    }
+}
+
+/// The host and tags of an event or service check, as the Agent's
+/// `enrichEvent`/`enrichServiceCheck` make them: `host:` tags (last wins)
+/// and internal tags come out, the `h:` field wins over a `host:` tag, and
+/// `DD_DOGSTATSD_TAGS` are added last.
+pub(super) fn enrich_event_tags(
+    tags: &mut Vec<String>,
+    host: &mut Option<String>,
+    extra: &[String],
+) {
+    let mut tag_host: Option<String> = None;
+    tags.retain(|t| match t.strip_prefix("host:") {
+        Some(h) => {
+            tag_host = Some(h.to_owned());
+            false
+        }
+        None => !is_internal_tag(t),
+    });
+    if host.is_none() {
+        // An empty `host:` means no host here, as for metrics: the
+        // forwarder's default applies.
+        *host = tag_host.filter(|h| !h.is_empty());
+    }
+    tags.extend(extra.iter().cloned());
+}
+
+/// A canonical key split back into its parts.
+pub(super) struct ContextKey<'a> {
+    pub(super) class: Class,
+    pub(super) name: &'a str,
+    pub(super) host: Option<&'a str>,
+    pub(super) tags: &'a str,
+}
+
+impl<'a> ContextKey<'a> {
+    pub(super) fn parse(key: &'a str) -> Option<Self> {
+        let class = Class::from_byte(*key.as_bytes().first()?)?;
+        let mut parts = key.get(1..)?.splitn(3, '\n');
+        let name = parts.next()?;
+        let host = parts.next()?;
+        let tags = parts.next()?;
+        Some(Self {
+            class,
+            name,
+            host: (!host.is_empty()).then_some(host),
+            tags,
+        })
+    }
+
+    pub(super) fn tags(&self) -> Vec<String> {
+        if self.tags.is_empty() {
+            Vec::new()
+        } else {
+            self.tags.split(',').map(str::to_owned).collect()
+        }
+    }
+
+    pub(super) fn series(
+        &self,
+        metric: String,
+        kind: SeriesKind,
+        points: Vec<(i64, f64)>,
+        interval: Option<u64>,
+        unit: Option<&'static str>,
+    ) -> Series {
+        Series {
+            metric,
+            kind,
+            points,
+            tags: self.tags(),
+            host: self.host.map(str::to_owned),
+            interval,
+            unit,
+        }
+    }
+}
+
+/// The context id of a cached spelling whose name is blocklisted.
+pub(super) const BLOCKED: u32 = u32::MAX;

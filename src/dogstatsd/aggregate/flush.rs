@@ -1,0 +1,388 @@
+//! The flush: a taken bucket turned into series, sketches, events and
+//! checks, a bounded number of contexts at a time ([`Chunks`]), with the
+//! Agent's histogram aggregates and percentiles and counter zero-fill.
+//!
+//! In: a [`Bucket`](super::Bucket). Out: [`Flush`](super::Flush)es. Must
+//! never: run under the listener's lock.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// The zero-fill registry: each counter context's canonical key and when its
+/// last sample arrived. Shared by the [`Aggregator`] and its [`Bucket`]s, and
+/// locked only while a bucket is turned into series, never on the receive
+/// path.
+#[derive(Debug, Default)]
+pub(super) struct ZeroFill {
+    /// Canonical key → (last sample, unix seconds; flush that last saw it).
+    pub(super) counters: FxHashMap<Box<str>, (i64, u64)>,
+    /// Flushes so far: tells "seen in this bucket" from "idle".
+    pub(super) flushes: u64,
+    /// Bytes charged to the memory budget for `counters` (part of the
+    /// meter's `flushing` bytes, since the registry outlives intervals).
+    pub(super) bytes: usize,
+}
+
+/// Charged per zero-fill registry entry, plus its key: the key's header and
+/// a 32-byte map entry with its control byte, times the table's slack.
+pub(super) const ZERO_FILL_BYTES: usize = 100;
+
+/// Updates the zero-fill registry with this bucket's counters and returns
+/// the keys of the idle counters to send as 0 for the bucket starting at
+/// `bucket_start`, plus how many counters could not be registered (the
+/// registry was at `limit`, or the memory budget had no room: registry
+/// entries are charged to it for as long as they are kept).
+///
+/// The Agent's rule (pkg/aggregator/time_sampler.go): a bucket gets a 0 for
+/// every counter whose last sample time plus the expiry is after the bucket's
+/// start; others are forgotten. The Agent keeps the sample time to the
+/// nanosecond; we keep whole seconds and read "after" as "at or after", which
+/// is the same unless a sample arrives exactly on a whole second.
+pub(super) fn zero_fill(
+    registry: &Mutex<ZeroFill>,
+    states: &[State],
+    keys: &[Option<Box<str>>],
+    bucket_start: i64,
+    expiry: i64,
+    limit: usize,
+    meter: &Meter,
+) -> (Vec<Box<str>>, u64) {
+    let mut reg = registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    reg.flushes += 1;
+    let flush = reg.flushes;
+    let mut untracked = 0u64;
+    for (state, key) in states.iter().zip(keys) {
+        let (State::Counter { last, .. }, Some(key)) = (state, key) else {
+            continue;
+        };
+        if let Some(entry) = reg.counters.get_mut(&**key) {
+            *entry = (*last, flush);
+        } else if reg.counters.len() < limit
+            && reg.bytes + ZERO_FILL_BYTES + key.len() <= meter.limit / 4
+            && meter.fits(0, ZERO_FILL_BYTES + key.len())
+        {
+            // At most a quarter of the budget: a flush copies the idle keys.
+            let cost = ZERO_FILL_BYTES + key.len();
+            meter.flushing.fetch_add(cost, Ordering::Relaxed);
+            reg.bytes += cost;
+            reg.counters.insert(key.clone(), (*last, flush));
+        } else {
+            untracked += 1;
+        }
+    }
+    let mut idle = Vec::new();
+    let mut freed = 0usize;
+    reg.counters.retain(|key, &mut (last, seen)| {
+        if seen == flush {
+            return true;
+        }
+        let live = last.saturating_add(expiry) >= bucket_start;
+        if live {
+            idle.push(key.clone());
+        } else {
+            freed += ZERO_FILL_BYTES + key.len();
+        }
+        live
+    });
+    let freed = freed.min(reg.bytes);
+    reg.bytes -= freed;
+    meter.flushing.fetch_sub(freed, Ordering::Relaxed);
+    (idle, untracked)
+}
+
+/// Contexts per chunk in [`Bucket::into_flush`] and the flush loop: about
+/// 1-2 MB of series at a time.
+pub const CHUNK_CONTEXTS: usize = 4_096;
+
+/// A bucket being turned into [`Flush`]es chunk by chunk; see [`Bucket::into_chunks`].
+#[derive(Debug)]
+pub struct Chunks {
+    /// Bytes still charged; given back in proportion to the contexts built.
+    pub(super) held: Held,
+    /// Contexts in the bucket.
+    pub(super) total: usize,
+    pub(super) prepared: Arc<Prepared>,
+    pub(super) states: std::vec::IntoIter<State>,
+    pub(super) keys: std::vec::IntoIter<Option<Box<str>>>,
+    /// Idle counters' keys, sent as 0 after the bucket's own contexts.
+    pub(super) idle: std::vec::IntoIter<Box<str>>,
+    pub(super) zero_fill_untracked: u64,
+    /// Events and service checks, until the first chunk takes them.
+    pub(super) first: Option<(Vec<Event>, Vec<ServiceCheck>)>,
+    pub(super) timestamp: i64,
+    pub(super) interval: u64,
+    pub(super) max_contexts: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = Flush;
+
+    /// The next chunk; the first one always comes, even from an empty bucket.
+    fn next(&mut self) -> Option<Flush> {
+        let mut out = match self.first.take() {
+            Some((events, service_checks)) => Flush {
+                events,
+                service_checks,
+                ..Flush::default()
+            },
+            None if self.states.as_slice().is_empty() && self.idle.as_slice().is_empty() => {
+                return None
+            }
+            None => Flush::default(),
+        };
+        let mut n = 0;
+        for (state, key) in (&mut self.states)
+            .zip(&mut self.keys)
+            .take(self.max_contexts)
+        {
+            n += 1;
+            let Some(key) = key else { continue };
+            let Some(ctx) = ContextKey::parse(&key) else {
+                continue;
+            };
+            flush_state(
+                state,
+                &ctx,
+                &self.prepared,
+                self.timestamp,
+                self.interval,
+                &mut out,
+            );
+        }
+        // Then the idle counters' zeros, in the room left in this chunk.
+        for key in (&mut self.idle).take(self.max_contexts - n) {
+            if let Some(ctx) = ContextKey::parse(&key) {
+                out.series.push(ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Rate,
+                    vec![(self.timestamp, 0.0)],
+                    Some(self.interval),
+                    None,
+                ));
+            }
+        }
+        // The contexts built so far are freed: give their share back.
+        let left = self.states.as_slice().len();
+        let keep = if self.total == 0 {
+            0
+        } else {
+            // At most bytes * contexts: no overflow for any real budget.
+            (self.held.bytes as u128 * left as u128 / self.total as u128) as usize
+        };
+        self.held.keep(keep);
+        Some(out)
+    }
+}
+
+impl Chunks {
+    /// Counters of this bucket that will not be zero-filled when they go
+    /// idle, because the zero-fill registry was full (at the context limit).
+    pub fn zero_fill_untracked(&self) -> u64 {
+        self.zero_fill_untracked
+    }
+}
+
+impl Flush {
+    /// Appends `other`'s items after this flush's, kind by kind.
+    pub fn append(&mut self, mut other: Flush) {
+        self.series.append(&mut other.series);
+        self.distributions.append(&mut other.distributions);
+        self.events.append(&mut other.events);
+        self.service_checks.append(&mut other.service_checks);
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
+pub(super) fn flush_state(
+    state: State,
+    ctx: &ContextKey<'_>,
+    prepared: &Prepared,
+    ts: i64,
+    interval: u64,
+    out: &mut Flush,
+) {
+    let secs = interval as f64;
+    match state {
+        // Counters are sent as RATE = sum/interval, with `interval` set, as the Agent does.
+        State::Counter { sum, .. } => out.series.push(ctx.series(
+            ctx.name.to_owned(),
+            SeriesKind::Rate,
+            vec![(ts, sum / secs)],
+            Some(interval),
+            None,
+        )),
+        State::Gauge(last) => out.series.push(ctx.series(
+            ctx.name.to_owned(),
+            SeriesKind::Gauge,
+            vec![(ts, last)],
+            None,
+            None,
+        )),
+        State::Set(members) => {
+            if !members.is_empty() {
+                out.series.push(ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Gauge,
+                    vec![(ts, members.len() as f64)],
+                    None,
+                    None,
+                ));
+            }
+        }
+        State::Histogram(h) => flush_histogram(*h, ctx, prepared, ts, interval, out),
+        State::Distribution(sketch) => {
+            if !sketch.is_empty() {
+                out.distributions.push(DistributionSketch {
+                    metric: ctx.name.to_owned(),
+                    timestamp: ts,
+                    sketch: *sketch,
+                    tags: ctx.tags(),
+                    host: ctx.host.map(str::to_owned),
+                });
+            }
+        }
+        State::Timestamped(mut points) => {
+            if points.is_empty() {
+                return;
+            }
+            points.sort_by_key(|p| p.0);
+            let series = if ctx.class == Class::TimestampedRate {
+                // The Agent's no-aggregation pipeline sends counters as RATE,
+                // value / bucket size, at their own timestamp.
+                for p in &mut points {
+                    p.1 /= secs;
+                }
+                ctx.series(
+                    ctx.name.to_owned(),
+                    SeriesKind::Rate,
+                    points,
+                    Some(interval),
+                    None,
+                )
+            } else {
+                ctx.series(ctx.name.to_owned(), SeriesKind::Gauge, points, None, None)
+            };
+            out.series.push(series);
+        }
+    }
+}
+
+/// The Agent's Histogram.flush (pkg/metrics/histogram.go): aggregates in the
+/// configured order, then percentiles ascending. Median and percentiles are
+/// nearest rank over the weighted, sorted samples: the first sample whose
+/// cumulative (float) weight exceeds the target, with target `(count-1)/2`
+/// for the median and `(p*count-1)/100` for percentile `p`, in floats as the
+/// current Agent computes them.
+#[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
+pub(super) fn flush_histogram(
+    mut h: Histogram,
+    ctx: &ContextKey<'_>,
+    prepared: &Prepared,
+    ts: i64,
+    interval: u64,
+    out: &mut Flush,
+) {
+    if h.ones.is_empty() && h.weighted.is_empty() {
+        return;
+    }
+    h.ones.sort_unstable_by(f64::total_cmp);
+    h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // Rank statistics use the kept samples (all of them below the cap).
+    let kept = h.ones.len() as f64 + h.weighted.iter().map(|w| w.1).sum::<f64>();
+    let unit = h.timer.then_some("millisecond");
+    for agg in &prepared.aggregates {
+        let (value, kind, unit, series_interval) = match agg {
+            HistogramAggregate::Max => (h.max, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Min => (h.min, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Median => {
+                let Some(v) = at_rank(&h.ones, &h.weighted, (kept - 1.0) / 2.0) else {
+                    continue;
+                };
+                (v, SeriesKind::Gauge, unit, None)
+            }
+            HistogramAggregate::Avg => (h.sum / h.count, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Sum => (h.sum, SeriesKind::Gauge, unit, None),
+            // `.count` is a RATE over the interval, dimensionless, as in the Agent.
+            HistogramAggregate::Count => (
+                h.count / interval as f64,
+                SeriesKind::Rate,
+                None,
+                Some(interval),
+            ),
+        };
+        out.series.push(ctx.series(
+            joined(ctx.name, ".", agg.suffix()),
+            kind,
+            vec![(ts, value)],
+            series_interval,
+            unit,
+        ));
+    }
+    for (p, suffix) in &prepared.percentiles {
+        let target = (*p as f64 * kept - 1.0) / 100.0;
+        let Some(v) = at_rank(&h.ones, &h.weighted, target) else {
+            continue;
+        };
+        out.series.push(ctx.series(
+            joined(ctx.name, "", suffix),
+            SeriesKind::Gauge,
+            vec![(ts, v)],
+            None,
+            unit,
+        ));
+    }
+}
+
+/// `a + sep + b` in one exact allocation (`format!` costs several times more
+/// per histogram series at flush).
+pub(super) fn joined(a: &str, sep: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + sep.len() + b.len());
+    s.push_str(a);
+    s.push_str(sep);
+    s.push_str(b);
+    s
+}
+
+/// The first value, in ascending order over both sorted lists, at which the
+/// cumulative weight exceeds `target`. `None` when there are no samples.
+pub(super) fn at_rank(ones: &[f64], weighted: &[(f64, f64)], target: f64) -> Option<f64> {
+    if weighted.is_empty() {
+        // Unit weights: the cumulative weight after index i is i + 1, which
+        // exceeds `target` first at i = floor(target) (0 for a negative one).
+        // Saturating cast: a target past the end reads the last sample.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let i = target.max(0.0).floor() as usize;
+        return ones.get(i).or(ones.last()).copied();
+    }
+    let (mut i, mut j, mut cum) = (0usize, 0usize, 0f64);
+    let mut last = None;
+    loop {
+        let (v, w) = match (ones.get(i), weighted.get(j)) {
+            (Some(&a), Some(&(b, wb))) => {
+                if a.total_cmp(&b).is_le() {
+                    i += 1;
+                    (a, 1.0)
+                } else {
+                    j += 1;
+                    (b, wb)
+                }
+            }
+            (Some(&a), None) => {
+                i += 1;
+                (a, 1.0)
+            }
+            (None, Some(&(b, wb))) => {
+                j += 1;
+                (b, wb)
+            }
+            (None, None) => return last,
+        };
+        cum += w;
+        if cum > target {
+            return Some(v);
+        }
+        last = Some(v);
+    }
+}

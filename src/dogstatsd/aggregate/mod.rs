@@ -1,0 +1,608 @@
+//! Aggregation: contexts and per-type state over one flush interval.
+//!
+//! In: parsed [`Metric`]s, [`Event`]s and [`ServiceCheck`]s from the listener.
+//! Out: a [`Flush`] of Datadog series (Agent-exact semantics), distribution
+//! sketches ([`crate::dogstatsd::sketch`]), events and service checks.
+//!
+//! Must never: allocate per sample for an existing context, grow past the
+//! context limit or the memory budget ([`AggregatorOptions::memory_bytes`]),
+//! or do the heavy per-flush work (sorting samples, building
+//! series) while holding the listener's lock: [`Aggregator::take`] is a cheap
+//! swap and [`Bucket::into_chunks`] (or [`Bucket::into_flush`]) does the rest
+//! off the receive path, a bounded number of contexts at a time.
+//!
+//! # How a sample finds its context
+//!
+//! A context is the metric name plus its sorted, deduplicated tags and the
+//! host from a `host:` tag (last wins, removed from the tags), as in the Agent.
+//! Sorting tags per line would cost an allocation and a sort on every sample,
+//! so the hot path never does it:
+//!
+//! 1. hash `(class, name, raw tag field)` with FxHash and look the hash up in
+//!    the *alias* map; on a hit whose stored bytes match, that is the context id;
+//! 2. on a miss (the first line of a context in this interval, or a new tag
+//!    order), the cold path [`Aggregator::resolve_new`] canonicalises the tags,
+//!    looks up or creates the canonical context, and caches the raw alias.
+//!
+//! Per-context state lives in a `Vec` indexed by context id.
+//!
+//! # The memory budget
+//!
+//! Every allocation an interval makes is charged, in approximate bytes, to
+//! one meter before it is made: a context (its two keys, map entries and
+//! state, with the slack of maps and vectors that grow by doubling), a kept
+//! histogram sample, a set member, a `|T` point, a sketch bin, an event or a
+//! service check. The live interval and the buckets still being flushed share
+//! the budget: a taken [`Bucket`] keeps its bytes charged until its chunks
+//! are built, and gives them back as it goes. Past the budget a new context
+//! is refused ([`InsertOutcome::ContextLimit`]) and a new sample, member,
+//! point or bin is dropped and counted ([`Bucket::dropped`]); existing
+//! contexts keep aggregating (counters, gauges, histogram count/sum/min/max,
+//! values that fall in an existing sketch bin, members already in a set).
+//!
+//! # Idle contexts
+//!
+//! Every interval starts empty: [`Aggregator::take`] moves the maps and the
+//! state vector into the [`Bucket`], so a context not seen in an interval holds
+//! no per-interval memory. The one thing kept across intervals is, for each
+//! counter, its canonical key and when it was last sampled (the zero-fill
+//! registry, [`ZeroFill`]): as the Agent does (pkg/aggregator/time_sampler.go,
+//! `countersSampleZeroValue`), every flush sends 0 for a counter whose last
+//! sample arrived less than `DD_DOGSTATSD_EXPIRY_SECONDS` (default 300; 0
+//! turns it off) before the bucket's start, so a monitor on a sparse counter
+//! sees 0 rather than "no data". The registry is bounded by the context limit
+//! (counters past it are not zero-filled, and are counted), and it is updated
+//! off the receive path, while the bucket is turned into series.
+//!
+//! # Names and tags
+//!
+//! As the Agent's server does, a new spelling's name goes through the mapper
+//! profiles, the namespace and the blocklist ([`crate::dogstatsd::mapper`]);
+//! then `host:` (the host, last wins), `dd.internal.entity_id:`,
+//! `dd.internal.card:` and `dd.internal.jmx_check_name:` come out of the tags,
+//! and `DD_DOGSTATSD_TAGS` go in (comp/dogstatsd/server enrich.go
+//! `extractTagsMetadata`, server.go `extraTags`). All of this runs on the cold
+//! path only: the raw spelling's cache entry leads straight to the context,
+//! or, for a blocked name, to "filtered".
+
+use std::collections::hash_map::Entry;
+use std::hash::Hasher;
+use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+
+use crate::config::HistogramAggregate;
+use crate::dogstatsd::mapper::{NameRules, Named, Names};
+use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
+use crate::dogstatsd::sketch::Sketch;
+
+mod budget;
+mod context;
+mod flush;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use budget::*;
+use context::*;
+use flush::*;
+pub use flush::{Chunks, CHUNK_CONTEXTS};
+use state::*;
+
+/// Events kept per interval (within the memory budget); more are counted in
+/// [`Bucket::overflowed`].
+pub const MAX_EVENTS: usize = 10_000;
+/// Service checks kept per interval (within the memory budget); more are
+/// counted in [`Bucket::overflowed`].
+pub const MAX_SERVICE_CHECKS: usize = 10_000;
+/// The least a context is charged, whatever its name and tags: map entries
+/// with their growth slack, the state slot, allocator headers. The default
+/// context limit is the budget divided by this.
+pub const MIN_CONTEXT_BYTES: usize = crate::config::defaults::MIN_CONTEXT_BYTES;
+/// Charged per extra raw spelling (another tag order) of a context, plus
+/// its bytes: an alias map entry with its growth slack and a header.
+const ALIAS_BYTES: usize = 96;
+/// Charged per set member, plus its bytes past the inline ones: a 24-byte
+/// slot and its control byte, times the table's growth slack.
+const MEMBER_BYTES: usize = 64;
+/// Charged per event or service check, plus its strings.
+const EVENT_BYTES: usize = 256;
+/// `|T` points older than this (seconds before `now`) are discarded: the
+/// intake silently drops points more than 1 h in the past.
+pub const MAX_TIMESTAMP_PAST_SECS: i64 = 3_600;
+/// `|T` points further in the future than this are discarded: the intake
+/// silently drops points more than 10 min ahead.
+pub const MAX_TIMESTAMP_FUTURE_SECS: i64 = 600;
+
+/// Options from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct AggregatorOptions {
+    /// Live contexts allowed per interval; new ones past it are dropped and
+    /// counted. Also the most counters kept for zero-filling.
+    pub context_limit: usize,
+    /// Approximate heap bytes the live interval and the buckets being flushed
+    /// may hold together; past it, new contexts and samples are dropped and
+    /// counted (see the module docs).
+    pub memory_bytes: usize,
+    /// Histogram aggregates, in order.
+    pub histogram_aggregates: Vec<HistogramAggregate>,
+    /// Histogram percentiles, each in [0, 1].
+    pub histogram_percentiles: Vec<f64>,
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`: idle counters are sent as 0 for this
+    /// long after their last sample; 0 turns zero-filling off.
+    pub counter_expiry_secs: u64,
+    /// `DD_DOGSTATSD_TAGS`: added to every metric, event and service check.
+    pub dogstatsd_tags: Vec<String>,
+    /// Mapper, namespace and blocklist.
+    pub names: NameRules,
+}
+
+impl Default for AggregatorOptions {
+    /// The defaults of [`crate::config::defaults`].
+    fn default() -> Self {
+        use crate::config::defaults;
+        Self {
+            context_limit: defaults::context_limit(defaults::MEMORY_LIMIT),
+            memory_bytes: defaults::aggregate_bytes(defaults::MEMORY_LIMIT),
+            histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
+            histogram_percentiles: defaults::PERCENTILES.to_vec(),
+            counter_expiry_secs: defaults::EXPIRY_SECONDS,
+            dogstatsd_tags: Vec::new(),
+            names: NameRules {
+                mapper_cache_size: defaults::MAPPER_CACHE_SIZE,
+                ..NameRules::default()
+            },
+        }
+    }
+}
+
+/// The series type in Datadog's v2 API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesKind {
+    /// `1` COUNT
+    Count,
+    /// `2` RATE (counters, histogram `.count`)
+    Rate,
+    /// `3` GAUGE
+    Gauge,
+}
+
+/// One output series with one or more points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Metric name, e.g. `page.views` or `latency.95percentile`.
+    pub metric: String,
+    /// COUNT, RATE or GAUGE.
+    pub kind: SeriesKind,
+    /// `(unix seconds, value)` points.
+    pub points: Vec<(i64, f64)>,
+    /// Sorted, deduplicated tags, without any `host:` tag (global tags are added by the forwarder).
+    pub tags: Vec<String>,
+    /// Host from a `host:` tag (last wins), else none; the forwarder applies the configured default.
+    pub host: Option<String>,
+    /// Interval in seconds, for RATE and COUNT series.
+    pub interval: Option<u64>,
+    /// Unit, e.g. `millisecond` for `ms` timers.
+    pub unit: Option<&'static str>,
+}
+
+/// One distribution context's sketch for `/api/beta/sketches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistributionSketch {
+    /// Metric name.
+    pub metric: String,
+    /// Unix seconds: the interval's start.
+    pub timestamp: i64,
+    /// Every value of the interval, weighted `1/rate`.
+    pub sketch: Sketch,
+    /// Sorted, deduplicated tags without `host:`.
+    pub tags: Vec<String>,
+    /// Host from a `host:` tag.
+    pub host: Option<String>,
+}
+
+/// Everything one flush produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flush {
+    /// Series for `/api/v2/series`.
+    pub series: Vec<Series>,
+    /// Distribution sketches for `/api/beta/sketches`.
+    pub distributions: Vec<DistributionSketch>,
+    /// Events for `/api/v1/events`.
+    pub events: Vec<Event>,
+    /// Service checks for `/api/v1/check_run`.
+    pub service_checks: Vec<ServiceCheck>,
+}
+
+/// What happened to one inserted sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Aggregated (or queued as timestamped). For a multi-value line: at
+    /// least one value was taken.
+    Accepted,
+    /// A new context past the context limit or the memory budget: dropped.
+    ContextLimit,
+    /// No value was taken because the memory budget was reached; each value
+    /// is counted in [`Bucket::dropped`].
+    MemoryLimit,
+    /// NaN/Inf values, or a `|T` histogram/set/distribution: dropped as the Agent does.
+    /// Also: a set sample on a numeric context (or the reverse), a `|T` point
+    /// outside the intake's window, or a per-interval storage cap reached.
+    Discarded,
+    /// The name is in `DD_STATSD_METRIC_BLOCKLIST` (after mapping and namespacing).
+    Filtered,
+}
+
+/// Options prepared once: percentiles as the Agent names them.
+#[derive(Debug)]
+struct Prepared {
+    context_limit: usize,
+    meter: Meter,
+    /// Raw-alias cache entries allowed per interval: a context can be sent
+    /// with many tag orders, and each order is one alias.
+    alias_limit: usize,
+    aggregates: Vec<HistogramAggregate>,
+    /// `(percent 0-100, ".95percentile")`, ascending, deduplicated.
+    percentiles: Vec<(u64, String)>,
+    /// `DD_DOGSTATSD_EXPIRY_SECONDS`; 0: no zero-filling.
+    counter_expiry_secs: i64,
+    /// `DD_DOGSTATSD_TAGS`.
+    dogstatsd_tags: Vec<String>,
+}
+
+impl Prepared {
+    fn new(opts: &AggregatorOptions) -> Self {
+        // The Agent turns `0.95` into the integer 95 with `int(p*100 + 0.5)`
+        // (pkg/metrics/histogram.go ParsePercentiles), sorts the list, and
+        // names the series `fmt.Sprintf(".%dpercentile", p)`.
+        let mut pcts: Vec<u64> = opts
+            .histogram_percentiles
+            .iter()
+            .filter(|p| p.is_finite())
+            // Saturating float->int cast; the clamp keeps it in 0..=100.
+            .map(|p| ((p * 100.0 + 0.5) as u64).min(100))
+            .collect();
+        pcts.sort_unstable();
+        pcts.dedup();
+        Self {
+            context_limit: opts.context_limit,
+            meter: Meter {
+                limit: opts.memory_bytes,
+                flushing: Arc::new(AtomicUsize::new(0)),
+            },
+            alias_limit: opts.context_limit.saturating_mul(2).saturating_add(1_024),
+            aggregates: opts.histogram_aggregates.clone(),
+            percentiles: pcts
+                .into_iter()
+                .map(|p| (p, format!(".{p}percentile")))
+                .collect(),
+            counter_expiry_secs: i64::try_from(opts.counter_expiry_secs).unwrap_or(i64::MAX),
+            dogstatsd_tags: opts.dogstatsd_tags.clone(),
+        }
+    }
+}
+
+/// The live aggregation state. Owned by the listener behind a mutex.
+#[derive(Debug)]
+pub struct Aggregator {
+    prepared: Arc<Prepared>,
+    cur: Interval,
+    /// Mapper, namespace and blocklist, with the mapper's cache.
+    names: Names,
+    zero_fill: Arc<Mutex<ZeroFill>>,
+    /// Cold-path scratch: tag spans and the canonical key being built.
+    scratch_spans: Vec<Span>,
+    scratch_key: String,
+}
+
+/// One interval's state, taken out of the [`Aggregator`] at flush time.
+#[derive(Debug)]
+pub struct Bucket {
+    prepared: Arc<Prepared>,
+    interval: Interval,
+    zero_fill: Arc<Mutex<ZeroFill>>,
+    held: Held,
+}
+
+impl Aggregator {
+    /// A new, empty aggregator.
+    pub fn new(opts: AggregatorOptions) -> Self {
+        Self {
+            prepared: Arc::new(Prepared::new(&opts)),
+            cur: Interval::default(),
+            names: Names::new(opts.names),
+            zero_fill: Arc::default(),
+            scratch_spans: Vec::new(),
+            scratch_key: String::new(),
+        }
+    }
+
+    /// Adds one metric line. `now` is unix seconds (for `|T` sanity only).
+    #[inline]
+    pub fn insert(&mut self, metric: &Metric<'_>, now: i64) -> InsertOutcome {
+        let Some(class) = Class::of(metric) else {
+            return InsertOutcome::Discarded;
+        };
+        if let Some(ts) = metric.timestamp {
+            if ts < now.saturating_sub(MAX_TIMESTAMP_PAST_SECS)
+                || ts > now.saturating_add(MAX_TIMESTAMP_FUTURE_SECS)
+            {
+                return InsertOutcome::Discarded;
+            }
+        }
+        let tags = metric.tags.raw();
+        let hash = alias_hash(class, metric.name, tags);
+        let hit = self
+            .cur
+            .aliases
+            .get(&hash)
+            .filter(|a| a.matches(class, metric.name, tags))
+            .map(|a| a.ctx);
+        let id = match hit {
+            Some(id) => id,
+            None => match self.resolve_new(class, metric, hash) {
+                Ok(id) => id,
+                Err(outcome) => return outcome,
+            },
+        };
+        self.cur
+            .apply(id as usize, metric, now, &self.prepared.meter)
+    }
+
+    /// The cold path: a raw spelling not seen this interval. Canonicalises,
+    /// finds or creates the context, and caches the spelling.
+    #[cold]
+    #[inline(never)]
+    fn resolve_new(
+        &mut self,
+        class: Class,
+        m: &Metric<'_>,
+        hash: u64,
+    ) -> Result<u32, InsertOutcome> {
+        let tags = m.tags.raw();
+        let (name, mapped) = if self.names.is_identity() {
+            (m.name, &[][..])
+        } else {
+            match self.names.resolve(m.name) {
+                Named::Keep(name, mapped) => (name, mapped),
+                Named::Blocked => {
+                    // Cache the spelling as blocked: later samples cost one lookup.
+                    if self.cur.aliases.len() < self.prepared.alias_limit {
+                        if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                            e.insert(Alias::new(class, m.name, tags, BLOCKED));
+                        }
+                    }
+                    return Err(InsertOutcome::Filtered);
+                }
+            }
+        };
+        canonicalise(
+            &mut self.scratch_spans,
+            &mut self.scratch_key,
+            class,
+            name,
+            &TagSources {
+                raw: tags,
+                mapped,
+                extra: &self.prepared.dogstatsd_tags,
+            },
+        );
+        let id = match self.cur.canon.get(self.scratch_key.as_str()) {
+            Some(&id) => id,
+            None => {
+                // Do not create a context that would hold nothing.
+                if m.kind != MetricType::Set && !m.values().any(f64::is_finite) {
+                    return Err(InsertOutcome::Discarded);
+                }
+                let n = self.cur.states.len();
+                if n >= self.prepared.context_limit {
+                    return Err(InsertOutcome::ContextLimit);
+                }
+                let state = State::new(class, m.kind);
+                let cost = context_bytes(self.scratch_key.len(), m.name.len() + tags.len())
+                    + state.heap_bytes();
+                if !self.prepared.meter.fits(self.cur.bytes, cost) {
+                    return Err(InsertOutcome::ContextLimit);
+                }
+                let id = u32::try_from(n)
+                    .ok()
+                    .filter(|&id| id != BLOCKED)
+                    .ok_or(InsertOutcome::ContextLimit)?;
+                self.cur.bytes += cost;
+                self.cur.states.push(state);
+                self.cur
+                    .canon
+                    .insert(Box::from(self.scratch_key.as_str()), id);
+                // The context's first spelling is paid for in its cost.
+                if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                    e.insert(Alias::new(class, m.name, tags, id));
+                }
+                return Ok(id);
+            }
+        };
+        // Cache another spelling, unless the cache is full (many tag orders
+        // for few contexts), the budget has no room (the spelling then keeps
+        // taking the cold path), or another spelling owns this hash (a 64-bit
+        // collision: that spelling simply keeps taking the cold path).
+        let cost = ALIAS_BYTES + m.name.len() + tags.len();
+        if self.cur.aliases.len() < self.prepared.alias_limit
+            && self.prepared.meter.fits(self.cur.bytes, cost)
+        {
+            if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
+                e.insert(Alias::new(class, m.name, tags, id));
+                self.cur.bytes += cost;
+            }
+        }
+        Ok(id)
+    }
+
+    /// Adds an event. Past [`MAX_EVENTS`] per interval it is dropped and
+    /// counted in [`Bucket::overflowed`].
+    /// Its host and tags are enriched as the Agent does (`host:` tags,
+    /// internal tags, `DD_DOGSTATSD_TAGS`).
+    pub fn insert_event(&mut self, mut event: Event) {
+        let cost = EVENT_BYTES
+            + event.title.len()
+            + event.text.len()
+            + tags_bytes(&event.tags)
+            + tags_bytes(&self.prepared.dogstatsd_tags)
+            + event.host.as_ref().map_or(0, String::len)
+            + event.aggregation_key.as_ref().map_or(0, String::len)
+            + event.source_type.as_ref().map_or(0, String::len);
+        if self.cur.events.len() < MAX_EVENTS && self.prepared.meter.fits(self.cur.bytes, cost) {
+            self.cur.bytes += cost;
+            enrich_event_tags(
+                &mut event.tags,
+                &mut event.host,
+                &self.prepared.dogstatsd_tags,
+            );
+            self.cur.events.push(event);
+        } else {
+            self.cur.overflowed += 1;
+        }
+    }
+
+    /// Adds a service check. Past [`MAX_SERVICE_CHECKS`] per interval it is
+    /// dropped and counted in [`Bucket::overflowed`].
+    /// Enriched as [`Aggregator::insert_event`] says.
+    pub fn insert_service_check(&mut self, mut check: ServiceCheck) {
+        let cost = EVENT_BYTES
+            + check.name.len()
+            + tags_bytes(&check.tags)
+            + tags_bytes(&self.prepared.dogstatsd_tags)
+            + check.host.as_ref().map_or(0, String::len)
+            + check.message.as_ref().map_or(0, String::len);
+        if self.cur.service_checks.len() < MAX_SERVICE_CHECKS
+            && self.prepared.meter.fits(self.cur.bytes, cost)
+        {
+            self.cur.bytes += cost;
+            enrich_event_tags(
+                &mut check.tags,
+                &mut check.host,
+                &self.prepared.dogstatsd_tags,
+            );
+            self.cur.service_checks.push(check);
+        } else {
+            self.cur.overflowed += 1;
+        }
+    }
+
+    /// Live contexts now (this interval, every kind).
+    pub fn contexts(&self) -> usize {
+        self.cur.states.len()
+    }
+
+    /// Approximate heap bytes charged to the budget now: the live interval
+    /// plus the buckets still being flushed.
+    pub fn memory_bytes(&self) -> usize {
+        self.cur.bytes + self.prepared.meter.flushing.load(Ordering::Relaxed)
+    }
+
+    /// Swaps out this interval's state. Cheap: call it under the lock. Only
+    /// moves; freeing the old maps happens in [`Bucket::into_chunks`]. The
+    /// bucket's bytes stay charged to the budget until it is flushed.
+    pub fn take(&mut self) -> Bucket {
+        let interval = mem::take(&mut self.cur);
+        Bucket {
+            held: Held::new(interval.bytes, &self.prepared.meter.flushing),
+            prepared: Arc::clone(&self.prepared),
+            interval,
+            zero_fill: Arc::clone(&self.zero_fill),
+        }
+    }
+}
+
+impl Bucket {
+    /// Events and service checks dropped in this interval because their
+    /// per-interval cap was reached (they are not in the flush).
+    pub fn overflowed(&self) -> u64 {
+        self.interval.overflowed
+    }
+
+    /// Values, set members, `|T` points and sketch bins dropped in this
+    /// interval at the memory budget, and histogram samples left out of its
+    /// median and percentiles (they still count in `.count .sum .avg .min
+    /// .max`).
+    pub fn dropped(&self) -> u64 {
+        self.interval.dropped
+    }
+
+    /// Contexts in this bucket.
+    pub fn contexts(&self) -> usize {
+        self.interval.states.len()
+    }
+
+    /// Turns the bucket into series, stamped `timestamp` (unix seconds, the
+    /// interval's start as the Agent does), with RATE values over `interval_secs`.
+    /// Series come out in the order their contexts were first seen.
+    ///
+    /// Builds every series at once: the flush loop uses [`Bucket::into_chunks`]
+    /// instead, which keeps memory near the live size.
+    pub fn into_flush(self, timestamp: i64, interval_secs: u64) -> Flush {
+        let mut out = Flush {
+            series: Vec::with_capacity(self.interval.states.len()),
+            ..Flush::default()
+        };
+        for chunk in self.into_chunks(timestamp, interval_secs, CHUNK_CONTEXTS) {
+            out.append(chunk);
+        }
+        out
+    }
+
+    /// As [`Bucket::into_flush`], but a bounded number of contexts at a time:
+    /// each [`Flush`] the iterator yields holds the series of at most
+    /// `max_contexts` contexts (the first one also holds the events and
+    /// service checks), and each context's state is freed as its series are
+    /// built. Appending every chunk in order gives exactly
+    /// [`Bucket::into_flush`]'s result.
+    pub fn into_chunks(self, timestamp: i64, interval_secs: u64, max_contexts: usize) -> Chunks {
+        let Interval {
+            aliases,
+            canon,
+            states,
+            events,
+            service_checks,
+            ..
+        } = self.interval;
+        drop(aliases);
+        let total = states.len();
+        let mut keys: Vec<Option<Box<str>>> =
+            std::iter::repeat_with(|| None).take(states.len()).collect();
+        for (key, id) in canon {
+            if let Some(slot) = keys.get_mut(id as usize) {
+                *slot = Some(key);
+            }
+        }
+        let mut held = self.held;
+        let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
+            zero_fill(
+                &self.zero_fill,
+                &states,
+                &keys,
+                timestamp,
+                self.prepared.counter_expiry_secs,
+                self.prepared.context_limit,
+                &self.prepared.meter,
+            )
+        } else {
+            (Vec::new(), 0)
+        };
+        // The idle keys are copies, held until their zeros are built.
+        held.add(idle.iter().map(|k| k.len() + 24).sum());
+        Chunks {
+            held,
+            total,
+            prepared: self.prepared,
+            states: states.into_iter(),
+            keys: keys.into_iter(),
+            idle: idle.into_iter(),
+            zero_fill_untracked: untracked,
+            first: Some((events, service_checks)),
+            timestamp,
+            interval: interval_secs.max(1),
+            max_contexts: max_contexts.max(1),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Per-type state for one interval: histograms (weighted samples), set
+//! members, sketches, gauges, counters, and the [`Interval`] that holds every
+//! context's state plus events and service checks.
+//!
+//! In: samples for a known context id. Out: state for the flush. Must never:
+//! allocate per sample for an existing context without charging the budget.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Histogram or timer state for one interval.
+#[derive(Debug)]
+pub(super) struct Histogram {
+    /// `ms`: unit millisecond.
+    pub(super) timer: bool,
+    /// Weighted sample count, each sample weighing `1/rate`.
+    pub(super) count: f64,
+    /// Sum of `value * weight`.
+    pub(super) sum: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+    /// Unsampled values (weight 1), the common case, kept at 8 bytes each.
+    pub(super) ones: Vec<f64>,
+    /// Sampled values with their weight `1/rate`.
+    pub(super) weighted: Vec<(f64, f64)>,
+}
+
+impl Histogram {
+    pub(super) fn new(timer: bool) -> Self {
+        Self {
+            timer,
+            count: 0.0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ones: Vec::new(),
+            weighted: Vec::new(),
+        }
+    }
+
+    /// Weights are the float `1/rate`, as in the Agent's weightSample
+    /// (pkg/metrics/histogram.go, current 7.x): four samples at `@0.75`
+    /// count 5.33, and `.avg` of a constant is that constant at any rate.
+    ///
+    /// The sample is kept for median and percentiles while the budget has
+    /// room; past it, it still counts in `.count .sum .avg .min .max`, and
+    /// `false` says it was left out of the rank statistics.
+    #[inline]
+    pub(super) fn add(&mut self, v: f64, weight: f64, bytes: &mut usize, meter: &Meter) -> bool {
+        self.count += weight;
+        self.sum += v * weight;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if weight == 1.0 {
+            if !grow_for_one(&mut self.ones, bytes, meter) {
+                return false;
+            }
+            self.ones.push(v);
+        } else {
+            if !grow_for_one(&mut self.weighted, bytes, meter) {
+                return false;
+            }
+            self.weighted.push((v, weight));
+        }
+        true
+    }
+}
+
+/// Bytes of a set member kept inline in [`Member`].
+pub(super) const INLINE_MEMBER: usize = 22;
+
+/// A set member's bytes: up to [`INLINE_MEMBER`] bytes inline (user ids,
+/// hashes, small numbers: the common case, with no allocation and 24 bytes
+/// per member), longer ones on the heap. Hashes and compares as its bytes,
+/// so a set can be probed with a borrowed `&[u8]`.
+#[derive(Debug)]
+pub(super) enum Member {
+    Inline { len: u8, bytes: [u8; INLINE_MEMBER] },
+    Heap(Box<[u8]>),
+}
+
+impl Member {
+    pub(super) fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_MEMBER => {
+                let mut bytes = [0u8; INLINE_MEMBER];
+                bytes[..b.len()].copy_from_slice(b);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(Box::from(b)),
+        }
+    }
+
+    #[inline]
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Member {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for Member {
+    // Must hash exactly as `[u8]` does, for lookups by `&[u8]`.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Member {}
+
+/// One context's state for one interval. The first sample's type decides the
+/// variant; later samples of another numeric type are folded into it, as the
+/// Agent's `ContextMetrics.AddSample` does (it keys contexts by name, host
+/// and tags, not by type).
+#[derive(Debug)]
+pub(super) enum State {
+    /// Sum of `value * 1/rate`, and when (unix seconds) the last sample
+    /// arrived, for zero-filling.
+    Counter { sum: f64, last: i64 },
+    /// Last value.
+    Gauge(f64),
+    /// Unique members.
+    Set(FxHashSet<Member>),
+    /// Boxed: most contexts are not histograms, and the box keeps `State` small.
+    Histogram(Box<Histogram>),
+    /// A sketch, boxed like histograms: bounded by its bins, not by the values.
+    Distribution(Box<Sketch>),
+    /// `|T` points as received.
+    Timestamped(Vec<(i64, f64)>),
+}
+
+impl State {
+    /// Heap bytes a new state holds at once (its box, with a header).
+    pub(super) fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Histogram(_) => std::mem::size_of::<Histogram>() + 16,
+            Self::Distribution(_) => std::mem::size_of::<Sketch>() + 16,
+            _ => 0,
+        }
+    }
+
+    pub(super) fn new(class: Class, kind: MetricType) -> Self {
+        match class {
+            Class::Distribution => Self::Distribution(Box::default()),
+            Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Vec::new()),
+            Class::Aggregated => match kind {
+                MetricType::Counter => Self::Counter { sum: 0.0, last: 0 },
+                MetricType::Gauge => Self::Gauge(0.0),
+                MetricType::Set => Self::Set(FxHashSet::default()),
+                MetricType::Histogram => Self::Histogram(Box::new(Histogram::new(false))),
+                MetricType::Timer => Self::Histogram(Box::new(Histogram::new(true))),
+                // Class::of never puts a distribution here; sketch it anyway.
+                MetricType::Distribution => Self::Distribution(Box::default()),
+            },
+        }
+    }
+}
+
+/// Everything that belongs to one interval. Moved whole into a [`Bucket`].
+#[derive(Debug, Default)]
+pub(super) struct Interval {
+    /// Raw spelling hash → alias (the hot-path lookup).
+    pub(super) aliases: FxHashMap<u64, Alias>,
+    /// Canonical key → context id. The key is `class byte, name, '\n', host,
+    /// '\n', sorted tags joined by ','`; `\n` cannot occur in a name, host or tag.
+    pub(super) canon: FxHashMap<Box<str>, u32>,
+    /// Per-context state, indexed by context id.
+    pub(super) states: Vec<State>,
+    pub(super) events: Vec<Event>,
+    pub(super) service_checks: Vec<ServiceCheck>,
+    /// Events and service checks past their caps.
+    pub(super) overflowed: u64,
+    /// Values, members, points and bins refused at the memory budget.
+    pub(super) dropped: u64,
+    /// Approximate heap bytes charged by this interval (see the module docs).
+    pub(super) bytes: usize,
+}
+
+impl Interval {
+    /// Applies one line's values to an existing context. The hot path: no
+    /// allocation except amortised `Vec` growth and new set members.
+    #[inline]
+    pub(super) fn apply(
+        &mut self,
+        id: usize,
+        m: &Metric<'_>,
+        now: i64,
+        meter: &Meter,
+    ) -> InsertOutcome {
+        let Some(state) = self.states.get_mut(id) else {
+            // The only ids without a state are [`BLOCKED`] aliases.
+            return InsertOutcome::Filtered;
+        };
+        if let State::Set(members) = state {
+            if m.kind != MetricType::Set {
+                return InsertOutcome::Discarded;
+            }
+            let member = m.set_value();
+            if members.contains(member.as_bytes()) {
+                return InsertOutcome::Accepted;
+            }
+            let cost = MEMBER_BYTES
+                + if member.len() > INLINE_MEMBER {
+                    member.len() + 16
+                } else {
+                    0
+                };
+            if !meter.fits(self.bytes, cost) {
+                self.dropped += 1;
+                return InsertOutcome::MemoryLimit;
+            }
+            self.bytes += cost;
+            members.insert(Member::new(member));
+            return InsertOutcome::Accepted;
+        }
+        if m.kind == MetricType::Set {
+            return InsertOutcome::Discarded;
+        }
+        // Gauges and sets ignore the rate; counters, histograms and
+        // distributions weigh each sample by the float 1/rate, as the Agent's
+        // Counter.addSample and Histogram.addSample do. A rate outside (0, 1]
+        // cannot come from the parser; treat it as 1 like the Agent treats 0.
+        let inv = if m.sample_rate >= 1.0 || m.sample_rate <= 0.0 || m.sample_rate.is_nan() {
+            // Unsampled (the common case, no division).
+            1.0
+        } else {
+            1.0 / m.sample_rate
+        };
+        let ts = m.timestamp.unwrap_or_default();
+        let (mut accepted, mut dropped) = (false, false);
+        let bytes = &mut self.bytes;
+        for v in m.values() {
+            if !v.is_finite() {
+                // NaN and Inf parse but produce no point, as in the Agent.
+                continue;
+            }
+            match state {
+                State::Counter { sum, last } => {
+                    *sum += v * inv;
+                    *last = now;
+                }
+                State::Gauge(last) => *last = v,
+                State::Histogram(h) => {
+                    if !h.add(v, inv, bytes, meter) {
+                        // Aggregated, but left out of the rank statistics.
+                        self.dropped += 1;
+                    }
+                }
+                State::Distribution(sketch) => {
+                    let grown = sketch.insert(v, inv, |extra| {
+                        let ok = meter.fits(*bytes, extra);
+                        if ok {
+                            *bytes += extra;
+                        }
+                        ok
+                    });
+                    if !grown {
+                        self.dropped += 1;
+                        dropped = true;
+                        continue;
+                    }
+                }
+                State::Timestamped(points) => {
+                    // The Agent's no-aggregation pipeline sends the raw value
+                    // (no 1/rate scaling); a counter's is divided by the
+                    // interval at flush.
+                    if !grow_for_one(points, bytes, meter) {
+                        self.dropped += 1;
+                        dropped = true;
+                        continue;
+                    }
+                    points.push((ts, v));
+                }
+                State::Set(_) => return InsertOutcome::Discarded,
+            }
+            accepted = true;
+        }
+        if accepted {
+            InsertOutcome::Accepted
+        } else if dropped {
+            InsertOutcome::MemoryLimit
+        } else {
+            InsertOutcome::Discarded
+        }
+    }
+}

@@ -1,0 +1,1118 @@
+use super::*;
+use crate::config::defaults;
+use crate::dogstatsd::protocol::{AlertType, CheckStatus, Priority, Tags};
+
+const NOW: i64 = 1_700_000_000;
+const TS: i64 = 1_699_999_990;
+
+/// Zero-filling off: most tests look at one flush at a time.
+fn opts() -> AggregatorOptions {
+    AggregatorOptions {
+        context_limit: 1_000,
+        memory_bytes: 1 << 30,
+        histogram_aggregates: defaults::HISTOGRAM_AGGREGATES.to_vec(),
+        histogram_percentiles: defaults::PERCENTILES.to_vec(),
+        counter_expiry_secs: 0,
+        ..AggregatorOptions::default()
+    }
+}
+
+fn metric<'a>(name: &'a str, raw: &'a str, kind: MetricType, tags: &'a str) -> Metric<'a> {
+    Metric {
+        name,
+        raw_values: raw,
+        kind,
+        sample_rate: 1.0,
+        tags: Tags(tags),
+        timestamp: None,
+    }
+}
+
+fn rated<'a>(name: &'a str, raw: &'a str, kind: MetricType, rate: f64) -> Metric<'a> {
+    Metric {
+        sample_rate: rate,
+        ..metric(name, raw, kind, "")
+    }
+}
+
+fn stamped<'a>(name: &'a str, raw: &'a str, kind: MetricType, ts: i64) -> Metric<'a> {
+    Metric {
+        timestamp: Some(ts),
+        ..metric(name, raw, kind, "")
+    }
+}
+
+fn flush(agg: &mut Aggregator) -> Flush {
+    agg.take().into_flush(TS, 10)
+}
+
+fn find<'a>(f: &'a Flush, name: &str) -> &'a Series {
+    let found: Vec<&Series> = f.series.iter().filter(|s| s.metric == name).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one series {name} in {:#?}",
+        f.series
+    );
+    found[0]
+}
+
+fn value(f: &Flush, name: &str) -> f64 {
+    let s = find(f, name);
+    assert_eq!(s.points.len(), 1, "{name}");
+    assert_eq!(s.points[0].0, TS, "{name} timestamp");
+    s.points[0].1
+}
+
+fn names(f: &Flush) -> Vec<&str> {
+    f.series.iter().map(|s| s.metric.as_str()).collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[test]
+fn counter_anchor_example_is_a_rate_of_2_3() {
+    // ANCHORS: 2@0.5 then 1, 2, 5, 0, 8, 3 flushes 2.3 over 10 s.
+    let mut agg = Aggregator::new(opts());
+    assert_eq!(
+        agg.insert(&rated("c", "2", MetricType::Counter, 0.5), NOW),
+        InsertOutcome::Accepted
+    );
+    for v in ["1", "2", "5", "0", "8", "3"] {
+        assert_eq!(
+            agg.insert(&metric("c", v, MetricType::Counter, ""), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    let f = flush(&mut agg);
+    assert_eq!(f.series.len(), 1);
+    let s = find(&f, "c");
+    assert_eq!(s.kind, SeriesKind::Rate);
+    assert_eq!(s.interval, Some(10));
+    assert_eq!(s.unit, None);
+    assert!(close(value(&f, "c"), 2.3), "{}", value(&f, "c"));
+}
+
+#[test]
+fn counter_rate_uses_the_given_interval() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("c", "30", MetricType::Counter, ""), NOW);
+    let f = agg.take().into_flush(TS, 15);
+    assert_eq!(f.series[0].points, vec![(TS, 2.0)]);
+    assert_eq!(f.series[0].interval, Some(15));
+}
+
+#[test]
+fn gauge_keeps_the_last_value_and_ignores_the_rate() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("g", "5", MetricType::Gauge, ""), NOW);
+    agg.insert(&rated("g", "7", MetricType::Gauge, 0.1), NOW);
+    agg.insert(&metric("g", "1:2:-3.5", MetricType::Gauge, ""), NOW);
+    let f = flush(&mut agg);
+    let s = find(&f, "g");
+    assert_eq!(s.kind, SeriesKind::Gauge);
+    assert_eq!(s.interval, None);
+    assert_eq!(value(&f, "g"), -3.5);
+}
+
+#[test]
+fn set_counts_unique_members_as_a_gauge() {
+    let mut agg = Aggregator::new(opts());
+    for m in ["a", "b", "a", "abc:def", "b", "abc:def", "c"] {
+        assert_eq!(
+            agg.insert(&rated("users", m, MetricType::Set, 0.5), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    let f = flush(&mut agg);
+    assert_eq!(find(&f, "users").kind, SeriesKind::Gauge);
+    assert_eq!(value(&f, "users"), 4.0);
+}
+
+#[test]
+fn histogram_anchor_example() {
+    // ANCHORS: 1, 10, 4, 5, 2, 2 gives max 10, median 2, avg 4, count 0.6, 95percentile 10.
+    let mut agg = Aggregator::new(opts());
+    for v in ["1", "10", "4", "5", "2", "2"] {
+        agg.insert(&metric("h", v, MetricType::Histogram, ""), NOW);
+    }
+    let f = flush(&mut agg);
+    assert_eq!(
+        names(&f),
+        ["h.max", "h.median", "h.avg", "h.count", "h.95percentile"]
+    );
+    assert_eq!(value(&f, "h.max"), 10.0);
+    assert_eq!(value(&f, "h.median"), 2.0);
+    assert_eq!(value(&f, "h.avg"), 4.0);
+    assert!(close(value(&f, "h.count"), 0.6));
+    assert_eq!(value(&f, "h.95percentile"), 10.0);
+    for s in &f.series {
+        if s.metric == "h.count" {
+            assert_eq!((s.kind, s.interval), (SeriesKind::Rate, Some(10)));
+        } else {
+            assert_eq!(
+                (s.kind, s.interval),
+                (SeriesKind::Gauge, None),
+                "{}",
+                s.metric
+            );
+        }
+        assert_eq!(s.unit, None);
+    }
+}
+
+#[test]
+fn multi_value_line_is_several_samples() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(
+        &metric("h", "1:10:4::5:2:2", MetricType::Histogram, ""),
+        NOW,
+    );
+    let f = flush(&mut agg);
+    assert!(close(value(&f, "h.count"), 0.6));
+    assert_eq!(value(&f, "h.median"), 2.0);
+}
+
+#[test]
+fn timer_is_a_histogram_in_milliseconds_except_count() {
+    let mut agg = Aggregator::new(opts());
+    for v in ["100", "300"] {
+        agg.insert(&metric("t", v, MetricType::Timer, ""), NOW);
+    }
+    let f = flush(&mut agg);
+    assert_eq!(value(&f, "t.avg"), 200.0);
+    assert_eq!(value(&f, "t.median"), 100.0);
+    for s in &f.series {
+        let want = if s.metric == "t.count" {
+            None
+        } else {
+            Some("millisecond")
+        };
+        assert_eq!(s.unit, want, "{}", s.metric);
+    }
+}
+
+#[test]
+fn histogram_samples_weigh_float_one_over_rate() {
+    let mut agg = Aggregator::new(opts());
+    // 1 weighs 4, 100 weighs 1: count 5, sorted weights [1 x4, 100 x1].
+    agg.insert(&rated("h", "1", MetricType::Histogram, 0.25), NOW);
+    agg.insert(&metric("h", "100", MetricType::Histogram, ""), NOW);
+    // 0.3 → 1/0.3 = 3.33, a float weight as in the current Agent.
+    agg.insert(&rated("w", "2", MetricType::Histogram, 0.3), NOW);
+    // 4 × @0.75: count 5.33.
+    for _ in 0..4 {
+        agg.insert(&rated("q", "8", MetricType::Histogram, 0.75), NOW);
+    }
+    // Weights 1 (v=1), 3.33 (v=2), 1 (v=3): count 5.33; median target
+    // 2.17 → the 2; p95 target (95*5.33-1)/100 = 5.06 → the 3.
+    agg.insert(&metric("m", "1", MetricType::Histogram, ""), NOW);
+    agg.insert(&rated("m", "2", MetricType::Histogram, 0.3), NOW);
+    agg.insert(&metric("m", "3", MetricType::Histogram, ""), NOW);
+    let f = agg.take().into_flush(TS, 1);
+    assert_eq!(value(&f, "h.count"), 5.0);
+    assert_eq!(value(&f, "h.median"), 1.0);
+    assert!(close(value(&f, "h.avg"), 104.0 / 5.0));
+    // target (95*5-1)/100 = 4.74: the 5th unit of weight is the 100.
+    assert_eq!(value(&f, "h.95percentile"), 100.0);
+    assert!(close(value(&f, "w.count"), 1.0 / 0.3));
+    assert!(close(value(&f, "w.avg"), 2.0));
+    assert!(close(value(&f, "q.count"), 4.0 / 0.75));
+    assert!(close(value(&f, "q.avg"), 8.0));
+    assert!(close(value(&f, "m.count"), 2.0 + 1.0 / 0.3));
+    assert_eq!(value(&f, "m.median"), 2.0);
+    assert_eq!(value(&f, "m.95percentile"), 3.0);
+    assert!(close(
+        value(&f, "m.avg"),
+        (1.0 + 2.0 / 0.3 + 3.0) / (2.0 + 1.0 / 0.3)
+    ));
+}
+
+#[test]
+fn percentiles_are_configurable_and_named_like_the_agent() {
+    let mut o = opts();
+    o.histogram_aggregates = vec![
+        HistogramAggregate::Min,
+        HistogramAggregate::Sum,
+        HistogramAggregate::Count,
+    ];
+    // Unsorted and duplicated on purpose; the Agent sorts.
+    o.histogram_percentiles = vec![0.99, 0.5, 0.29, 0.99];
+    let mut agg = Aggregator::new(o);
+    for v in 1..=100 {
+        let s = v.to_string();
+        agg.insert(&metric("lat", &s, MetricType::Histogram, ""), NOW);
+    }
+    let f = flush(&mut agg);
+    assert_eq!(
+        names(&f),
+        [
+            "lat.min",
+            "lat.sum",
+            "lat.count",
+            "lat.29percentile",
+            "lat.50percentile",
+            "lat.99percentile"
+        ]
+    );
+    assert_eq!(value(&f, "lat.min"), 1.0);
+    assert_eq!(value(&f, "lat.sum"), 5050.0);
+    assert_eq!(value(&f, "lat.count"), 10.0);
+    // target (p*100-1)/100 = p-1 (0-based) → the value p.
+    assert_eq!(value(&f, "lat.29percentile"), 29.0);
+    assert_eq!(value(&f, "lat.50percentile"), 50.0);
+    assert_eq!(value(&f, "lat.99percentile"), 99.0);
+}
+
+#[test]
+fn one_sample_histogram_reports_it_everywhere() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("h", "7", MetricType::Histogram, ""), NOW);
+    let f = flush(&mut agg);
+    for n in ["h.max", "h.median", "h.avg", "h.95percentile"] {
+        assert_eq!(value(&f, n), 7.0, "{n}");
+    }
+    assert!(close(value(&f, "h.count"), 0.1));
+}
+
+#[test]
+fn distribution_is_a_sketch_with_float_weights() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("d", "1:2", MetricType::Distribution, "b,a"), NOW);
+    agg.insert(&rated("d2", "5", MetricType::Distribution, 0.25), NOW);
+    // 3 values at @0.3 weigh 1/0.3 each: 10 in all.
+    for _ in 0..3 {
+        agg.insert(&rated("d3", "9", MetricType::Distribution, 0.3), NOW);
+    }
+    // A tiny rate no longer caps the repeat: the weight is 100,000.
+    agg.insert(&rated("d4", "9", MetricType::Distribution, 0.000_01), NOW);
+    let f = flush(&mut agg);
+    assert!(f.series.is_empty(), "{:?}", f.series);
+    assert_eq!(f.distributions.len(), 4);
+    let d = &f.distributions[0];
+    assert_eq!(d.metric, "d");
+    assert_eq!(d.timestamp, TS);
+    assert_eq!(d.sketch.count(), 2.0);
+    assert_eq!(d.sketch.sum(), 3.0);
+    assert_eq!((d.sketch.min(), d.sketch.max()), (1.0, 2.0));
+    assert_eq!(d.tags, ["a", "b"]);
+    assert_eq!(d.host, None);
+    assert_eq!(f.distributions[1].sketch.count(), 4.0);
+    assert_eq!(f.distributions[1].sketch.sum(), 20.0);
+    let d3 = &f.distributions[2].sketch;
+    assert!(close(d3.count(), 10.0));
+    assert_eq!(d3.count_rounded(), 10);
+    assert!(close(d3.sum(), 90.0));
+    assert_eq!(d3.bins().map(|b| b.1).sum::<u32>(), 10);
+    assert!(close(f.distributions[3].sketch.count(), 100_000.0));
+}
+
+#[test]
+fn distribution_and_histogram_of_one_name_are_separate_contexts() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("x", "1", MetricType::Distribution, ""), NOW);
+    agg.insert(&metric("x", "1", MetricType::Histogram, ""), NOW);
+    assert_eq!(agg.contexts(), 2);
+    let f = flush(&mut agg);
+    assert_eq!(f.distributions.len(), 1);
+    assert_eq!(value(&f, "x.max"), 1.0);
+}
+
+#[test]
+fn tag_order_and_duplicates_make_one_context() {
+    let mut agg = Aggregator::new(opts());
+    for tags in [
+        "b:2,a:1",
+        "a:1,b:2",
+        "a:1,b:2,a:1",
+        "b:2,,a:1,b:2",
+        "a:1,a:1,b:2",
+    ] {
+        agg.insert(&metric("c", "1", MetricType::Counter, tags), NOW);
+    }
+    agg.insert(&metric("c", "1", MetricType::Counter, "a:1"), NOW);
+    agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW);
+    assert_eq!(agg.contexts(), 3);
+    let f = flush(&mut agg);
+    assert_eq!(f.series.len(), 3);
+    assert_eq!(f.series[0].tags, ["a:1", "b:2"]);
+    assert!(close(f.series[0].points[0].1, 0.5));
+    assert_eq!(f.series[1].tags, ["a:1"]);
+    assert!(f.series[2].tags.is_empty());
+}
+
+#[test]
+fn host_tag_sets_the_host_last_wins_and_is_removed() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(
+        &metric("g", "1", MetricType::Gauge, "host:a,env:prod,host:b"),
+        NOW,
+    );
+    agg.insert(&metric("g", "2", MetricType::Gauge, "env:prod,host:b"), NOW);
+    agg.insert(&metric("g", "3", MetricType::Gauge, "env:prod,host:a"), NOW);
+    agg.insert(&metric("g", "4", MetricType::Gauge, "env:prod"), NOW);
+    agg.insert(&metric("g", "5", MetricType::Gauge, "env:prod,host:"), NOW);
+    assert_eq!(agg.contexts(), 3);
+    let f = flush(&mut agg);
+    let got: Vec<(Option<&str>, &[String], f64)> = f
+        .series
+        .iter()
+        .map(|s| (s.host.as_deref(), &s.tags[..], s.points[0].1))
+        .collect();
+    let prod = ["env:prod".to_owned()];
+    assert_eq!(
+        got,
+        [
+            (Some("b"), &prod[..], 2.0),
+            (Some("a"), &prod[..], 3.0),
+            (None, &prod[..], 5.0)
+        ]
+    );
+}
+
+fn budget(bytes: usize) -> Aggregator {
+    let mut o = opts();
+    o.context_limit = usize::MAX;
+    o.memory_bytes = bytes;
+    Aggregator::new(o)
+}
+
+#[test]
+fn the_memory_budget_refuses_new_contexts_and_existing_ones_keep_counting() {
+    let mut agg = budget(64 * 1024);
+    let mut taken = 0;
+    let mut refused = 0;
+    for i in 0..10_000 {
+        let name = format!("ctx.{i}");
+        match agg.insert(&metric(&name, "1", MetricType::Counter, "env:x"), NOW) {
+            InsertOutcome::Accepted => taken += 1,
+            InsertOutcome::ContextLimit => refused += 1,
+            other => panic!("{other:?}"),
+        }
+        assert!(agg.memory_bytes() <= 64 * 1024);
+    }
+    assert_eq!(taken + refused, 10_000);
+    assert!((100..=256).contains(&taken), "{taken} contexts in 64 KiB");
+    // An existing context keeps aggregating past the budget.
+    for _ in 0..5 {
+        assert_eq!(
+            agg.insert(&metric("ctx.0", "1", MetricType::Counter, "env:x"), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    let b = agg.take();
+    assert_eq!(b.contexts(), taken);
+    // The taken bucket still holds its bytes: the next interval has no
+    // room for a new context until it is flushed.
+    assert_eq!(
+        agg.insert(&metric("new", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::ContextLimit
+    );
+    let f = b.into_flush(TS, 1);
+    let c0 = f.series.iter().find(|s| s.metric == "ctx.0").unwrap();
+    assert_eq!(c0.points[0].1, 6.0);
+    assert_eq!(agg.memory_bytes(), agg.cur.bytes);
+    assert_eq!(
+        agg.insert(&metric("new", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::Accepted
+    );
+}
+
+#[test]
+fn a_bucket_gives_its_bytes_back_chunk_by_chunk_and_when_dropped() {
+    let mut agg = budget(1 << 30);
+    for i in 0..100 {
+        let name = format!("c.{i}");
+        agg.insert(&metric(&name, "1", MetricType::Counter, ""), NOW);
+    }
+    let live = agg.memory_bytes();
+    assert!(live >= 100 * MIN_CONTEXT_BYTES);
+    let mut chunks = agg.take().into_chunks(TS, 1, 10);
+    assert_eq!(agg.memory_bytes(), live);
+    let _ = chunks.next();
+    let after_one = agg.memory_bytes();
+    assert!(
+        after_one < live && after_one >= live * 8 / 10,
+        "{after_one} of {live}"
+    );
+    for _ in chunks.by_ref() {}
+    assert_eq!(agg.memory_bytes(), 0);
+    // A bucket dropped unflushed gives everything back too.
+    agg.insert(&metric("x", "1", MetricType::Counter, ""), NOW);
+    drop(agg.take());
+    assert_eq!(agg.memory_bytes(), 0);
+}
+
+#[test]
+fn past_the_budget_samples_members_points_and_bins_are_dropped_and_counted() {
+    let mut agg = budget(16 * 1024);
+    for (name, k, v) in [
+        ("kh", MetricType::Histogram, "1"),
+        ("kd", MetricType::Distribution, "1"),
+        ("ks", MetricType::Set, "m"),
+    ] {
+        assert_eq!(
+            agg.insert(&metric(name, v, k, ""), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    assert_eq!(
+        agg.insert(&stamped("t", "1", MetricType::Gauge, NOW), NOW),
+        InsertOutcome::Accepted
+    );
+    let mut outcomes = std::collections::BTreeMap::new();
+    for i in 0..5_000 {
+        let v = format!("{}", f64::from(i) * 1.7 + 1.0);
+        for (k, class, name) in [
+            (MetricType::Distribution, "d", "kd"),
+            (MetricType::Set, "s", "ks"),
+            (MetricType::Histogram, "h", "kh"),
+        ] {
+            let o = agg.insert(&metric(name, &v, k, ""), NOW);
+            *outcomes.entry((class, format!("{o:?}"))).or_insert(0) += 1;
+        }
+        let o = agg.insert(&stamped("t", &v, MetricType::Gauge, NOW), NOW);
+        *outcomes.entry(("t", format!("{o:?}"))).or_insert(0) += 1;
+        assert!(agg.memory_bytes() <= 16 * 1024);
+    }
+    // Every kind hit the budget; histograms keep aggregating.
+    for class in ["d", "s", "t"] {
+        assert!(
+            outcomes
+                .get(&(class, "MemoryLimit".to_owned()))
+                .copied()
+                .unwrap_or(0)
+                > 0,
+            "{outcomes:?}"
+        );
+    }
+    assert_eq!(outcomes[&("h", "Accepted".to_owned())], 5_000);
+    let refused: u64 = outcomes
+        .iter()
+        .filter(|((_, o), _)| o == "MemoryLimit")
+        .map(|(_, n)| *n)
+        .sum();
+    let b = agg.take();
+    assert!(
+        b.dropped() > refused,
+        "histogram samples left out count too"
+    );
+    let f = b.into_flush(TS, 1);
+    // The histogram's count is exact even though samples were left out.
+    assert_eq!(value(&f, "kh.count"), 5_001.0);
+    assert_eq!(value(&f, "kh.max"), 4_999.0 * 1.7 + 1.0);
+    // A value in an existing bin is still taken at the budget.
+    let d = &f.distributions[0].sketch;
+    assert!(d.count() > 1.0 && d.count() < 5_001.0, "{}", d.count());
+}
+
+#[test]
+fn context_limit_drops_new_contexts_only() {
+    let mut o = opts();
+    o.context_limit = 2;
+    let mut agg = Aggregator::new(o);
+    assert_eq!(
+        agg.insert(&metric("a", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::Accepted
+    );
+    assert_eq!(
+        agg.insert(&metric("b", "1", MetricType::Counter, "x"), NOW),
+        InsertOutcome::Accepted
+    );
+    assert_eq!(
+        agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::ContextLimit
+    );
+    assert_eq!(
+        agg.insert(&stamped("c", "1", MetricType::Gauge, NOW), NOW),
+        InsertOutcome::ContextLimit
+    );
+    // Existing contexts, even in a new spelling, still count.
+    assert_eq!(
+        agg.insert(&metric("b", "1", MetricType::Counter, "x,x"), NOW),
+        InsertOutcome::Accepted
+    );
+    assert_eq!(agg.contexts(), 2);
+    let f = flush(&mut agg);
+    assert_eq!(names(&f), ["a", "b"]);
+    // A new interval has room again.
+    assert_eq!(
+        agg.insert(&metric("c", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::Accepted
+    );
+}
+
+#[test]
+fn timestamped_gauges_and_counters_go_out_as_received() {
+    let mut agg = Aggregator::new(opts());
+    let t1 = NOW - 100;
+    let t2 = NOW - 50;
+    assert_eq!(
+        agg.insert(&stamped("g", "3", MetricType::Gauge, t2), NOW),
+        InsertOutcome::Accepted
+    );
+    agg.insert(&stamped("g", "1", MetricType::Gauge, t1), NOW);
+    agg.insert(&stamped("c", "20", MetricType::Counter, t1), NOW);
+    agg.insert(&stamped("c", "40", MetricType::Counter, t1), NOW);
+    // Not mixed with the aggregated context of the same name.
+    agg.insert(&metric("g", "9", MetricType::Gauge, ""), NOW);
+    let f = flush(&mut agg);
+    assert_eq!(names(&f), ["g", "c", "g"]);
+    assert_eq!(f.series[0].kind, SeriesKind::Gauge);
+    assert_eq!(f.series[0].points, vec![(t1, 1.0), (t2, 3.0)]);
+    assert_eq!(f.series[1].kind, SeriesKind::Rate);
+    assert_eq!(f.series[1].interval, Some(10));
+    assert_eq!(f.series[1].points, vec![(t1, 2.0), (t1, 4.0)]);
+    assert_eq!(f.series[2].points, vec![(TS, 9.0)]);
+}
+
+#[test]
+fn timestamped_histograms_sets_distributions_and_stale_points_are_discarded() {
+    let mut agg = Aggregator::new(opts());
+    for kind in [
+        MetricType::Histogram,
+        MetricType::Timer,
+        MetricType::Set,
+        MetricType::Distribution,
+    ] {
+        assert_eq!(
+            agg.insert(&stamped("x", "1", kind, NOW), NOW),
+            InsertOutcome::Discarded,
+            "{kind:?}"
+        );
+    }
+    assert_eq!(
+        agg.insert(&stamped("x", "1", MetricType::Gauge, NOW - 7_200), NOW),
+        InsertOutcome::Discarded
+    );
+    assert_eq!(
+        agg.insert(&stamped("x", "1", MetricType::Gauge, NOW + 3_600), NOW),
+        InsertOutcome::Discarded
+    );
+    assert_eq!(agg.contexts(), 0);
+    assert_eq!(flush(&mut agg), Flush::default());
+}
+
+#[test]
+fn nan_and_inf_produce_no_point() {
+    let mut agg = Aggregator::new(opts());
+    for v in ["nan", "NaN", "inf", "-inf", "nan:inf"] {
+        for kind in [
+            MetricType::Counter,
+            MetricType::Gauge,
+            MetricType::Histogram,
+            MetricType::Distribution,
+        ] {
+            assert_eq!(
+                agg.insert(&metric("n", v, kind, ""), NOW),
+                InsertOutcome::Discarded,
+                "{v} {kind:?}"
+            );
+        }
+    }
+    assert_eq!(agg.contexts(), 0, "no empty context was created");
+    agg.insert(&metric("g", "4", MetricType::Gauge, ""), NOW);
+    assert_eq!(
+        agg.insert(&metric("g", "nan", MetricType::Gauge, ""), NOW),
+        InsertOutcome::Discarded
+    );
+    // A line with one good value is taken; the NaN is skipped.
+    assert_eq!(
+        agg.insert(&metric("h", "nan:3:inf", MetricType::Histogram, ""), NOW),
+        InsertOutcome::Accepted
+    );
+    let f = flush(&mut agg);
+    assert_eq!(value(&f, "g"), 4.0);
+    assert_eq!(value(&f, "h.max"), 3.0);
+    assert!(close(value(&f, "h.count"), 0.1));
+}
+
+#[test]
+fn mixed_types_fold_into_the_first_like_the_agent() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("m", "1", MetricType::Counter, ""), NOW);
+    assert_eq!(
+        agg.insert(&metric("m", "9", MetricType::Gauge, ""), NOW),
+        InsertOutcome::Accepted
+    );
+    assert_eq!(
+        agg.insert(&metric("m", "x", MetricType::Set, ""), NOW),
+        InsertOutcome::Discarded
+    );
+    agg.insert(&metric("s", "x", MetricType::Set, ""), NOW);
+    assert_eq!(
+        agg.insert(&metric("s", "1", MetricType::Counter, ""), NOW),
+        InsertOutcome::Discarded
+    );
+    let f = flush(&mut agg);
+    assert_eq!(value(&f, "m"), 1.0);
+    assert_eq!(value(&f, "s"), 1.0);
+}
+
+#[test]
+fn an_idle_context_does_not_reappear() {
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("old", "1", MetricType::Counter, "a"), NOW);
+    agg.insert(&metric("old.h", "1", MetricType::Histogram, ""), NOW);
+    agg.insert(&metric("old.s", "1", MetricType::Set, ""), NOW);
+    agg.insert(&metric("kept", "1", MetricType::Gauge, ""), NOW);
+    assert_eq!(agg.contexts(), 4);
+    let first = flush(&mut agg);
+    assert_eq!(first.series.len(), 8);
+    assert_eq!(agg.contexts(), 0, "take() leaves nothing behind");
+    agg.insert(&metric("kept", "2", MetricType::Gauge, ""), NOW);
+    let second = flush(&mut agg);
+    assert_eq!(names(&second), ["kept"]);
+    assert_eq!(value(&second, "kept"), 2.0);
+    assert_eq!(flush(&mut agg), Flush::default());
+}
+
+#[test]
+fn events_and_checks_are_collected_and_capped() {
+    let mut agg = Aggregator::new(opts());
+    let event = Event {
+        title: "t".into(),
+        text: "x".into(),
+        timestamp: None,
+        host: None,
+        aggregation_key: None,
+        priority: Priority::Normal,
+        source_type: None,
+        alert_type: AlertType::Info,
+        tags: vec![],
+    };
+    let check = ServiceCheck {
+        name: "up".into(),
+        status: CheckStatus::Ok,
+        timestamp: None,
+        host: None,
+        tags: vec![],
+        message: None,
+    };
+    for _ in 0..MAX_EVENTS + 3 {
+        agg.insert_event(event.clone());
+    }
+    for _ in 0..MAX_SERVICE_CHECKS + 2 {
+        agg.insert_service_check(check.clone());
+    }
+    let bucket = agg.take();
+    assert_eq!(bucket.overflowed(), 5);
+    let f = bucket.into_flush(TS, 10);
+    assert_eq!(f.events.len(), MAX_EVENTS);
+    assert_eq!(f.service_checks.len(), MAX_SERVICE_CHECKS);
+    assert_eq!(f.events[0], event);
+    assert_eq!(agg.take().overflowed(), 0);
+}
+
+#[test]
+fn hundred_thousand_contexts() {
+    let mut o = opts();
+    o.context_limit = 200_000;
+    let mut agg = Aggregator::new(o);
+    for i in 0..100_000u32 {
+        let name = format!("app.metric.{}", i % 100);
+        let tags = format!("shard:{},env:prod,service:web", i / 100);
+        assert_eq!(
+            agg.insert(&metric(&name, "1", MetricType::Counter, &tags), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    assert_eq!(agg.contexts(), 100_000);
+    // Second pass: every one is an existing context, in another tag order.
+    for i in 0..100_000u32 {
+        let name = format!("app.metric.{}", i % 100);
+        let tags = format!("service:web,env:prod,shard:{}", i / 100);
+        agg.insert(&metric(&name, "1", MetricType::Counter, &tags), NOW);
+    }
+    assert_eq!(agg.contexts(), 100_000);
+    let f = flush(&mut agg);
+    assert_eq!(f.series.len(), 100_000);
+    assert!(f.series.iter().all(|s| s.points == [(TS, 0.2)]));
+    assert_eq!(f.series[0].tags, ["env:prod", "service:web", "shard:0"]);
+}
+
+/// Every kind of context, an event and a check, the same each call.
+fn mixed_bucket() -> Bucket {
+    let mut agg = Aggregator::new(opts());
+    let kinds = [
+        MetricType::Counter,
+        MetricType::Gauge,
+        MetricType::Set,
+        MetricType::Histogram,
+        MetricType::Timer,
+        MetricType::Distribution,
+    ];
+    for i in 0..50u32 {
+        let name = format!("m.{}", i % 7);
+        let tags = format!("shard:{i},env:x");
+        let kind = kinds[i as usize % kinds.len()];
+        for v in ["1", "2.5", "7"] {
+            agg.insert(&metric(&name, v, kind, &tags), NOW);
+        }
+    }
+    agg.insert(&stamped("ts.g", "3", MetricType::Gauge, NOW - 5), NOW);
+    agg.insert(&stamped("ts.c", "4", MetricType::Counter, NOW - 5), NOW);
+    agg.insert_event(Event {
+        title: "t".into(),
+        text: "x".into(),
+        timestamp: None,
+        host: None,
+        aggregation_key: None,
+        priority: Priority::Normal,
+        source_type: None,
+        alert_type: AlertType::Info,
+        tags: vec![],
+    });
+    agg.insert_service_check(ServiceCheck {
+        name: "up".into(),
+        status: CheckStatus::Ok,
+        timestamp: None,
+        host: None,
+        tags: vec![],
+        message: None,
+    });
+    agg.take()
+}
+
+#[test]
+fn chunks_join_into_the_whole_flush() {
+    let whole: Vec<Flush> = mixed_bucket().into_chunks(TS, 10, usize::MAX).collect();
+    assert_eq!(whole.len(), 1);
+    let whole = whole.into_iter().next().expect("one chunk");
+    assert_eq!(whole, mixed_bucket().into_flush(TS, 10));
+    assert_eq!(whole.events.len(), 1);
+    assert_eq!(whole.service_checks.len(), 1);
+    assert!(!whole.distributions.is_empty());
+    let contexts = mixed_bucket().contexts();
+    assert_eq!(contexts, 52);
+    for max in [1, 3, 7, 51, 52] {
+        let chunks: Vec<Flush> = mixed_bucket().into_chunks(TS, 10, max).collect();
+        assert_eq!(chunks.len(), contexts.div_ceil(max), "max {max}");
+        assert!(chunks.iter().skip(1).all(|c| c.events.is_empty()));
+        let mut joined = Flush::default();
+        for c in chunks {
+            joined.append(c);
+        }
+        assert_eq!(joined, whole, "max {max}");
+    }
+    // An empty bucket still yields one (empty) chunk, then nothing.
+    let mut empty = Aggregator::new(opts()).take().into_chunks(TS, 10, 4);
+    assert_eq!(empty.next(), Some(Flush::default()));
+    assert_eq!(empty.next(), None);
+}
+
+#[test]
+fn set_members_inline_and_on_the_heap_are_counted_once() {
+    let mut agg = Aggregator::new(opts());
+    let long = "x".repeat(INLINE_MEMBER + 1);
+    let edge = "y".repeat(INLINE_MEMBER);
+    for m in ["", "a", "a:b", &edge, &long, &edge, &long, "a", "é"] {
+        let line = metric("s", m, MetricType::Set, "");
+        assert_eq!(agg.insert(&line, NOW), InsertOutcome::Accepted, "{m:?}");
+    }
+    assert_eq!(value(&flush(&mut agg), "s"), 6.0);
+    assert_eq!(Member::new(&long).as_bytes(), long.as_bytes());
+    assert!(matches!(Member::new(&edge), Member::Inline { .. }));
+    assert!(matches!(Member::new(&long), Member::Heap(_)));
+}
+
+#[test]
+fn canonical_key_round_trips() {
+    let mut spans = Vec::new();
+    let mut key = String::new();
+    let raw = |raw| TagSources {
+        raw,
+        mapped: &[],
+        extra: &[],
+    };
+    canonicalise(
+        &mut spans,
+        &mut key,
+        Class::Aggregated,
+        "m",
+        &raw("z,host:h1,a:b,z,,host:h2"),
+    );
+    assert_eq!(key, "am\nh2\na:b,z");
+
+    let ctx = ContextKey::parse(&key).expect("parses");
+    assert_eq!(ctx.class, Class::Aggregated);
+    assert_eq!((ctx.name, ctx.host, ctx.tags), ("m", Some("h2"), "a:b,z"));
+    // Internal tags go; look-alikes stay.
+    canonicalise(
+        &mut spans,
+        &mut key,
+        Class::Aggregated,
+        "m",
+        &raw("dd.internal.entity_id:pod,b,dd.internal.card:high,dd.internal.jmx_check_name:jvm,dd.internal.other:x,dd.internal.card"),
+    );
+    assert_eq!(key, "am\n\nb,dd.internal.card,dd.internal.other:x");
+    // The mapper's host wins over the wire's; DD_DOGSTATSD_TAGS' `host:` stays a tag.
+    let mapped = ["host:m".to_owned(), "k:v".to_owned()];
+    let extra = ["host:x".to_owned(), "a".to_owned(), "k:v".to_owned()];
+    canonicalise(
+        &mut spans,
+        &mut key,
+        Class::Aggregated,
+        "m",
+        &TagSources {
+            raw: "host:w,z",
+            mapped: &mapped,
+            extra: &extra,
+        },
+    );
+    assert_eq!(key, "am\nm\na,host:x,k:v,z");
+}
+
+#[test]
+fn alias_cache_is_bounded_but_lookups_stay_correct() {
+    let mut o = opts();
+    o.context_limit = 1;
+    let mut agg = Aggregator::new(o);
+    let limit = agg.prepared.alias_limit;
+    // Many spellings of one context: duplicates make each raw field unique.
+    for i in 0..limit + 10 {
+        let tags = format!("a{}", ",a".repeat(i));
+        assert_eq!(
+            agg.insert(&metric("c", "1", MetricType::Counter, &tags), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    assert_eq!(agg.cur.aliases.len(), limit);
+    let f = flush(&mut agg);
+    assert_eq!(f.series.len(), 1);
+    assert!(close(f.series[0].points[0].1, (limit + 10) as f64 / 10.0));
+}
+
+#[test]
+fn impossible_sample_rates_count_as_one() {
+    let mut agg = Aggregator::new(opts());
+    for rate in [0.0, -1.0, 2.0, f64::NAN] {
+        agg.insert(&rated("c", "10", MetricType::Counter, rate), NOW);
+        agg.insert(&rated("h", "10", MetricType::Histogram, rate), NOW);
+    }
+    let f = agg.take().into_flush(TS, 1);
+    assert_eq!(value(&f, "c"), 40.0);
+    assert_eq!(value(&f, "h.count"), 4.0);
+}
+
+/// One counter sample at `at` (unix seconds), in an aggregator with `expiry`.
+fn zero_filled(expiry: u64, interval: i64, flushes: usize) -> Vec<Vec<f64>> {
+    let mut agg = Aggregator::new(AggregatorOptions {
+        counter_expiry_secs: expiry,
+        ..opts()
+    });
+    let start = 1_000 * interval;
+    // Arrives during the first bucket (whole seconds: `start` is start.x).
+    agg.insert(&metric("sparse", "5", MetricType::Counter, "a"), start);
+    agg.insert(&metric("g", "5", MetricType::Gauge, ""), start);
+    (0..flushes)
+        .map(|i| {
+            let ts = start + interval * i as i64;
+            let f = agg.take().into_flush(ts, interval as u64);
+            f.series
+                .iter()
+                .filter(|s| s.metric == "sparse")
+                .inspect(|s| {
+                    assert_eq!(s.tags, ["a"]);
+                    assert_eq!(s.kind, SeriesKind::Rate);
+                    assert_eq!(s.points[0].0, ts);
+                })
+                .map(|s| s.points[0].1)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn idle_counters_are_zero_filled_until_they_expire() {
+    // 30 s at 10 s buckets: the sample's bucket, then 3 zeros (the
+    // Agent's count for a sample that arrives within its bucket).
+    assert_eq!(
+        zero_filled(30, 10, 6),
+        [vec![0.5], vec![0.0], vec![0.0], vec![0.0], vec![], vec![]]
+    );
+    // 4 s at 1 s buckets: 4 zeros, then nothing.
+    assert_eq!(
+        zero_filled(4, 1, 7),
+        [
+            vec![5.0],
+            vec![0.0],
+            vec![0.0],
+            vec![0.0],
+            vec![0.0],
+            vec![],
+            vec![]
+        ]
+    );
+    // 0 turns it off.
+    assert_eq!(zero_filled(0, 1, 3), [vec![5.0], vec![], vec![]]);
+}
+
+#[test]
+fn a_new_sample_restarts_the_expiry_and_is_not_doubled() {
+    let mut agg = Aggregator::new(AggregatorOptions {
+        counter_expiry_secs: 20,
+        ..opts()
+    });
+    let c = metric("c", "10", MetricType::Counter, "");
+    agg.insert(&c, 1_001);
+    let values = |f: Flush| -> Vec<f64> { f.series.iter().map(|s| s.points[0].1).collect() };
+    assert_eq!(values(agg.take().into_flush(1_000, 10)), [1.0]);
+    assert_eq!(values(agg.take().into_flush(1_010, 10)), [0.0]);
+    agg.insert(&c, 1_025);
+    assert_eq!(values(agg.take().into_flush(1_020, 10)), [1.0]);
+    assert_eq!(values(agg.take().into_flush(1_030, 10)), [0.0]);
+    assert_eq!(values(agg.take().into_flush(1_040, 10)), [0.0]);
+    assert!(values(agg.take().into_flush(1_050, 10)).is_empty());
+    // The registry forgot it.
+    assert!(agg.zero_fill.lock().expect("lock").counters.is_empty());
+}
+
+#[test]
+fn the_zero_fill_registry_is_bounded_by_the_context_limit() {
+    let mut agg = Aggregator::new(AggregatorOptions {
+        counter_expiry_secs: 100,
+        context_limit: 3,
+        ..opts()
+    });
+    for n in ["a", "b", "c"] {
+        agg.insert(&metric(n, "1", MetricType::Counter, ""), 1_000);
+    }
+    let chunks = agg.take().into_chunks(1_000, 10, 2);
+    assert_eq!(chunks.zero_fill_untracked(), 0);
+    assert_eq!(chunks.map(|c| c.series.len()).sum::<usize>(), 3);
+    // Three new counters while three are registered: none fits.
+    for n in ["d", "e", "f"] {
+        agg.insert(&metric(n, "1", MetricType::Counter, ""), 1_010);
+    }
+    let chunks = agg.take().into_chunks(1_010, 10, 2);
+    assert_eq!(chunks.zero_fill_untracked(), 3);
+    // Their own points and the idle ones' zeros, over chunks of 2.
+    let flushes: Vec<Flush> = chunks.collect();
+    assert_eq!(flushes.iter().map(|c| c.series.len()).sum::<usize>(), 6);
+    assert!(flushes.iter().all(|c| c.series.len() <= 2));
+    let mut names: Vec<(&str, f64)> = flushes
+        .iter()
+        .flat_map(|c| &c.series)
+        .map(|s| (s.metric.as_str(), s.points[0].1))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(
+        names,
+        [
+            ("a", 0.0),
+            ("b", 0.0),
+            ("c", 0.0),
+            ("d", 0.1),
+            ("e", 0.1),
+            ("f", 0.1)
+        ]
+    );
+}
+
+#[test]
+fn events_and_checks_take_their_host_from_tags_and_get_dogstatsd_tags() {
+    let mut agg = Aggregator::new(AggregatorOptions {
+        dogstatsd_tags: vec!["team:a".into(), "host:kept".into()],
+        ..opts()
+    });
+    let event = |host: Option<&str>, tags: &[&str]| Event {
+        title: "t".into(),
+        text: "x".into(),
+        timestamp: None,
+        host: host.map(str::to_owned),
+        aggregation_key: None,
+        priority: Priority::Normal,
+        source_type: None,
+        alert_type: AlertType::Info,
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    agg.insert_event(event(
+        None,
+        &["host:a", "x", "host:b", "dd.internal.card:low"],
+    ));
+    agg.insert_event(event(Some("field"), &["host:a"]));
+    agg.insert_event(event(None, &["host:"]));
+    agg.insert_service_check(ServiceCheck {
+        name: "up".into(),
+        status: CheckStatus::Ok,
+        timestamp: None,
+        host: None,
+        tags: vec![
+            "host:db1".into(),
+            "dd.internal.entity_id:x".into(),
+            "y".into(),
+        ],
+        message: None,
+    });
+    let f = flush(&mut agg);
+    let got: Vec<(Option<&str>, &[String])> = f
+        .events
+        .iter()
+        .map(|e| (e.host.as_deref(), &e.tags[..]))
+        .collect();
+    let tags = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        [
+            (Some("b"), &tags(&["x", "team:a", "host:kept"])[..]),
+            (Some("field"), &tags(&["team:a", "host:kept"])[..]),
+            (None, &tags(&["team:a", "host:kept"])[..]),
+        ]
+    );
+    assert_eq!(f.service_checks[0].host.as_deref(), Some("db1"));
+    assert_eq!(f.service_checks[0].tags, ["y", "team:a", "host:kept"]);
+}
+
+#[test]
+fn metrics_get_dogstatsd_tags_and_names_are_mapped_namespaced_and_blocked() {
+    let profiles = crate::config::parse_mapper_profiles(
+        r#"[{"name":"sq","prefix":"sidekiq.","mappings":[
+            {"match":"sidekiq.jobs.*.perform","name":"sidekiq.jobs.perform","tags":{"worker":"$1"}}]}]"#,
+    )
+    .expect("valid");
+    let mut agg = Aggregator::new(AggregatorOptions {
+        dogstatsd_tags: vec!["team:a".into()],
+        names: NameRules {
+            mapper_profiles: profiles,
+            mapper_cache_size: 10,
+            namespace: "app.".into(),
+            namespace_exceptions: vec!["sidekiq".into()],
+            blocklist: vec!["app.noisy".into()],
+            blocklist_match_prefix: false,
+        },
+        ..opts()
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            agg.insert(
+                &metric(
+                    "sidekiq.jobs.Mailer.perform",
+                    "2",
+                    MetricType::Counter,
+                    "host:h,x"
+                ),
+                NOW
+            ),
+            InsertOutcome::Accepted
+        );
+        // Blocked on every sample, whether from the cold path or the cache.
+        assert_eq!(
+            agg.insert(&metric("noisy", "1", MetricType::Gauge, ""), NOW),
+            InsertOutcome::Filtered
+        );
+        assert_eq!(
+            agg.insert(&metric("hits", "1", MetricType::Counter, ""), NOW),
+            InsertOutcome::Accepted
+        );
+    }
+    assert_eq!(agg.contexts(), 2);
+    let f = agg.take().into_flush(TS, 1);
+    assert_eq!(names(&f), ["sidekiq.jobs.perform", "app.hits"]);
+    assert_eq!(f.series[0].tags, ["team:a", "worker:Mailer", "x"]);
+    assert_eq!(f.series[0].host.as_deref(), Some("h"));
+    assert_eq!(f.series[0].points[0].1, 6.0);
+    assert_eq!(f.series[1].tags, ["team:a"]);
+}
