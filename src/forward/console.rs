@@ -36,7 +36,9 @@ use std::fmt::Write as _;
 
 use super::payload::{alert_type_name, Decoration, TagList};
 use crate::config::{Config, HistogramAggregate};
-use crate::dogstatsd::aggregate::{DistributionSketch, Flush, Series, SeriesKind};
+use crate::dogstatsd::aggregate::{
+    percentile_ranks, DistributionSketch, Flush, Series, SeriesKind,
+};
 use crate::dogstatsd::protocol::CheckStatus;
 
 /// Flushes a trend remembers, and the width of the TREND column.
@@ -192,14 +194,7 @@ pub struct HistogramNames {
 impl HistogramNames {
     /// From the configured aggregates and percentiles (fractions, e.g. 0.95).
     pub fn new(aggregates: &[HistogramAggregate], percentiles: &[f64]) -> Self {
-        // As the aggregator names them: `int(p*100 + 0.5)`, the Agent's rule.
-        let mut pcts: Vec<u64> = percentiles
-            .iter()
-            .filter(|p| p.is_finite())
-            .map(|p| ((p * 100.0 + 0.5) as u64).min(100))
-            .collect();
-        pcts.sort_unstable();
-        pcts.dedup();
+        let pcts = percentile_ranks(percentiles);
         Self {
             aggregates: aggregates.iter().map(|a| a.suffix()).collect(),
             percentiles: pcts

@@ -252,20 +252,26 @@ struct Prepared {
     dogstatsd_tags: Vec<String>,
 }
 
+/// The configured percentiles (fractions, e.g. 0.95) as the whole numbers
+/// their series are named after (`.95percentile`), ascending, without
+/// repeats. The Agent turns `0.95` into 95 with `int(p*100 + 0.5)`
+/// (pkg/metrics/histogram.go ParsePercentiles), sorts the list, and names
+/// the series `fmt.Sprintf(".%dpercentile", p)`.
+pub fn percentile_ranks(percentiles: &[f64]) -> Vec<u64> {
+    let mut pcts: Vec<u64> = percentiles
+        .iter()
+        .filter(|p| p.is_finite())
+        // Saturating float->int cast; the clamp keeps it in 0..=100.
+        .map(|p| ((p * 100.0 + 0.5) as u64).min(100))
+        .collect();
+    pcts.sort_unstable();
+    pcts.dedup();
+    pcts
+}
+
 impl Prepared {
     fn new(opts: &AggregatorOptions) -> Self {
-        // The Agent turns `0.95` into the integer 95 with `int(p*100 + 0.5)`
-        // (pkg/metrics/histogram.go ParsePercentiles), sorts the list, and
-        // names the series `fmt.Sprintf(".%dpercentile", p)`.
-        let mut pcts: Vec<u64> = opts
-            .histogram_percentiles
-            .iter()
-            .filter(|p| p.is_finite())
-            // Saturating float->int cast; the clamp keeps it in 0..=100.
-            .map(|p| ((p * 100.0 + 0.5) as u64).min(100))
-            .collect();
-        pcts.sort_unstable();
-        pcts.dedup();
+        let pcts = percentile_ranks(&opts.histogram_percentiles);
         Self {
             context_limit: opts.context_limit,
             meter: Meter {
