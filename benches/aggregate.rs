@@ -99,6 +99,7 @@ fn metrics<'a>(
         .map(|(n, t)| Metric {
             name: n,
             raw_values: value,
+            value: None,
             kind,
             sample_rate: 1.0,
             tags: Tags(t),
@@ -171,6 +172,7 @@ fn long_metrics(ctx: &[LongContext]) -> Vec<Metric<'_>> {
         .map(|(n, t, kind, v)| Metric {
             name: n,
             raw_values: v,
+            value: None,
             kind: *kind,
             sample_rate: 1.0,
             tags: Tags(t),
@@ -269,6 +271,7 @@ fn report_memory() {
         let m = Metric {
             name: n,
             raw_values: "1",
+            value: None,
             kind: MetricType::Counter,
             sample_rate: 1.0,
             tags: Tags(t),
@@ -310,6 +313,7 @@ fn loadgen_bucket() -> dynostat::dogstatsd::aggregate::Bucket {
             let m = Metric {
                 name: &name,
                 raw_values: &value,
+                value: None,
                 kind,
                 sample_rate: 1.0,
                 tags: Tags(&tags),

@@ -99,6 +99,7 @@ fn bench(c: &mut Criterion) {
             .map(|v| Metric {
                 name: "latency",
                 raw_values: v,
+                value: None,
                 kind,
                 sample_rate: 1.0,
                 tags: Tags("env:prod"),

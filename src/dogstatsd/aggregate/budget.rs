@@ -92,15 +92,16 @@ pub(super) fn grow_for_one<T>(v: &mut Vec<T>, bytes: &mut usize, meter: &Meter) 
     true
 }
 
-/// What a new context is charged: its canonical key and first spelling (with
-/// allocator headers), plus map entries and its state slot with the slack of
-/// structures that grow by doubling, at least [`MIN_CONTEXT_BYTES`].
-pub(super) fn context_bytes(canon_len: usize, spelling_len: usize) -> usize {
+/// What a new context is charged: its canonical key (with an allocator
+/// header), plus map entries and its state slot with the slack of structures
+/// that grow by doubling, at least [`MIN_CONTEXT_BYTES`]. Its first spelling
+/// costs only its alias map entry: the spelling's bytes are not kept.
+pub(super) fn context_bytes(canon_len: usize) -> usize {
     // Canonical map: Box<str> + u32 → 24 B + a control byte; alias map:
-    // u64 + Box<[u8]> + u32 → 32 B + a control byte; the state slot. Each
+    // u64 + (u64, u32) → 24 B + a control byte; the state slot. Each
     // times 2.5 for the load factor and a resize's old and new tables.
-    let fixed = (25 + 33 + std::mem::size_of::<State>()) * 5 / 2;
-    (fixed + canon_len + spelling_len + 2 * 16).max(MIN_CONTEXT_BYTES)
+    let fixed = (25 + 25 + std::mem::size_of::<State>()) * 5 / 2;
+    (fixed + canon_len + 16).max(MIN_CONTEXT_BYTES)
 }
 
 /// Heap bytes of a list of tags, with headers.

@@ -4,8 +4,8 @@
 //! internal tags taken out, `DD_DOGSTATSD_TAGS` added).
 //!
 //! In: a metric's name and raw tag field, or an event's tags. Out: keys and
-//! hosts. Must never: run on the hot path except `alias_hash` and the alias
-//! compare.
+//! hosts. Must never: run on the hot path except [`fingerprint`] and the
+//! alias compare.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -62,47 +62,48 @@ impl Class {
     }
 }
 
-/// One cached raw spelling of a context: `class, name, 0xFF, raw tags`.
-/// 0xFF never occurs in UTF-8, so the split is unambiguous.
+/// A raw spelling's fingerprint: 128 bits of `(class, name, raw tags)`, the
+/// XOR of XXH3-128 of the name (seeded with the class byte) and XXH3-128 of
+/// the raw tag field (unseeded), so neither is copied to be hashed. The
+/// alias map is keyed on its low half and the entry keeps the high half, so
+/// a hit compares 8 bytes instead of the spelling's bytes, and no spelling is
+/// stored. Two spellings merge only if all 128 bits agree (about 2^-128 per
+/// pair; docs/DESIGN.md, "Context keys"); when only the low halves agree, the
+/// second spelling finds the slot taken and keeps taking the cold path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+}
+
+/// One cached raw spelling of a context: the high half of its
+/// [`Fingerprint`] (the low half is the map's key) and the context id.
 #[derive(Debug)]
 pub(super) struct Alias {
-    pub(super) key: Box<[u8]>,
+    pub(super) hi: u64,
     pub(super) ctx: u32,
 }
 
 impl Alias {
-    pub(super) fn new(class: Class, name: &str, tags: &str, ctx: u32) -> Self {
-        let mut key = Vec::with_capacity(2 + name.len() + tags.len());
-        key.push(class.byte());
-        key.extend_from_slice(name.as_bytes());
-        key.push(0xFF);
-        key.extend_from_slice(tags.as_bytes());
-        Self {
-            key: key.into_boxed_slice(),
-            ctx,
-        }
-    }
-
-    #[inline]
-    pub(super) fn matches(&self, class: Class, name: &str, tags: &str) -> bool {
-        let k = &self.key[..];
-        let n = name.len();
-        k.len() == 2 + n + tags.len()
-            && k[0] == class.byte()
-            && &k[1..1 + n] == name.as_bytes()
-            && k[1 + n] == 0xFF
-            && &k[2 + n..] == tags.as_bytes()
+    pub(super) fn new(fp: Fingerprint, ctx: u32) -> Self {
+        Self { hi: fp.hi, ctx }
     }
 }
 
+/// The [`Fingerprint`] of `(class, name, tags)`. The name's hash is seeded
+/// (seeds only cost extra past 240 bytes, which names rarely reach); the tag
+/// field, often longer, is hashed with the default secret.
 #[inline]
-pub(super) fn alias_hash(class: Class, name: &str, tags: &str) -> u64 {
-    let mut h = FxHasher::default();
-    h.write_u8(class.byte());
-    h.write(name.as_bytes());
-    h.write_u8(0xFF);
-    h.write(tags.as_bytes());
-    h.finish()
+pub(super) fn fingerprint(class: Class, name: &str, tags: &str) -> Fingerprint {
+    use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed};
+    let h =
+        xxh3_128_with_seed(name.as_bytes(), u64::from(class.byte())) ^ xxh3_128(tags.as_bytes());
+    // Truncations: the two halves of the 128-bit hash.
+    #[allow(clippy::cast_possible_truncation)]
+    Fingerprint {
+        lo: h as u64,
+        hi: (h >> 64) as u64,
+    }
 }
 
 /// Tag prefixes the Agent takes out of every metric's, event's and service

@@ -18,8 +18,10 @@
 //! Sorting tags per line would cost an allocation and a sort on every sample,
 //! so the hot path never does it:
 //!
-//! 1. hash `(class, name, raw tag field)` with FxHash and look the hash up in
-//!    the *alias* map; on a hit whose stored bytes match, that is the context id;
+//! 1. fingerprint `(class, name, raw tag field)` with the 128-bit XXH3 and
+//!    look its low half up in the *alias* map; on a hit whose high half
+//!    matches, that is the context id (no spelling bytes are stored or
+//!    compared: docs/DESIGN.md, "Context keys");
 //! 2. on a miss (the first line of a context in this interval, or a new tag
 //!    order), the cold path [`Aggregator::resolve_new`] canonicalises the tags,
 //!    looks up or creates the canonical context, and caches the raw alias.
@@ -71,7 +73,7 @@ use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::config::HistogramAggregate;
 use crate::dogstatsd::mapper::{NameRules, Named, Names};
@@ -101,9 +103,11 @@ pub const MAX_SERVICE_CHECKS: usize = 10_000;
 /// with their growth slack, the state slot, allocator headers. The default
 /// context limit is the budget divided by this.
 pub const MIN_CONTEXT_BYTES: usize = crate::config::defaults::MIN_CONTEXT_BYTES;
-/// Charged per extra raw spelling (another tag order) of a context, plus
-/// its bytes: an alias map entry with its growth slack and a header.
-const ALIAS_BYTES: usize = 96;
+/// Charged per extra raw spelling (another tag order) of a context: an
+/// alias map entry (a fingerprint's low half, its high half and the context
+/// id, 24 bytes, and a control byte) times 2.5 for the load factor and a
+/// resize's old and new tables. No spelling bytes are kept.
+const ALIAS_BYTES: usize = 64;
 /// Charged per set member, plus its bytes past the inline ones: a 24-byte
 /// slot and its control byte, times the table's growth slack.
 const MEMBER_BYTES: usize = 64;
@@ -338,17 +342,16 @@ impl Aggregator {
                 return InsertOutcome::Discarded;
             }
         }
-        let tags = metric.tags.raw();
-        let hash = alias_hash(class, metric.name, tags);
+        let fp = fingerprint(class, metric.name, metric.tags.raw());
         let hit = self
             .cur
             .aliases
-            .get(&hash)
-            .filter(|a| a.matches(class, metric.name, tags))
+            .get(&fp.lo)
+            .filter(|a| a.hi == fp.hi)
             .map(|a| a.ctx);
         let id = match hit {
             Some(id) => id,
-            None => match self.resolve_new(class, metric, hash) {
+            None => match self.resolve_new(class, metric, fp) {
                 Ok(id) => id,
                 Err(outcome) => return outcome,
             },
@@ -365,7 +368,7 @@ impl Aggregator {
         &mut self,
         class: Class,
         m: &Metric<'_>,
-        hash: u64,
+        fp: Fingerprint,
     ) -> Result<u32, InsertOutcome> {
         let tags = m.tags.raw();
         let (name, mapped) = if self.names.is_identity() {
@@ -376,8 +379,8 @@ impl Aggregator {
                 Named::Blocked => {
                     // Cache the spelling as blocked: later samples cost one lookup.
                     if self.cur.aliases.len() < self.prepared.alias_limit {
-                        if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
-                            e.insert(Alias::new(class, m.name, tags, BLOCKED));
+                        if let Entry::Vacant(e) = self.cur.aliases.entry(fp.lo) {
+                            e.insert(Alias::new(fp, BLOCKED));
                         }
                     }
                     return Err(InsertOutcome::Filtered);
@@ -407,8 +410,7 @@ impl Aggregator {
                     return Err(InsertOutcome::ContextLimit);
                 }
                 let state = State::new(class, m.kind);
-                let cost = context_bytes(self.scratch_key.len(), m.name.len() + tags.len())
-                    + state.heap_bytes();
+                let cost = context_bytes(self.scratch_key.len()) + state.heap_bytes();
                 if !self.prepared.meter.fits(self.cur.bytes, cost) {
                     return Err(InsertOutcome::ContextLimit);
                 }
@@ -422,23 +424,23 @@ impl Aggregator {
                     .canon
                     .insert(Box::from(self.scratch_key.as_str()), id);
                 // The context's first spelling is paid for in its cost.
-                if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
-                    e.insert(Alias::new(class, m.name, tags, id));
+                if let Entry::Vacant(e) = self.cur.aliases.entry(fp.lo) {
+                    e.insert(Alias::new(fp, id));
                 }
                 return Ok(id);
             }
         };
         // Cache another spelling, unless the cache is full (many tag orders
         // for few contexts), the budget has no room (the spelling then keeps
-        // taking the cold path), or another spelling owns this hash (a 64-bit
-        // collision: that spelling simply keeps taking the cold path).
-        let cost = ALIAS_BYTES + m.name.len() + tags.len();
+        // taking the cold path), or another spelling owns this fingerprint's
+        // low half (a 64-bit collision: that spelling simply keeps taking the
+        // cold path).
         if self.cur.aliases.len() < self.prepared.alias_limit
-            && self.prepared.meter.fits(self.cur.bytes, cost)
+            && self.prepared.meter.fits(self.cur.bytes, ALIAS_BYTES)
         {
-            if let Entry::Vacant(e) = self.cur.aliases.entry(hash) {
-                e.insert(Alias::new(class, m.name, tags, id));
-                self.cur.bytes += cost;
+            if let Entry::Vacant(e) = self.cur.aliases.entry(fp.lo) {
+                e.insert(Alias::new(fp, id));
+                self.cur.bytes += ALIAS_BYTES;
             }
         }
         Ok(id)

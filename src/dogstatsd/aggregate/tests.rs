@@ -21,6 +21,7 @@ fn metric<'a>(name: &'a str, raw: &'a str, kind: MetricType, tags: &'a str) -> M
     Metric {
         name,
         raw_values: raw,
+        value: None,
         kind,
         sample_rate: 1.0,
         tags: Tags(tags),
@@ -1115,4 +1116,27 @@ fn metrics_get_dogstatsd_tags_and_names_are_mapped_namespaced_and_blocked() {
     assert_eq!(f.series[0].host.as_deref(), Some("h"));
     assert_eq!(f.series[0].points[0].1, 6.0);
     assert_eq!(f.series[1].tags, ["team:a"]);
+}
+
+#[test]
+fn an_alias_entry_is_the_size_the_meter_charges() {
+    // budget.rs and ALIAS_BYTES charge 24 bytes plus a control byte per
+    // alias map entry: the fingerprint's low half, its high half, the id.
+    assert_eq!(std::mem::size_of::<(u64, Alias)>(), 24);
+}
+
+#[test]
+fn spellings_that_differ_only_where_the_separator_falls_stay_apart() {
+    // The fingerprint hashes the name (seeded with the class) and the tags
+    // apart: moving bytes between them, or changing the class, gives another
+    // spelling.
+    let mut agg = Aggregator::new(opts());
+    agg.insert(&metric("ab", "1", MetricType::Counter, "c"), NOW);
+    agg.insert(&metric("a", "2", MetricType::Counter, "bc"), NOW);
+    agg.insert(&metric("ab", "4", MetricType::Gauge, "c"), NOW);
+    agg.insert(&metric("ab", "8", MetricType::Distribution, "c"), NOW);
+    assert_eq!(agg.contexts(), 3);
+    let f = agg.take().into_flush(TS, 1);
+    assert_eq!(f.series.len(), 2);
+    assert_eq!(f.distributions.len(), 1);
 }
