@@ -90,6 +90,7 @@ impl Shared {
 /// flush the open bucket, drain the retry queue until `shutdown_timeout`,
 /// return. A second signal exits at once.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    tune_malloc();
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
@@ -166,6 +167,36 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Allocations at or above this size get their own mapping (glibc malloc),
+/// returned to the kernel when freed. Each payload's gzip state (miniz_oxide's
+/// tables and window, a few hundred KiB) is freed again; with glibc's
+/// default, the threshold rises to the largest chunk freed so far, after which
+/// such chunks come from the heap and stay resident between flushes.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
+
+/// Keeps idle memory small: a fixed mmap threshold (which also fixes the trim
+/// threshold at glibc's 128 KiB default), see [`MMAP_THRESHOLD`]. Best
+/// effort; other allocators are left alone.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters, under glibc's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Gives the free pages of every malloc arena back to the kernel, after a
+/// flush freed its encoding buffers (glibc keeps them otherwise). Cheap on
+/// an idle heap; once per interval.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Starts the dyno collector when configured; a failure to start it costs
@@ -732,4 +763,5 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         }
     };
     forwarder.submit_flush(bucket_chunks, telemetry).await;
+    trim_heap();
 }
