@@ -17,6 +17,10 @@ use dynostat::config::defaults;
 use dynostat::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use dynostat::dogstatsd::protocol::{Metric, MetricType, Tags};
 
+#[path = "common/splitmix.rs"]
+mod splitmix;
+use splitmix::{Rng, WORD};
+
 /// Counts live heap bytes so the memory report needs no OS-specific RSS reading.
 struct Counting;
 
@@ -108,30 +112,6 @@ fn metrics<'a>(
         .collect()
 }
 
-/// A deterministic generator (SplitMix64), so every run inserts the same lines.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    fn word(&mut self, out: &mut String, n: u64) {
-        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_.";
-        for _ in 0..n {
-            out.push(char::from(A[(self.next_u64() % A.len() as u64) as usize]));
-        }
-    }
-}
-
 /// The long shape's contexts: (name, raw tags, type, value), with the types
 /// weighted counters 208, gauges 66, distributions 72, sets 9, histograms 1.
 /// A long-shape context: name, raw tags, type, value.
@@ -143,7 +123,7 @@ fn long_contexts(n: usize) -> Vec<LongContext> {
         .map(|_| {
             let mut name = String::new();
             let len = rng.range(1, 200);
-            rng.word(&mut name, len);
+            rng.word(&mut name, len, WORD);
             let (kind, value) = match rng.next_u64() % 356 {
                 0..208 => (MetricType::Counter, "1"),
                 208..274 => (MetricType::Gauge, "42.5"),
@@ -158,9 +138,9 @@ fn long_contexts(n: usize) -> Vec<LongContext> {
                 }
                 let len = rng.range(3, 150);
                 let key = rng.range(1, (len - 2).min(20));
-                rng.word(&mut tags, key);
+                rng.word(&mut tags, key, WORD);
                 tags.push(':');
-                rng.word(&mut tags, len - key - 1);
+                rng.word(&mut tags, len - key - 1, WORD);
             }
             (name, tags, kind, value)
         })

@@ -11,6 +11,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use dynostat::dogstatsd::protocol::{lines, parse_line, parse_str, Parsed};
 
+#[path = "common/splitmix.rs"]
+mod splitmix;
+use splitmix::{Rng, WORD};
+
 /// Builds a datagram of whole lines no longer than `limit` bytes: counters,
 /// gauges, histograms and sets in turn, 3 tags each, values typical of real
 /// clients (small integers, a few decimals, set members that are ids).
@@ -75,36 +79,12 @@ fn bench_datagram(c: &mut Criterion) {
     g.finish();
 }
 
-/// A deterministic generator (SplitMix64), so every run parses the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    fn word(&mut self, out: &mut String, n: u64) {
-        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_.";
-        for _ in 0..n {
-            out.push(char::from(A[(self.next_u64() % A.len() as u64) as usize]));
-        }
-    }
-}
-
 /// One long line: a name of 1 to 200 characters, 2 to 50 `key:value` tags
 /// of 3 to 150 characters, a type weighted as in `loadgen --shape long`.
 fn long_line(rng: &mut Rng) -> String {
     let mut s = String::new();
     let n = rng.range(1, 200);
-    rng.word(&mut s, n);
+    rng.word(&mut s, n, WORD);
     let kind = match rng.next_u64() % 356 {
         0..208 => "1|c",
         208..274 => "42.5|g",
@@ -121,9 +101,9 @@ fn long_line(rng: &mut Rng) -> String {
         }
         let len = rng.range(3, 150);
         let key = rng.range(1, (len - 2).min(20));
-        rng.word(&mut s, key);
+        rng.word(&mut s, key, WORD);
         s.push(':');
-        rng.word(&mut s, len - key - 1);
+        rng.word(&mut s, len - key - 1, WORD);
     }
     s
 }

@@ -42,6 +42,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "../benches/common/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
+
 /// The largest datagram the generator builds: the DogStatsD clients' default
 /// for UDP over a 1500-byte MTU, as in the target load.
 const DEFAULT_MAX_DATAGRAM: usize = 1432;
@@ -283,33 +287,6 @@ struct Datagram {
 const LONG_CONTEXTS: u32 = 3_000;
 /// Datagram size of the long shape, unless `--max-datagram` says otherwise.
 const LONG_MAX_DATAGRAM: usize = 8_192;
-
-/// A small deterministic generator (SplitMix64): the same load every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    /// `n` characters from `alphabet`.
-    fn word(&mut self, out: &mut String, n: u64, alphabet: &[u8]) {
-        for _ in 0..n {
-            out.push(char::from(
-                alphabet[(self.next_u64() % alphabet.len() as u64) as usize],
-            ));
-        }
-    }
-}
 
 /// One context of the long shape: its name, type and tag field, fixed.
 struct LongContext {
