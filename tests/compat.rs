@@ -27,23 +27,7 @@ fn unix_now() -> i64 {
 
 /// `(timestamp, value)` of every point of every series named `metric`, sorted.
 fn points(intake: &Intake, metric: &str) -> Vec<(i64, f64)> {
-    let mut out: Vec<(i64, f64)> = intake
-        .series_named(metric)
-        .iter()
-        .flat_map(|s| {
-            s["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["timestamp"].as_i64().unwrap(),
-                        p["value"].as_f64().unwrap(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut out = intake.points_where(metric, &[], false);
     out.sort_by_key(|p| p.0);
     out
 }

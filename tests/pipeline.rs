@@ -14,28 +14,7 @@ use serde_json::Value;
 /// Points of the accepted series named `metric`: `(timestamp, value × interval
 /// for RATEs)`, in arrival order.
 fn points(intake: &Intake, metric: &str) -> Vec<(i64, f64)> {
-    intake
-        .series_named(metric)
-        .iter()
-        .flat_map(|s| {
-            let scale = if s["type"] == 2 {
-                s["interval"].as_f64().unwrap_or(1.0)
-            } else {
-                1.0
-            };
-            s["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["timestamp"].as_i64().unwrap(),
-                        p["value"].as_f64().unwrap() * scale,
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    intake.points_where(metric, &[], true)
 }
 
 fn unix_ms() -> u128 {

@@ -217,15 +217,16 @@ impl Intake {
             .collect()
     }
 
-    /// The sum of the point values of all accepted series named `metric`
-    /// whose tags include every tag in `tags`, multiplied by each series'
-    /// interval when it is a RATE (type 2), so counters add up to their count.
-    pub fn total(&self, metric: &str, tags: &[&str]) -> f64 {
+    /// `(timestamp, value)` of every point of every accepted series named
+    /// `metric` whose tags include every tag in `tags`, in arrival order.
+    /// With `counts`, a RATE's (type 2) value is multiplied by its interval,
+    /// so counters read as their count.
+    pub fn points_where(&self, metric: &str, tags: &[&str], counts: bool) -> Vec<(i64, f64)> {
         self.series_named(metric)
             .iter()
             .filter(|s| has_tags(s, tags))
-            .map(|s| {
-                let scale = if s["type"] == 2 {
+            .flat_map(|s| {
+                let scale = if counts && s["type"] == 2 {
                     s["interval"].as_f64().unwrap_or(1.0)
                 } else {
                     1.0
@@ -234,9 +235,24 @@ impl Intake {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|p| p["value"].as_f64().unwrap() * scale)
-                    .sum::<f64>()
+                    .map(|p| {
+                        (
+                            p["timestamp"].as_i64().unwrap(),
+                            p["value"].as_f64().unwrap() * scale,
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
+            .collect()
+    }
+
+    /// The sum of the point values of all accepted series named `metric`
+    /// whose tags include every tag in `tags`, multiplied by each series'
+    /// interval when it is a RATE (type 2), so counters add up to their count.
+    pub fn total(&self, metric: &str, tags: &[&str]) -> f64 {
+        self.points_where(metric, tags, true)
+            .iter()
+            .map(|p| p.1)
             .sum()
     }
 
