@@ -8,7 +8,8 @@
 //!
 //! Threads: one receive thread per socket (batch reads with `recvmmsg` into
 //! reused buffers, parse and aggregate under one short lock per batch), the
-//! main thread (the flush clock, encoding, signals), and the sender thread
+//! main thread (the flush clock, encoding, signals, and trimming idle memory
+//! after each flush: [`memory`]), and the sender thread
 //! (HTTP; see [`crate::forward::sender`]).
 //!
 //! Must never: do HTTP or heavy flush work on the receive threads, wait on
@@ -36,6 +37,8 @@ use crate::dogstatsd::protocol::{self, ParseError, Parsed};
 use crate::dogstatsd::stats::Stats;
 use crate::dynometrics::DynoMetrics;
 use crate::forward::Forwarder;
+
+mod memory;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
 /// per socket; larger batches gave no measurable gain in `scripts/bench.sh`.
@@ -90,7 +93,7 @@ impl Shared {
 /// flush the open bucket, drain the retry queue until `shutdown_timeout`,
 /// return. A second signal exits at once.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    tune_malloc();
+    memory::tune_malloc();
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
@@ -167,36 +170,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// Allocations at or above this size get their own mapping (glibc malloc),
-/// returned to the kernel when freed. Each payload's gzip state (miniz_oxide's
-/// tables and window, a few hundred KiB) is freed again; with glibc's
-/// default, the threshold rises to the largest chunk freed so far, after which
-/// such chunks come from the heap and stay resident between flushes.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
-
-/// Keeps idle memory small: a fixed mmap threshold (which also fixes the trim
-/// threshold at glibc's 128 KiB default), see [`MMAP_THRESHOLD`]. Best
-/// effort; other allocators are left alone.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters, under glibc's own lock.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    }
-}
-
-/// Gives the free pages of every malloc arena back to the kernel, after a
-/// flush freed its encoding buffers (glibc keeps them otherwise). Cheap on
-/// an idle heap; once per interval.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim is thread-safe and only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Starts the dyno collector when configured; a failure to start it costs
@@ -622,11 +595,14 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
     // The clock: nothing in this loop waits on the network. Flushing encodes
     // and hands the payloads to the sender thread, which sends them.
     let mut clock = Clock::new(interval);
+    // Between flushes, keep only the interval's working set resident.
+    let mut trimmer = memory::Trimmer::new();
     let signal_name = loop {
         tokio::select! {
             () = clock.tick() => {
                 let bucket_start = clock.advance();
                 flush(shared, &mut forwarder, bucket_start, interval).await;
+                trimmer.trim();
             }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
@@ -763,5 +739,4 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         }
     };
     forwarder.submit_flush(bucket_chunks, telemetry).await;
-    trim_heap();
 }
