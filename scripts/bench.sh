@@ -18,7 +18,9 @@
 # (1000000), BENCH_COUNTERS_LINES (5000000), BENCH_FAST_RATE (1000000), BENCH_FAST_LINES
 # (10000000), BENCH_CTX (100000), BENCH_STARTUP_RUNS (20), BENCH_PEERS
 # ("statsdproxy etsy"), BENCH_PORT_BASE (18200), BENCH_FLUSH_INTERVAL (10),
-# BENCH_DYNOSTAT_OUTPUT (intake or console),
+# BENCH_DYNOSTAT_OUTPUT (intake or console), BENCH_DYNOSTAT_MEMORY_LIMIT
+# (DYNOSTAT_MEMORY_LIMIT for dynostat, 256MiB: the default 64 MiB admits
+# about 65,000 contexts, fewer than BENCH_CTX; empty for dynostat's default),
 # DYNOSTAT_BIN (skip the cargo build and use this binary), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -41,6 +43,7 @@ FLUSH=${BENCH_FLUSH_INTERVAL:-10}
 # intake: dynostat forwards (gzip JSON over HTTP) to scripts/bench/intake.py on
 # 127.0.0.1, the production path; console: no API key, tables on stdout.
 DYNOSTAT_OUTPUT=${BENCH_DYNOSTAT_OUTPUT:-intake}
+DYNOSTAT_MEMORY_LIMIT=${BENCH_DYNOSTAT_MEMORY_LIMIT-256MiB}
 STATSDPROXY_VERSION=0.4.1
 ETSY_VERSION=0.9.0
 
@@ -169,6 +172,9 @@ server_cmd() {
 			# Not a real key: the intake is scripts/bench/intake.py on 127.0.0.1.
 			intake=(DD_API_KEY=bench-not-a-real-key "DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}")
 		fi
+		if [[ -n ${DYNOSTAT_MEMORY_LIMIT} ]]; then
+			intake+=("DYNOSTAT_MEMORY_LIMIT=${DYNOSTAT_MEMORY_LIMIT}")
+		fi
 		printf '%s\n' env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${port}" "${intake[@]}" \
 			"DYNOSTAT_FLUSH_INTERVAL=${FLUSH}" DD_LOG_LEVEL=info "${DYNOSTAT_BIN}" serve
 		;;
@@ -283,6 +289,7 @@ main() {
 		echo "fast_rate=${FAST_RATE}"
 		echo "fast_lines=${FAST_LINES}"
 		echo "ctx=${CTX}"
+		echo "dynostat_memory_limit=${DYNOSTAT_MEMORY_LIMIT:-default}"
 		echo "rounds=${ROUNDS}"
 		echo "statsdproxy_version=${STATSDPROXY_VERSION}"
 		echo "etsy_version=${ETSY_VERSION}"

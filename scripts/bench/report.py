@@ -150,7 +150,8 @@ def main():
     p(
         f"Idle: 2 s after start. Contexts: a fresh server gets {int(meta.get('ctx', 0)):,} distinct contexts "
         "(each 3 times, at 100,000 lines/s, starting just after a flush boundary); RSS is read when the "
-        "socket has drained, then again after the next flush, whose peak shows in VmHWM."
+        "socket has drained, then again after the next flush, whose peak shows in VmHWM. "
+        f"dynostat runs with DYNOSTAT_MEMORY_LIMIT={meta.get('dynostat_memory_limit', 'default')} in every phase."
     )
     p("")
     p(
