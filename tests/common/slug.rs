@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -179,6 +180,21 @@ pub fn builds() -> &'static Builds {
             .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
             .join("dyno-test");
         let dist = target.join("dist");
+        // One build at a time across processes: cargo-nextest runs each test
+        // in a process of its own, and two release-build.sh runs writing the
+        // same dist/ race on its temporary file. Whoever comes second finds
+        // the build up to date. The lock goes with the file at the end.
+        fs::create_dir_all(&target).expect("create <target>/dyno-test");
+        let lock = fs::File::create(target.join("build.lock")).expect("create the build lock");
+        // SAFETY: flock on a descriptor this function owns; it blocks until
+        // the other build is done and touches no memory.
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(
+            locked,
+            0,
+            "flock the build lock: {}",
+            std::io::Error::last_os_error()
+        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // Release, minus what makes it slow; linking stays exactly as released.
         let fast = [
@@ -216,6 +232,7 @@ pub fn builds() -> &'static Builds {
             "building example-app failed:\n{}",
             out.both()
         );
+        drop(lock);
         Builds {
             dist,
             example_app: target.join("release/example-app"),
