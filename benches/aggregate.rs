@@ -132,16 +132,7 @@ fn long_contexts(n: usize) -> Vec<LongContext> {
                 _ => (MetricType::Histogram, "3"),
             };
             let mut tags = String::new();
-            for i in 0..rng.range(2, 50) {
-                if i > 0 {
-                    tags.push(',');
-                }
-                let len = rng.range(3, 150);
-                let key = rng.range(1, (len - 2).min(20));
-                rng.word(&mut tags, key, WORD);
-                tags.push(':');
-                rng.word(&mut tags, len - key - 1, WORD);
-            }
+            rng.long_tags(&mut tags, WORD);
             (name, tags, kind, value)
         })
         .collect()

@@ -95,16 +95,7 @@ fn long_line(rng: &mut Rng) -> String {
     s.push(':');
     s.push_str(kind);
     s.push_str("|#");
-    for i in 0..rng.range(2, 50) {
-        if i > 0 {
-            s.push(',');
-        }
-        let len = rng.range(3, 150);
-        let key = rng.range(1, (len - 2).min(20));
-        rng.word(&mut s, key, WORD);
-        s.push(':');
-        rng.word(&mut s, len - key - 1, WORD);
-    }
+    rng.long_tags(&mut s, WORD);
     s
 }
 

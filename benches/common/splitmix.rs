@@ -32,4 +32,20 @@ impl Rng {
             ));
         }
     }
+
+    /// Appends the long shape's tag field (Datadog's SMP "3k contexts"
+    /// DogStatsD cases): 2 to 50 `key:value` tags of 3 to 150 characters,
+    /// comma-separated, from `alphabet`.
+    pub fn long_tags(&mut self, out: &mut String, alphabet: &[u8]) {
+        for i in 0..self.range(2, 50) {
+            if i > 0 {
+                out.push(',');
+            }
+            let len = self.range(3, 150);
+            let key = self.range(1, (len - 2).min(20));
+            self.word(out, key, alphabet);
+            out.push(':');
+            self.word(out, len - key - 1, alphabet);
+        }
+    }
 }

@@ -312,6 +312,28 @@ struct RawRequest {
     body: Vec<u8>,
 }
 
+/// One read from `stream` appended to `buf`: `Some` when there may be more
+/// (including a read timeout, so the caller can poll its stop flag), `None`
+/// at EOF or on an error.
+fn read_some(stream: &mut TcpStream, chunk: &mut [u8], buf: &mut Vec<u8>) -> Option<()> {
+    match stream.read(chunk) {
+        Ok(0) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Some(())
+        }
+        Err(_) => None,
+    }
+}
+
 /// Reads one HTTP/1.1 request (Content-Length bodies) from `stream`,
 /// polling `stop`. `None` at EOF, on garbage, or when stopped.
 fn read_request(
@@ -327,16 +349,7 @@ fn read_request(
         if buf.len() > 64 * 1024 || stop.load(Ordering::Relaxed) {
             return None;
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return None,
-        }
+        read_some(stream, &mut chunk, buf)?;
     };
     let head = std::str::from_utf8(&buf[..head_end]).ok()?.to_owned();
     let mut lines = head.split("\r\n");
@@ -355,16 +368,7 @@ fn read_request(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return None,
-        }
+        read_some(stream, &mut chunk, buf)?;
     }
     let body = buf[head_end..head_end + len].to_vec();
     buf.drain(..head_end + len);
