@@ -54,6 +54,7 @@ use crate::dogstatsd::aggregate::Flush;
 use crate::dogstatsd::stats::Stats;
 use console::Console;
 use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
+pub use sender::IdleHook;
 use sender::{Command, Sender};
 
 /// At most one log line per kind of trouble per this period.
@@ -124,12 +125,32 @@ impl Forwarder {
     /// Builds the HTTP client (and starts the sender thread) or the console
     /// sink from the config.
     pub fn new(config: &Config, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        Self::with_limits(config, stats, Limits::default())
+        Self::build(config, stats, Limits::default(), None)
+    }
+
+    /// As [`Forwarder::new`]; the sender thread calls `idle` each time its
+    /// requests have ended and nothing waits to be sent or retried (`serve`
+    /// trims memory there).
+    pub fn with_idle_hook(
+        config: &Config,
+        stats: Arc<Stats>,
+        idle: IdleHook,
+    ) -> anyhow::Result<Self> {
+        Self::build(config, stats, Limits::default(), Some(idle))
     }
 
     /// As [`Forwarder::new`], with payload limits other than the intake's
     /// (tests use small ones).
     pub fn with_limits(config: &Config, stats: Arc<Stats>, limits: Limits) -> anyhow::Result<Self> {
+        Self::build(config, stats, limits, None)
+    }
+
+    fn build(
+        config: &Config,
+        stats: Arc<Stats>,
+        limits: Limits,
+        idle: Option<IdleHook>,
+    ) -> anyhow::Result<Self> {
         let sender = match &config.api_key {
             Some(key) => {
                 let http = http::Http::new(config, key)?;
@@ -141,6 +162,7 @@ impl Forwarder {
                     limits,
                     config.retry_queue_bytes,
                     Arc::clone(&queued),
+                    idle,
                 );
                 // The sender's logs go where the caller's go (tests capture them).
                 let dispatch = tracing::dispatcher::get_default(Clone::clone);

@@ -3,7 +3,8 @@
 //!
 //! In: [`Command`]s from the [`super::Forwarder`]: payloads, a settle probe
 //! (tests), and the shutdown deadline. Out: requests to the intake, counters
-//! in [`Stats`], and log lines at a bounded rate.
+//! in [`Stats`], log lines at a bounded rate, and a call of the caller's
+//! [`IdleHook`] each time it has nothing left to send after requests ended.
 //!
 //! Must never: leave a payload on the channel while it waits on the network
 //! (every wait is a `select!` that also reads the channel), have more than
@@ -37,6 +38,11 @@ const RETRY_SHARE: usize = MAX_IN_FLIGHT / 2;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// During the drain, an attempt with less time than this left is not made.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// Called on the sender thread when its requests have ended and nothing
+/// waits to be sent or retried (`serve` gives back the memory the requests
+/// used). It must be quick.
+pub type IdleHook = Arc<dyn Fn() + Send + Sync>;
 
 /// What the forwarder tells the sender.
 #[derive(Debug)]
@@ -92,16 +98,21 @@ pub struct Sender {
     done: Option<oneshot::Sender<()>>,
     logs: Logs,
     recovered: u64,
+    idle: Option<IdleHook>,
+    /// A request ended since the last call of `idle`.
+    ended: bool,
 }
 
 impl Sender {
-    /// A sender for `http` whose queue holds at most `queue_bytes`.
+    /// A sender for `http` whose queue holds at most `queue_bytes`; `idle`
+    /// is called each time it has delivered (or given up on) all it held.
     pub fn new(
         http: Http,
         stats: Arc<Stats>,
         limits: Limits,
         queue_bytes: usize,
         queued: Arc<AtomicUsize>,
+        idle: Option<IdleHook>,
     ) -> Self {
         Self {
             http: Arc::new(http),
@@ -124,6 +135,8 @@ impl Sender {
                 oversize: Throttle::new(),
             },
             recovered: 0,
+            idle,
+            ended: false,
         }
     }
 
@@ -149,6 +162,13 @@ impl Sender {
             // Idle: dispatch started whatever could go; what waits, waits
             // for the backoff.
             if self.flying.is_empty() {
+                // Delivered all it holds (not while retries wait: an outage
+                // or a drain would call it after every attempt).
+                if self.queue.is_empty() && std::mem::take(&mut self.ended) {
+                    if let Some(idle) = &self.idle {
+                        idle();
+                    }
+                }
                 for s in self.settles.drain(..) {
                     let _ = s.send(());
                 }
@@ -266,6 +286,7 @@ impl Sender {
         let Some(Flying { q, .. }) = self.flying.remove(&done.ticket) else {
             return;
         };
+        self.ended = true;
         let ms = u64::try_from(done.latency.as_millis()).unwrap_or(u64::MAX);
         self.stats.latency_ms.fetch_max(ms, Ordering::Relaxed);
         let now = Instant::now();

@@ -1319,3 +1319,61 @@ fn a_hanging_intake_is_cut_off_at_the_drain_deadline() {
     assert_eq!(stats.payloads.load(Ordering::Relaxed), 0);
     assert!(logs.contains("shutdown deadline reached"), "{logs}");
 }
+
+#[test]
+fn the_idle_hook_runs_once_each_time_all_held_payloads_are_delivered() {
+    // The first two flushes are accepted, then the intake fails.
+    let mut answered = 0;
+    let intake = Intake::start(move |_| {
+        answered += 1;
+        if answered <= 4 {
+            202
+        } else {
+            503
+        }
+    });
+    let cfg = config(&intake.url, &[]);
+    let stats = Arc::new(Stats::default());
+    // At each call, the payloads delivered so far.
+    let calls: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let hook: IdleHook = {
+        let (calls, stats) = (calls.clone(), stats.clone());
+        Arc::new(move || {
+            let delivered = stats.payloads.load(Ordering::Relaxed);
+            calls.lock().expect("calls").push(delivered);
+        })
+    };
+    let two = || Flush {
+        series: vec![series("a", SeriesKind::Gauge, 1.0, &[])],
+        service_checks: vec![ServiceCheck {
+            name: "c".to_owned(),
+            status: CheckStatus::Ok,
+            timestamp: None,
+            host: None,
+            tags: vec![],
+            message: None,
+        }],
+        ..Flush::default()
+    };
+    let ((before, queued), logs) = run({
+        let calls = calls.clone();
+        async move {
+            let mut f = Forwarder::with_idle_hook(&cfg, stats, hook).expect("forwarder");
+            // Nothing was sent yet: settling calls nothing.
+            f.settle().await;
+            let before = calls.lock().expect("calls").clone();
+            // Each flush's two payloads are in flight together: one call
+            // after both. The third flush's wait for a retry: none.
+            for _ in 0..3 {
+                f.submit(two()).await;
+                f.settle().await;
+            }
+            f.settle().await;
+            (before, f.queued())
+        }
+    });
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(*calls.lock().expect("calls"), [2, 4], "{logs}");
+    assert_eq!(queued, 2, "the failed flush waits for its retry");
+    assert_eq!(intake.requests().len(), 6);
+}

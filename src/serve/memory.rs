@@ -3,15 +3,18 @@
 //!
 //! In: the process's own allocator and mappings (`/proc/self/smaps`, read
 //! once, at the first trim). Out: glibc malloc tuned at start, and after each
-//! flush the free heap pages given back (`malloc_trim`) and the pages of the
-//! binary's own clean read-only mappings unmapped (`MADV_DONTNEED`); the code
-//! still in use is mapped again from the page cache on its next touch, so
-//! only the interval's working set stays resident.
+//! flush (and again when the sender has delivered it and gone idle) the free
+//! heap pages given back (`malloc_trim`) and the pages of the binary's own
+//! clean read-only mappings unmapped (`MADV_DONTNEED`); the code still in use
+//! is mapped again from the page cache on its next touch, so between flushes
+//! only what the idle threads touch stays resident.
 //!
 //! Must never: touch a mapping that holds anything but the file's bytes
 //! (writable ones, or any with private copies, such as the relocated
 //! read-only data of a position-independent binary), or cost the listener
 //! anything when a step fails: every step is best effort.
+
+use std::sync::OnceLock;
 
 /// Allocations at or above this size get their own mapping (glibc malloc),
 /// returned to the kernel when freed. Each payload's gzip state (miniz_oxide's
@@ -32,12 +35,14 @@ pub fn tune_malloc() {
 }
 
 /// Gives idle memory back after a flush. Cheap: one `malloc_trim` and a
-/// `madvise` per clean mapping of the binary (a handful), once per interval.
+/// `madvise` per clean mapping of the binary (a handful), a few times per
+/// interval. Shared by the clock and the sender thread (both may trim at
+/// once: each step is thread-safe).
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    /// The binary's clean read-only mappings, `[start, end)`; `None` until
-    /// the first trim reads them.
-    clean: Option<Vec<(usize, usize)>>,
+    /// The binary's clean read-only mappings, `[start, end)`; read at the
+    /// first trim.
+    clean: OnceLock<Vec<(usize, usize)>>,
 }
 
 impl Trimmer {
@@ -48,13 +53,13 @@ impl Trimmer {
     }
 
     /// Returns free heap pages and unmaps the binary's clean pages.
-    pub fn trim(&mut self) {
+    pub fn trim(&self) {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim is thread-safe and only releases free memory.
         unsafe {
             libc::malloc_trim(0);
         }
-        let clean = self.clean.get_or_insert_with(|| {
+        let clean = self.clean.get_or_init(|| {
             let exe = std::fs::read_link("/proc/self/exe").ok();
             let smaps = std::fs::read_to_string("/proc/self/smaps").ok();
             match (exe, smaps) {
@@ -156,7 +161,7 @@ Anonymous:             0 kB
 
     #[test]
     fn a_trim_leaves_the_process_working() {
-        let mut t = Trimmer::new();
+        let t = Trimmer::new();
         t.trim();
         t.trim();
         // Code and read-only data of this test binary were just unmapped;

@@ -9,8 +9,9 @@
 //! Threads: one receive thread per socket (batch reads with `recvmmsg` into
 //! reused buffers, parse and aggregate under one short lock per batch), the
 //! main thread (the flush clock, encoding, signals, and trimming idle memory
-//! after each flush: [`memory`]), and the sender thread
-//! (HTTP; see [`crate::forward::sender`]).
+//! once ready and after each flush: [`memory`]), and the sender thread
+//! (HTTP; see [`crate::forward::sender`]; it trims again once it has
+//! delivered a flush).
 //!
 //! Must never: do HTTP or heavy flush work on the receive threads, wait on
 //! the network on the clock (a slow intake must not merge or skip buckets),
@@ -578,7 +579,15 @@ impl Clock {
 }
 
 async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyhow::Result<()> {
-    let mut forwarder = Forwarder::new(config, Arc::clone(&shared.stats))?;
+    // Between flushes, keep only what the idle threads touch resident: trim
+    // after each flush, and again on the sender thread once it has delivered
+    // the flush (its requests touch code and buffers the first trim freed).
+    let trimmer = Arc::new(memory::Trimmer::new());
+    let idle: crate::forward::IdleHook = {
+        let trimmer = Arc::clone(&trimmer);
+        Arc::new(move || trimmer.trim())
+    };
+    let mut forwarder = Forwarder::with_idle_hook(config, Arc::clone(&shared.stats), idle)?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("could not install the SIGTERM handler")?;
     let mut sigint =
@@ -591,12 +600,12 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
         forwarding = if config.api_key.is_some() { config.intake_url.as_str() } else if config.console { "console" } else { "off (no DD_API_KEY)" },
         "dynostat listening"
     );
+    // The start-up code (config, the client's set-up) is not run again.
+    trimmer.trim();
 
     // The clock: nothing in this loop waits on the network. Flushing encodes
     // and hands the payloads to the sender thread, which sends them.
     let mut clock = Clock::new(interval);
-    // Between flushes, keep only the interval's working set resident.
-    let mut trimmer = memory::Trimmer::new();
     let signal_name = loop {
         tokio::select! {
             () = clock.tick() => {
