@@ -5,11 +5,15 @@
 //! of 3 to 150 characters, the shape of `loadgen --shape long`), through the
 //! listener's path: one UTF-8 check per datagram, then `lines` + `parse_str`.
 //!
+//! `scan` is the listener's path since the one-pass scanner
+//! (`dogstatsd::scan`): one UTF-8 check per datagram, then one pass.
+//!
 //! Run: `cargo bench --bench parser`. Throughput is reported in lines/s
 //! (elements); ns per line = 1e9 / that.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use dynostat::dogstatsd::protocol::{lines, parse_line, parse_str, Parsed};
+use dynostat::dogstatsd::scan;
 
 #[path = "common/splitmix.rs"]
 mod splitmix;
@@ -54,6 +58,22 @@ fn bench_datagram(c: &mut Criterion) {
             let mut ok = 0usize;
             for line in lines(black_box(&dgram)) {
                 if let Ok(p) = parse_line(line) {
+                    black_box(&p);
+                    ok += 1;
+                }
+            }
+            assert_eq!(ok, n);
+        })
+    });
+
+    g.bench_function("scan", |b| {
+        b.iter(|| {
+            // The listener's path: one UTF-8 check, then one pass.
+            let d = black_box(&dgram);
+            let text = simdutf8::basic::from_utf8(d).ok();
+            let mut ok = 0usize;
+            for (_, p) in scan::datagram(d, text) {
+                if let Ok(p) = p {
                     black_box(&p);
                     ok += 1;
                 }
@@ -144,6 +164,21 @@ fn bench_long(c: &mut Criterion) {
                         continue;
                     };
                     if let Ok(p) = parse_str(line) {
+                        black_box(&p);
+                        ok += 1;
+                    }
+                }
+            }
+            assert_eq!(ok, n);
+        })
+    });
+    g.bench_function("scan", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for d in black_box(&dgrams) {
+                let text = simdutf8::basic::from_utf8(d).ok();
+                for (_, p) in scan::datagram(d, text) {
+                    if let Ok(p) = p {
                         black_box(&p);
                         ok += 1;
                     }

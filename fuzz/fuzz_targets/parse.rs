@@ -1,4 +1,6 @@
-//! Fuzz target: any bytes through `lines` + `parse_line`.
+//! Fuzz target: any bytes through `lines` + `parse_line`, and through the
+//! listener's one-pass `scan::datagram`, which must give the same lines and
+//! results.
 //!
 //! In: arbitrary datagram bytes. Out: nothing; fails on a panic or a broken
 //! invariant of an accepted line (non-empty name, rate in (0, 1], values and
@@ -6,11 +8,16 @@
 #![no_main]
 
 use dynostat::dogstatsd::protocol::{lines, parse_line, Parsed, MAX_LINE_LEN};
+use dynostat::dogstatsd::scan;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The whole input as one line, too (it may contain newlines).
     let _ = parse_line(data);
+    let want: Vec<_> = lines(data).map(|l| (l, parse_line(l))).collect();
+    let text = std::str::from_utf8(data).ok();
+    assert!(scan::datagram(data, text).eq(want.iter().cloned()));
+    assert!(scan::datagram(data, None).eq(want.iter().cloned()));
     for line in lines(data) {
         assert!(!line.is_empty());
         assert!(!line.contains(&b'\n'));

@@ -1,4 +1,5 @@
-//! The DogStatsD pipeline's data: datagrams are parsed ([`protocol`]) into
+//! The DogStatsD pipeline's data: datagrams are cut into lines and parsed
+//! ([`scan`], with [`protocol`]'s parser) into
 //! metrics, events and service checks, which are aggregated into per-interval
 //! buckets ([`aggregate`]) under the names the Agent would give them
 //! ([`mapper`]: mapper profiles, namespace, blocklist), distributions as
@@ -11,5 +12,6 @@
 pub mod aggregate;
 pub mod mapper;
 pub mod protocol;
+pub mod scan;
 pub mod sketch;
 pub mod stats;

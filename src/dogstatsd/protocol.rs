@@ -317,10 +317,11 @@ pub struct ServiceCheck {
 pub enum Parsed<'a> {
     /// A metric sample.
     Metric(Metric<'a>),
-    /// An event.
-    Event(Event),
-    /// A service check.
-    ServiceCheck(ServiceCheck),
+    /// An event, boxed: events are rare and large, and every line's result
+    /// is moved through the listener's loop at the size of the largest variant.
+    Event(Box<Event>),
+    /// A service check, boxed as events are.
+    ServiceCheck(Box<ServiceCheck>),
 }
 
 /// Why a line was rejected. Small and cheap: the hot path returns it by value.
@@ -440,12 +441,12 @@ pub fn parse_str(s: &str) -> Result<Parsed<'_>, ParseError> {
     }
     if s.starts_with('_') {
         if s.starts_with("_e{") {
-            return parse_event(s).map(Parsed::Event);
+            return parse_event(s).map(|e| Parsed::Event(Box::new(e)));
         }
         // The Agent matches the bare prefix `_sc`, which also swallows
         // metrics such as `_scale:1|c`; we require the `|` so those stay metrics.
         if let Some(body) = s.strip_prefix("_sc|") {
-            return parse_service_check(body).map(Parsed::ServiceCheck);
+            return parse_service_check(body).map(|c| Parsed::ServiceCheck(Box::new(c)));
         }
     }
     parse_metric(s).map(Parsed::Metric)
@@ -1099,14 +1100,14 @@ mod tests {
 
     fn event(line: &str) -> Event {
         match parse_line(line.as_bytes()) {
-            Ok(Parsed::Event(e)) => e,
+            Ok(Parsed::Event(e)) => *e,
             other => panic!("{line:?}: expected an event, got {other:?}"),
         }
     }
 
     fn check(line: &str) -> ServiceCheck {
         match parse_line(line.as_bytes()) {
-            Ok(Parsed::ServiceCheck(c)) => c,
+            Ok(Parsed::ServiceCheck(c)) => *c,
             other => panic!("{line:?}: expected a service check, got {other:?}"),
         }
     }

@@ -1086,8 +1086,8 @@ fn aggregated(lines: &[&str], stats: &Stats) -> Flush {
             Ok(Parsed::Metric(m)) => {
                 agg.insert(&m, 1_700_000_000);
             }
-            Ok(Parsed::Event(e)) => agg.insert_event(e),
-            Ok(Parsed::ServiceCheck(c)) => agg.insert_service_check(c),
+            Ok(Parsed::Event(e)) => agg.insert_event(*e),
+            Ok(Parsed::ServiceCheck(c)) => agg.insert_service_check(*c),
             Err(_) => Stats::add(&stats.parse_errors, 1),
         }
     }

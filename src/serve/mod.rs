@@ -34,7 +34,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{escape_truncate, Config};
 use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::dogstatsd::mapper::NameRules;
-use crate::dogstatsd::protocol::{self, ParseError, Parsed};
+use crate::dogstatsd::protocol::{ParseError, Parsed};
+use crate::dogstatsd::scan;
 use crate::dogstatsd::stats::Stats;
 use crate::dynometrics::DynoMetrics;
 use crate::forward::Forwarder;
@@ -398,18 +399,8 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
             // `simdutf8` (SSE4.2 or AVX2, picked at run time) checks an
             // 8 KiB datagram several times faster than `std::str::from_utf8`.
             let text = simdutf8::basic::from_utf8(data).ok();
-            for line in protocol::lines(data) {
+            for (line, parsed) in scan::datagram(data, text) {
                 c.lines += 1;
-                let parsed = match text {
-                    Some(text) => {
-                        // `lines` cuts at ASCII bytes, so the offsets are
-                        // char boundaries of `text`.
-                        let start = line.as_ptr() as usize - data.as_ptr() as usize;
-                        text.get(start..start + line.len())
-                            .map_or_else(|| protocol::parse_line(line), protocol::parse_str)
-                    }
-                    None => protocol::parse_line(line),
-                };
                 match parsed {
                     Ok(Parsed::Metric(m)) => match agg.insert(&m, now) {
                         InsertOutcome::Accepted => c.metrics += 1,
@@ -421,11 +412,11 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
                     },
                     Ok(Parsed::Event(e)) => {
                         c.events += 1;
-                        agg.insert_event(e);
+                        agg.insert_event(*e);
                     }
                     Ok(Parsed::ServiceCheck(sc)) => {
                         c.checks += 1;
-                        agg.insert_service_check(sc);
+                        agg.insert_service_check(*sc);
                     }
                     Err(e) => {
                         c.parse_errors += 1;

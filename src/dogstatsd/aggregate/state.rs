@@ -234,19 +234,20 @@ impl Interval {
         // distributions weigh each sample by the float 1/rate, as the Agent's
         // Counter.addSample and Histogram.addSample do. A rate outside (0, 1]
         // cannot come from the parser; treat it as 1 like the Agent treats 0.
-        let inv = if m.sample_rate >= 1.0 || m.sample_rate <= 0.0 || m.sample_rate.is_nan() {
+        let inv = if m.sample_rate < 1.0 && m.sample_rate > 0.0 {
+            1.0 / m.sample_rate
+        } else {
             // Unsampled (the common case, no division).
             1.0
-        } else {
-            1.0 / m.sample_rate
         };
         let ts = m.timestamp.unwrap_or_default();
         let (mut accepted, mut dropped) = (false, false);
         let bytes = &mut self.bytes;
-        for v in m.values() {
+        let lost = &mut self.dropped;
+        let mut add = |v: f64| -> Option<InsertOutcome> {
             if !v.is_finite() {
                 // NaN and Inf parse but produce no point, as in the Agent.
-                continue;
+                return None;
             }
             match state {
                 State::Counter { sum, last } => {
@@ -257,7 +258,7 @@ impl Interval {
                 State::Histogram(h) => {
                     if !h.add(v, inv, bytes, meter) {
                         // Aggregated, but left out of the rank statistics.
-                        self.dropped += 1;
+                        *lost += 1;
                     }
                 }
                 State::Distribution(sketch) => {
@@ -269,9 +270,8 @@ impl Interval {
                         ok
                     });
                     if !grown {
-                        self.dropped += 1;
-                        dropped = true;
-                        continue;
+                        *lost += 1;
+                        return Some(InsertOutcome::MemoryLimit);
                     }
                 }
                 State::Timestamped(points) => {
@@ -279,15 +279,27 @@ impl Interval {
                     // (no 1/rate scaling); a counter's is divided by the
                     // interval at flush.
                     if !grow_for_one(points, bytes, meter) {
-                        self.dropped += 1;
-                        dropped = true;
-                        continue;
+                        *lost += 1;
+                        return Some(InsertOutcome::MemoryLimit);
                     }
                     points.push((ts, v));
                 }
-                State::Set(_) => return InsertOutcome::Discarded,
+                State::Set(_) => return Some(InsertOutcome::Discarded),
             }
-            accepted = true;
+            Some(InsertOutcome::Accepted)
+        };
+        // The one value of most lines, as the parser kept it (sets were
+        // handled above), without building the values iterator.
+        if let Some(v) = m.value {
+            return add(v).unwrap_or(InsertOutcome::Discarded);
+        }
+        for v in m.values() {
+            match add(v) {
+                Some(InsertOutcome::Accepted) => accepted = true,
+                Some(InsertOutcome::MemoryLimit) => dropped = true,
+                Some(other) => return other,
+                None => {}
+            }
         }
         if accepted {
             InsertOutcome::Accepted
