@@ -92,16 +92,18 @@ pub(super) fn grow_for_one<T>(v: &mut Vec<T>, bytes: &mut usize, meter: &Meter) 
     true
 }
 
-/// What a new context is charged: its canonical key (with an allocator
-/// header), plus map entries and its state slot with the slack of structures
-/// that grow by doubling, at least [`MIN_CONTEXT_BYTES`]. Its first spelling
-/// costs only its alias map entry: the spelling's bytes are not kept.
+/// What a new context is charged: its canonical key's bytes in the
+/// interval's key buffer ([`Keys`]), times 2 for the buffer's growth by
+/// doubling, plus the key's table entry and end offset, its alias map entry
+/// and its state slot, each with the slack of structures that grow by
+/// doubling; at least [`MIN_CONTEXT_BYTES`]. Its first spelling costs only
+/// its alias map entry: the spelling's bytes are not kept.
 pub(super) fn context_bytes(canon_len: usize) -> usize {
-    // Canonical map: Box<str> + u32 → 24 B + a control byte; alias map:
-    // u64 + (u64, u32) → 24 B + a control byte; the state slot. Each
-    // times 2.5 for the load factor and a resize's old and new tables.
-    let fixed = (25 + 25 + std::mem::size_of::<State>()) * 5 / 2;
-    (fixed + canon_len + 16).max(MIN_CONTEXT_BYTES)
+    // Key table entry and end offset: 9 B; alias map: u64 + (u64, u32) →
+    // 24 B + a control byte; the state slot. Each times 2.5 for the load
+    // factor (or a vector's spare capacity) and a resize's old and new tables.
+    let fixed = (KEY_ENTRY_BYTES + 25 + std::mem::size_of::<State>()) * 5 / 2;
+    (fixed + canon_len * 2).max(MIN_CONTEXT_BYTES)
 }
 
 /// Heap bytes of a list of tags, with headers.

@@ -41,7 +41,7 @@ pub(super) const ZERO_FILL_BYTES: usize = 100;
 pub(super) fn zero_fill(
     registry: &Mutex<ZeroFill>,
     states: &[State],
-    keys: &[Option<Box<str>>],
+    keys: &Keys,
     bucket_start: i64,
     expiry: i64,
     limit: usize,
@@ -53,11 +53,11 @@ pub(super) fn zero_fill(
     reg.flushes += 1;
     let flush = reg.flushes;
     let mut untracked = 0u64;
-    for (state, key) in states.iter().zip(keys) {
-        let (State::Counter { last, .. }, Some(key)) = (state, key) else {
+    for (id, state) in states.iter().enumerate() {
+        let (State::Counter { last, .. }, Some(key)) = (state, keys.get(id)) else {
             continue;
         };
-        if let Some(entry) = reg.counters.get_mut(&**key) {
+        if let Some(entry) = reg.counters.get_mut(key) {
             *entry = (*last, flush);
         } else if reg.counters.len() < limit
             && reg.bytes + ZERO_FILL_BYTES + key.len() <= meter.limit / 4
@@ -67,7 +67,7 @@ pub(super) fn zero_fill(
             let cost = ZERO_FILL_BYTES + key.len();
             meter.flushing.fetch_add(cost, Ordering::Relaxed);
             reg.bytes += cost;
-            reg.counters.insert(key.clone(), (*last, flush));
+            reg.counters.insert(Box::from(key), (*last, flush));
         } else {
             untracked += 1;
         }
@@ -93,8 +93,12 @@ pub(super) fn zero_fill(
 }
 
 /// Contexts per chunk in [`Bucket::into_flush`] and the flush loop: about
-/// 1-2 MB of series at a time.
-pub const CHUNK_CONTEXTS: usize = 4_096;
+/// 0.5 MB of series at a time (a histogram context makes six series, each
+/// with its own name, tags and points). The flush thread allocates them
+/// while the contexts' freed state is the receive thread's, so a chunk is
+/// new memory at the flush's peak: 4,096 contexts a chunk cost about 1.5 MB
+/// more at 100,000 contexts.
+pub const CHUNK_CONTEXTS: usize = 1_024;
 
 /// A bucket being turned into [`Flush`]es chunk by chunk; see [`Bucket::into_chunks`].
 #[derive(Debug)]
@@ -105,7 +109,10 @@ pub struct Chunks {
     pub(super) total: usize,
     pub(super) prepared: Arc<Prepared>,
     pub(super) states: std::vec::IntoIter<State>,
-    pub(super) keys: std::vec::IntoIter<Option<Box<str>>>,
+    /// The bucket's keys, read by id (the table is freed).
+    pub(super) keys: Keys,
+    /// The id of the next state `states` yields.
+    pub(super) next_id: usize,
     /// Idle counters' keys, sent as 0 after the bucket's own contexts.
     pub(super) idle: std::vec::IntoIter<Box<str>>,
     pub(super) zero_fill_untracked: u64,
@@ -133,13 +140,11 @@ impl Iterator for Chunks {
             None => Flush::default(),
         };
         let mut n = 0;
-        for (state, key) in (&mut self.states)
-            .zip(&mut self.keys)
-            .take(self.max_contexts)
-        {
+        for state in (&mut self.states).take(self.max_contexts) {
             n += 1;
-            let Some(key) = key else { continue };
-            let Some(ctx) = ContextKey::parse(&key) else {
+            let id = self.next_id;
+            self.next_id += 1;
+            let Some(ctx) = self.keys.get(id).and_then(ContextKey::parse) else {
                 continue;
             };
             flush_state(
@@ -243,7 +248,8 @@ pub(super) fn flush_state(
                 });
             }
         }
-        State::Timestamped(mut points) => {
+        State::Timestamped(points) => {
+            let mut points = *points;
             if points.is_empty() {
                 return;
             }

@@ -26,13 +26,16 @@
 //!    order), the cold path [`Aggregator::resolve_new`] canonicalises the tags,
 //!    looks up or creates the canonical context, and caches the raw alias.
 //!
-//! Per-context state lives in a `Vec` indexed by context id.
+//! Per-context state lives in a `Vec` indexed by context id, and the
+//! canonical keys back to back in one buffer whose table maps a key to its
+//! id ([`Keys`]).
 //!
 //! # The memory budget
 //!
 //! Every allocation an interval makes is charged, in approximate bytes, to
-//! one meter before it is made: a context (its two keys, map entries and
-//! state, with the slack of maps and vectors that grow by doubling), a kept
+//! one meter before it is made: a context (its canonical key, table and map
+//! entries and state, with the slack of maps and vectors that grow by
+//! doubling), a kept
 //! histogram sample, a set member, a `|T` point, a sketch bin, an event or a
 //! service check. The live interval and the buckets still being flushed share
 //! the budget: a taken [`Bucket`] keeps its bytes charged until its chunks
@@ -398,8 +401,8 @@ impl Aggregator {
                 extra: &self.prepared.dogstatsd_tags,
             },
         );
-        let id = match self.cur.canon.get(self.scratch_key.as_str()) {
-            Some(&id) => id,
+        let id = match self.cur.keys.find(&self.scratch_key) {
+            Some(id) => id,
             None => {
                 // Do not create a context that would hold nothing.
                 if m.kind != MetricType::Set && !m.values().any(f64::is_finite) {
@@ -414,15 +417,18 @@ impl Aggregator {
                 if !self.prepared.meter.fits(self.cur.bytes, cost) {
                     return Err(InsertOutcome::ContextLimit);
                 }
-                let id = u32::try_from(n)
-                    .ok()
-                    .filter(|&id| id != BLOCKED)
+                if u32::try_from(n).map_or(true, |id| id == BLOCKED) {
+                    return Err(InsertOutcome::ContextLimit);
+                }
+                // Keys and states grow together: the key's id is `n`.
+                let id = self
+                    .cur
+                    .keys
+                    .push(&self.scratch_key)
                     .ok_or(InsertOutcome::ContextLimit)?;
+                debug_assert_eq!(id as usize, n);
                 self.cur.bytes += cost;
                 self.cur.states.push(state);
-                self.cur
-                    .canon
-                    .insert(Box::from(self.scratch_key.as_str()), id);
                 // The context's first spelling is paid for in its cost.
                 if let Entry::Vacant(e) = self.cur.aliases.entry(fp.lo) {
                     e.insert(Alias::new(fp, id));
@@ -568,21 +574,17 @@ impl Bucket {
     pub fn into_chunks(self, timestamp: i64, interval_secs: u64, max_contexts: usize) -> Chunks {
         let Interval {
             aliases,
-            canon,
+            mut keys,
             states,
             events,
             service_checks,
             ..
         } = self.interval;
+        // The lookups are done with: only the keys by id are read from here.
         drop(aliases);
+        keys.drop_table();
+        debug_assert_eq!(keys.len(), states.len());
         let total = states.len();
-        let mut keys: Vec<Option<Box<str>>> =
-            std::iter::repeat_with(|| None).take(states.len()).collect();
-        for (key, id) in canon {
-            if let Some(slot) = keys.get_mut(id as usize) {
-                *slot = Some(key);
-            }
-        }
         let mut held = self.held;
         let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
             zero_fill(
@@ -604,7 +606,8 @@ impl Bucket {
             total,
             prepared: self.prepared,
             states: states.into_iter(),
-            keys: keys.into_iter(),
+            keys,
+            next_id: 0,
             idle: idle.into_iter(),
             zero_fill_untracked: untracked,
             first: Some((events, service_checks)),

@@ -122,6 +122,64 @@ impl PartialEq for Member {
 
 impl Eq for Member {}
 
+/// Members a set keeps in a plain vector, searched in order; one more turns
+/// it into a hash set. Most sets of an interval are small (a few users, a
+/// few hosts), and a vector of them is smaller than the least hash table.
+pub(super) const FEW_MEMBERS: usize = 8;
+
+/// A set's unique members: a vector while they are few, a boxed hash set
+/// past [`FEW_MEMBERS`] (boxed so the few-member case sets the size of
+/// [`State`]).
+#[derive(Debug)]
+pub(super) enum Members {
+    Few(Vec<Member>),
+    Many(Box<FxHashSet<Member>>),
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Members {
+    #[inline]
+    pub(super) fn contains(&self, member: &[u8]) -> bool {
+        match self {
+            Self::Few(v) => v.iter().any(|m| m.as_bytes() == member),
+            Self::Many(set) => set.contains(member),
+        }
+    }
+
+    /// Adds a member not held yet.
+    pub(super) fn insert(&mut self, member: Member) {
+        match self {
+            Self::Few(v) if v.len() < FEW_MEMBERS => v.push(member),
+            Self::Few(v) => {
+                let mut set =
+                    FxHashSet::with_capacity_and_hasher(2 * FEW_MEMBERS, Default::default());
+                set.extend(v.drain(..));
+                set.insert(member);
+                *self = Self::Many(Box::new(set));
+            }
+            Self::Many(set) => {
+                set.insert(member);
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::Few(v) => v.len(),
+            Self::Many(set) => set.len(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One context's state for one interval. The first sample's type decides the
 /// variant; later samples of another numeric type are folded into it, as the
 /// Agent's `ContextMetrics.AddSample` does (it keys contexts by name, host
@@ -134,13 +192,15 @@ pub(super) enum State {
     /// Last value.
     Gauge(f64),
     /// Unique members.
-    Set(FxHashSet<Member>),
+    Set(Members),
     /// Boxed: most contexts are not histograms, and the box keeps `State` small.
     Histogram(Box<Histogram>),
     /// A sketch, boxed like histograms: bounded by its bins, not by the values.
     Distribution(Box<Sketch>),
-    /// `|T` points as received.
-    Timestamped(Vec<(i64, f64)>),
+    /// `|T` points as received, boxed like histograms: every variant but a
+    /// set's fits in 16 bytes, so a state takes 24 (a slot per context).
+    #[allow(clippy::box_collection)] // The box is the point: a thin pointer.
+    Timestamped(Box<Vec<(i64, f64)>>),
 }
 
 impl State {
@@ -149,6 +209,7 @@ impl State {
         match self {
             Self::Histogram(_) => std::mem::size_of::<Histogram>() + 16,
             Self::Distribution(_) => std::mem::size_of::<Sketch>() + 16,
+            Self::Timestamped(_) => std::mem::size_of::<Vec<(i64, f64)>>() + 16,
             _ => 0,
         }
     }
@@ -156,11 +217,11 @@ impl State {
     pub(super) fn new(class: Class, kind: MetricType) -> Self {
         match class {
             Class::Distribution => Self::Distribution(Box::default()),
-            Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Vec::new()),
+            Class::TimestampedGauge | Class::TimestampedRate => Self::Timestamped(Box::default()),
             Class::Aggregated => match kind {
                 MetricType::Counter => Self::Counter { sum: 0.0, last: 0 },
                 MetricType::Gauge => Self::Gauge(0.0),
-                MetricType::Set => Self::Set(FxHashSet::default()),
+                MetricType::Set => Self::Set(Members::default()),
                 MetricType::Histogram => Self::Histogram(Box::new(Histogram::new(false))),
                 MetricType::Timer => Self::Histogram(Box::new(Histogram::new(true))),
                 // Class::of never puts a distribution here; sketch it anyway.
@@ -170,14 +231,94 @@ impl State {
     }
 }
 
+/// One interval's canonical keys: every key's bytes back to back in one
+/// buffer, in context id order, and a table of the ids hashed by their key.
+/// A key costs its own bytes plus 9 bytes of table entry and end offset
+/// (with their growth slack); a boxed key in a map costs an allocation (its
+/// header and rounding, about 20 bytes on top of the key) and a 24-byte
+/// entry. Keys are only added, and freed with the interval.
+#[derive(Debug, Default)]
+pub(super) struct Keys {
+    /// The keys' bytes, back to back.
+    text: String,
+    /// `ends[id]`: where key `id` ends in `text`; it starts where key
+    /// `id - 1` ends (key 0 at 0).
+    ends: Vec<u32>,
+    /// Context ids, hashed by their key (rehashed from `text` on growth).
+    table: hashbrown::HashTable<u32>,
+}
+
+/// Bytes a key adds to [`Keys`] beyond its own: a table entry (a 4-byte id
+/// and a control byte) and a 4-byte end offset.
+pub(super) const KEY_ENTRY_BYTES: usize = 9;
+
+#[inline]
+fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// Key `id` of `text` cut at `ends`.
+#[inline]
+fn key_at<'t>(text: &'t str, ends: &[u32], id: usize) -> Option<&'t str> {
+    let end = *ends.get(id)? as usize;
+    let start = match id.checked_sub(1) {
+        Some(prev) => *ends.get(prev)? as usize,
+        None => 0,
+    };
+    text.get(start..end)
+}
+
+impl Keys {
+    /// Keys held.
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The key of context `id`.
+    pub(super) fn get(&self, id: usize) -> Option<&str> {
+        key_at(&self.text, &self.ends, id)
+    }
+
+    /// The id of `key`, if it is held.
+    pub(super) fn find(&self, key: &str) -> Option<u32> {
+        let (text, ends) = (&self.text, &self.ends);
+        self.table
+            .find(key_hash(key), |&id| {
+                key_at(text, ends, id as usize) == Some(key)
+            })
+            .copied()
+    }
+
+    /// Adds `key` (not held yet) as the next id, [`Keys::len`] before the
+    /// call. `None`, with nothing changed, when the buffer would pass the
+    /// 4 GiB its offsets can reach.
+    pub(super) fn push(&mut self, key: &str) -> Option<u32> {
+        let id = u32::try_from(self.ends.len()).ok()?;
+        let end = u32::try_from(self.text.len().checked_add(key.len())?).ok()?;
+        self.text.push_str(key);
+        self.ends.push(end);
+        let Self { text, ends, table } = self;
+        table.insert_unique(key_hash(key), id, |&i| {
+            key_hash(key_at(text, ends, i as usize).unwrap_or_default())
+        });
+        Some(id)
+    }
+
+    /// Frees the lookup table: a flush reads keys by id only.
+    pub(super) fn drop_table(&mut self) {
+        self.table = hashbrown::HashTable::new();
+    }
+}
+
 /// Everything that belongs to one interval. Moved whole into a [`Bucket`].
 #[derive(Debug, Default)]
 pub(super) struct Interval {
     /// Raw spelling hash → alias (the hot-path lookup).
     pub(super) aliases: FxHashMap<u64, Alias>,
-    /// Canonical key → context id. The key is `class byte, name, '\n', host,
-    /// '\n', sorted tags joined by ','`; `\n` cannot occur in a name, host or tag.
-    pub(super) canon: FxHashMap<Box<str>, u32>,
+    /// Canonical key → context id, and id → key. The key is `class byte,
+    /// name, '\n', host, '\n', sorted tags joined by ','`; `\n` cannot occur
+    /// in a name, host or tag.
+    pub(super) keys: Keys,
     /// Per-context state, indexed by context id.
     pub(super) states: Vec<State>,
     pub(super) events: Vec<Event>,

@@ -820,6 +820,52 @@ fn set_members_inline_and_on_the_heap_are_counted_once() {
 }
 
 #[test]
+fn a_set_counts_each_member_once_across_its_growth_into_a_hash_set() {
+    for n in [
+        1,
+        FEW_MEMBERS - 1,
+        FEW_MEMBERS,
+        FEW_MEMBERS + 1,
+        3 * FEW_MEMBERS,
+    ] {
+        let mut agg = Aggregator::new(opts());
+        let members: Vec<String> = (0..n).map(|i| format!("user-{i}")).collect();
+        let mut charged = Vec::new();
+        for round in 0..3 {
+            for m in members.iter().rev().skip(round % 2) {
+                let line = metric("s", m, MetricType::Set, "");
+                assert_eq!(agg.insert(&line, NOW), InsertOutcome::Accepted, "{m}");
+            }
+            charged.push(agg.memory_bytes());
+        }
+        // Repeats are free: only new members are charged.
+        assert_eq!(charged[1], charged[2], "{n} members");
+        assert_eq!(value(&flush(&mut agg), "s"), n as f64, "{n} members");
+    }
+}
+
+#[test]
+fn keys_find_and_give_back_every_key_by_id_through_growth() {
+    let mut keys = Keys::default();
+    let all: Vec<String> = (0..5_000).map(|i| format!("a{i}\n\nt:{}", i % 7)).collect();
+    assert_eq!(keys.push(""), Some(0));
+    for (i, k) in all.iter().enumerate() {
+        assert_eq!(keys.find(k), None);
+        assert_eq!(keys.push(k), Some(i as u32 + 1));
+    }
+    assert_eq!(keys.len(), all.len() + 1);
+    assert_eq!((keys.find(""), keys.get(0)), (Some(0), Some("")));
+    for (i, k) in all.iter().enumerate() {
+        assert_eq!(keys.find(k), Some(i as u32 + 1));
+        assert_eq!(keys.get(i + 1), Some(k.as_str()));
+    }
+    assert_eq!(keys.find("a5000\n\nt:0"), None);
+    assert_eq!(keys.get(all.len() + 1), None);
+    keys.drop_table();
+    assert_eq!(keys.get(all.len()), all.last().map(String::as_str));
+}
+
+#[test]
 fn canonical_key_round_trips() {
     let mut spans = Vec::new();
     let mut key = String::new();
@@ -1139,4 +1185,10 @@ fn spellings_that_differ_only_where_the_separator_falls_stay_apart() {
     let f = agg.take().into_flush(TS, 1);
     assert_eq!(f.series.len(), 2);
     assert_eq!(f.distributions.len(), 1);
+}
+#[test]
+fn a_state_slot_takes_24_bytes() {
+    // Every context has one slot: 100,000 contexts at 40 bytes each (a hash
+    // set inline) held 1.6 MB more than at 24.
+    assert_eq!(std::mem::size_of::<State>(), 24);
 }
