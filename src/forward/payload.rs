@@ -438,7 +438,10 @@ fn deflate_bound(n: usize) -> usize {
 pub struct Encoder {
     endpoint: Endpoint,
     limits: Limits,
-    current: Builder,
+    /// The open payload; made at the first item, so an endpoint with nothing
+    /// to send costs no compressor (its tables and window are a few hundred
+    /// KiB, and a flush has one encoder per endpoint).
+    current: Option<Builder>,
     done: Vec<Payload>,
 }
 
@@ -448,7 +451,7 @@ impl Encoder {
         Self {
             endpoint,
             limits,
-            current: Builder::new(endpoint, limits),
+            current: None,
             done: Vec::new(),
         }
     }
@@ -459,23 +462,35 @@ impl Encoder {
     /// refused with [`Oversize`]. Whether a large item fits alone is decided
     /// on its compressed size, not on the raw size's worst case.
     pub fn push(&mut self, item: &[u8], points: usize) -> Result<(), Oversize> {
-        if self.current.fits(item) {
-            self.current.write(item, points);
+        let current = self.open();
+        if current.fits(item) {
+            current.write(item, points);
             return Ok(());
         }
         if !self.fits_alone(item) {
             // Closing the open payload would not help: keep it open for the next item.
             return Err(Oversize);
         }
-        if self.current.items > 0 {
-            let full =
-                std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
-            self.done.extend(full.finish());
-        }
+        self.close_if_used();
         // Alone in an empty payload, it fits: the estimate may say otherwise
         // for a large, compressible item, but `fits_alone` compressed it.
-        self.current.write(item, points);
+        self.open().write(item, points);
         Ok(())
+    }
+
+    /// The open payload, made if there is none.
+    fn open(&mut self) -> &mut Builder {
+        let (endpoint, limits) = (self.endpoint, self.limits);
+        self.current
+            .get_or_insert_with(|| Builder::new(endpoint, limits))
+    }
+
+    /// Closes the open payload if it holds an item; an empty one stays open.
+    fn close_if_used(&mut self) {
+        if self.current.as_ref().is_some_and(|b| b.items > 0) {
+            self.done
+                .extend(self.current.take().and_then(Builder::finish));
+        }
     }
 
     /// Whether `item` fits an empty payload: within the raw limit, and
@@ -501,17 +516,14 @@ impl Encoder {
 
     /// Adds an item past the limits, alone in its own payload (413 splitting only).
     fn force(&mut self, item: &[u8], points: usize) {
-        if self.current.items > 0 {
-            let full =
-                std::mem::replace(&mut self.current, Builder::new(self.endpoint, self.limits));
-            self.done.extend(full.finish());
-        }
-        self.current.write(item, points);
+        self.close_if_used();
+        self.open().write(item, points);
     }
 
     /// Closes the open payload and returns them all.
     pub fn finish(mut self) -> Vec<Payload> {
-        self.done.extend(self.current.finish());
+        self.done
+            .extend(self.current.take().and_then(Builder::finish));
         self.done
     }
 }
