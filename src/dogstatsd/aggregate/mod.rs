@@ -71,12 +71,11 @@
 //! or, for a blocked name, to "filtered".
 
 use std::collections::hash_map::Entry;
-use std::hash::Hasher;
 use std::mem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::config::HistogramAggregate;
 use crate::dogstatsd::mapper::{NameRules, Named, Names};

@@ -71,8 +71,8 @@ pub(super) const INLINE_MEMBER: usize = 22;
 
 /// A set member's bytes: up to [`INLINE_MEMBER`] bytes inline (user ids,
 /// hashes, small numbers: the common case, with no allocation and 24 bytes
-/// per member), longer ones on the heap. Hashes and compares as its bytes,
-/// so a set can be probed with a borrowed `&[u8]`.
+/// per member), longer ones on the heap. Sets compare and hash its bytes
+/// ([`Member::as_bytes`]).
 #[derive(Debug)]
 pub(super) enum Member {
     Inline { len: u8, bytes: [u8; INLINE_MEMBER] },
@@ -101,39 +101,19 @@ impl Member {
     }
 }
 
-impl std::borrow::Borrow<[u8]> for Member {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl std::hash::Hash for Member {
-    // Must hash exactly as `[u8]` does, for lookups by `&[u8]`.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for Member {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Member {}
-
 /// Members a set keeps in a plain vector, searched in order; one more turns
-/// it into a hash set. Most sets of an interval are small (a few users, a
+/// it into a hash table. Most sets of an interval are small (a few users, a
 /// few hosts), and a vector of them is smaller than the least hash table.
 pub(super) const FEW_MEMBERS: usize = 8;
 
-/// A set's unique members: a vector while they are few, a boxed hash set
+/// A set's unique members: a vector while they are few, a boxed hash table
 /// past [`FEW_MEMBERS`] (boxed so the few-member case sets the size of
-/// [`State`]).
+/// [`State`]). A table is probed once per sample: a new member goes in with
+/// the hash its lookup computed.
 #[derive(Debug)]
 pub(super) enum Members {
     Few(Vec<Member>),
-    Many(Box<FxHashSet<Member>>),
+    Many(Box<hashbrown::HashTable<Member>>),
 }
 
 impl Default for Members {
@@ -142,28 +122,59 @@ impl Default for Members {
     }
 }
 
+/// A member's hash in a [`Members::Many`] table.
+#[inline]
+fn member_hash(member: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(member)
+}
+
+/// What [`Members::probe`] found: the member is held, or not (with its hash,
+/// for [`Members::insert`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Probe {
+    Held,
+    New(u64),
+}
+
 impl Members {
     #[inline]
-    pub(super) fn contains(&self, member: &[u8]) -> bool {
+    pub(super) fn probe(&self, member: &[u8]) -> Probe {
         match self {
-            Self::Few(v) => v.iter().any(|m| m.as_bytes() == member),
-            Self::Many(set) => set.contains(member),
+            Self::Few(v) => {
+                if v.iter().any(|m| m.as_bytes() == member) {
+                    Probe::Held
+                } else {
+                    Probe::New(0)
+                }
+            }
+            Self::Many(t) => {
+                let hash = member_hash(member);
+                if t.find(hash, |m| m.as_bytes() == member).is_some() {
+                    Probe::Held
+                } else {
+                    Probe::New(hash)
+                }
+            }
         }
     }
 
-    /// Adds a member not held yet.
-    pub(super) fn insert(&mut self, member: Member) {
+    /// Adds a member not held yet; `hash` is the one [`Members::probe`]
+    /// gave it (unused while the members are few).
+    pub(super) fn insert(&mut self, member: Member, hash: u64) {
+        let rehash = |m: &Member| member_hash(m.as_bytes());
         match self {
             Self::Few(v) if v.len() < FEW_MEMBERS => v.push(member),
             Self::Few(v) => {
-                let mut set =
-                    FxHashSet::with_capacity_and_hasher(2 * FEW_MEMBERS, Default::default());
-                set.extend(v.drain(..));
-                set.insert(member);
-                *self = Self::Many(Box::new(set));
+                let mut t = hashbrown::HashTable::with_capacity(2 * FEW_MEMBERS);
+                for m in v.drain(..) {
+                    t.insert_unique(member_hash(m.as_bytes()), m, rehash);
+                }
+                t.insert_unique(member_hash(member.as_bytes()), member, rehash);
+                *self = Self::Many(Box::new(t));
             }
-            Self::Many(set) => {
-                set.insert(member);
+            Self::Many(t) => {
+                t.insert_unique(hash, member, rehash);
             }
         }
     }
@@ -171,7 +182,7 @@ impl Members {
     pub(super) fn len(&self) -> usize {
         match self {
             Self::Few(v) => v.len(),
-            Self::Many(set) => set.len(),
+            Self::Many(t) => t.len(),
         }
     }
 
@@ -351,9 +362,9 @@ impl Interval {
                 return InsertOutcome::Discarded;
             }
             let member = m.set_value();
-            if members.contains(member.as_bytes()) {
+            let Probe::New(hash) = members.probe(member.as_bytes()) else {
                 return InsertOutcome::Accepted;
-            }
+            };
             let cost = MEMBER_BYTES
                 + if member.len() > INLINE_MEMBER {
                     member.len() + 16
@@ -365,7 +376,7 @@ impl Interval {
                 return InsertOutcome::MemoryLimit;
             }
             self.bytes += cost;
-            members.insert(Member::new(member));
+            members.insert(Member::new(member), hash);
             return InsertOutcome::Accepted;
         }
         if m.kind == MetricType::Set {
