@@ -793,16 +793,14 @@ fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
         return Err(ParseError::EmptyValue);
     }
     let rest = rest.ok_or(ParseError::MissingType)?;
-    // The type is one or two bytes: match it directly rather than scanning.
-    let (kind, after) = match rest.as_bytes() {
-        [b'c', after @ ..] => (MetricType::Counter, after),
-        [b'g', after @ ..] => (MetricType::Gauge, after),
-        [b'h', after @ ..] => (MetricType::Histogram, after),
-        [b'm', b's', after @ ..] => (MetricType::Timer, after),
-        [b's', after @ ..] => (MetricType::Set, after),
-        [b'd', after @ ..] => (MetricType::Distribution, after),
-        [] | [b'|', ..] => return Err(ParseError::MissingType),
-        _ => return Err(ParseError::UnknownType),
+    let (kind, after) = match type_prefix(rest.as_bytes()) {
+        Some((kind, len)) => (kind, rest.as_bytes().get(len..).unwrap_or_default()),
+        None => {
+            return Err(match rest.as_bytes() {
+                [] | [b'|', ..] => ParseError::MissingType,
+                _ => ParseError::UnknownType,
+            })
+        }
     };
     let fields = match after {
         [] => None,
@@ -839,34 +837,62 @@ fn parse_metric(s: &str) -> Result<Metric<'_>, ParseError> {
         tags: Tags::default(),
         timestamp: None,
     };
-    // Optional fields in any order; a repeated one: the last wins. Unknown
-    // fields (`c:` container id, `e:`, `card:`, anything else, even empty)
-    // are ignored, as the Agent does.
     for field in SplitNonEmpty::new(fields.unwrap_or_default(), b'|') {
-        // Each arm's first byte is ASCII, so `field[1..]` is a char boundary.
-        let body = field.get(1..).unwrap_or_default();
-        match field.as_bytes().first() {
-            Some(b'#') => metric.tags = Tags(body),
-            Some(b'@') => {
-                let rate = parse_value(body).ok_or(ParseError::BadSampleRate)?;
-                // NaN fails both comparisons.
-                if !(rate > 0.0 && rate <= 1.0) {
-                    return Err(ParseError::BadSampleRate);
-                }
-                metric.sample_rate = rate;
-            }
-            Some(b'T') => {
-                let ts = body.parse::<i64>().map_err(|_| ParseError::BadTimestamp)?;
-                // The Agent rejects timestamps below 1 too.
-                if ts < 1 {
-                    return Err(ParseError::BadTimestamp);
-                }
-                metric.timestamp = Some(ts);
-            }
-            _ => {}
-        }
+        apply_field(&mut metric, field)?;
     }
     Ok(metric)
+}
+
+/// The metric type spelled at the start of `b` (the bytes after the first
+/// `|`), and the spelling's length: one or two bytes, matched directly rather
+/// than scanned. `None` when no type is spelled there. Shared by
+/// [`parse_metric`] and the scanner's fast path, so both read the same types.
+#[inline(always)]
+pub(super) fn type_prefix(b: &[u8]) -> Option<(MetricType, usize)> {
+    Some(match b {
+        [b'c', ..] => (MetricType::Counter, 1),
+        [b'g', ..] => (MetricType::Gauge, 1),
+        [b'h', ..] => (MetricType::Histogram, 1),
+        [b'm', b's', ..] => (MetricType::Timer, 2),
+        [b's', ..] => (MetricType::Set, 1),
+        [b'd', ..] => (MetricType::Distribution, 1),
+        _ => return None,
+    })
+}
+
+/// Applies one optional field of a metric line (the text between two `|`
+/// after the type) to `metric`. Optional fields come in any order; a repeated
+/// one: the last wins. Unknown fields (`c:` container id, `e:`, `card:`,
+/// anything else, even empty) are ignored, as the Agent does. Shared by
+/// [`parse_metric`] and the scanner's fast path.
+#[inline(always)]
+pub(super) fn apply_field<'a>(metric: &mut Metric<'a>, field: &'a str) -> Result<(), ParseError> {
+    // The body after the field's one-byte (ASCII) key; `strip_prefix` of a
+    // known byte needs no char-boundary check, unlike `get(1..)`.
+    let body = |key: char| field.strip_prefix(key).unwrap_or_default();
+    match field.as_bytes().first() {
+        Some(b'#') => metric.tags = Tags(body('#')),
+        Some(b'@') => {
+            let rate = parse_value(body('@')).ok_or(ParseError::BadSampleRate)?;
+            // NaN fails both comparisons.
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(ParseError::BadSampleRate);
+            }
+            metric.sample_rate = rate;
+        }
+        Some(b'T') => {
+            let ts = body('T')
+                .parse::<i64>()
+                .map_err(|_| ParseError::BadTimestamp)?;
+            // The Agent rejects timestamps below 1 too.
+            if ts < 1 {
+                return Err(ParseError::BadTimestamp);
+            }
+            metric.timestamp = Some(ts);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Splits at the first `sep` (ASCII): the part before and, if found, after.

@@ -13,7 +13,7 @@
 //! then framed and, when it is a plain metric line, cut into name, value,
 //! type and fields with bit operations alone: no byte is scanned twice
 //! ([`fast_metric`]). Everything else, long lines, `\r\n`, events, service
-//! checks, several values, timestamps and every line with an error, goes to
+//! checks, several values and every line with an error, goes to
 //! the general parser ([`protocol::parse_str`]), so the results are its
 //! results by construction; the fast path only ever accepts what the general
 //! parser accepts, with the same fields (the `scan_agrees_with_lines_and_parse`
@@ -208,11 +208,10 @@ impl<'a> Datagram<'a> {
 
 /// A plain metric line cut with its marks (`pipe` and `colon` of the line
 /// only, which is shorter than 64 bytes): `name:value|type` and optional
-/// `|#tags` and `|@rate` fields (other fields are ignored, as the general
-/// parser ignores them). `None` for anything else, which the general parser
+/// fields, read by the general parser's own [`protocol::apply_field`]. `None` for anything else, which the general parser
 /// then decides: events and service checks (`_`), no `:` before the first
 /// `|`, an empty name or value, several values, an unknown type, a value that
-/// is not a plain decimal, a rate outside (0, 1], and `|T` timestamps.
+/// is not a plain decimal, and a bad rate or timestamp.
 #[inline]
 fn fast_metric(line: &str, m: Marks) -> Option<Metric<'_>> {
     let b = line.as_bytes();
@@ -227,15 +226,7 @@ fn fast_metric(line: &str, m: Marks) -> Option<Metric<'_>> {
     }
     let name = ascii_cut(line, 0, colon)?;
     let raw_values = ascii_cut(line, colon + 1, pipe)?;
-    let (kind, type_len) = match b.get(pipe + 1..)? {
-        [b'c', ..] => (MetricType::Counter, 1),
-        [b'g', ..] => (MetricType::Gauge, 1),
-        [b'h', ..] => (MetricType::Histogram, 1),
-        [b'm', b's', ..] => (MetricType::Timer, 2),
-        [b's', ..] => (MetricType::Set, 1),
-        [b'd', ..] => (MetricType::Distribution, 1),
-        _ => return None,
-    };
+    let (kind, type_len) = protocol::type_prefix(b.get(pipe + 1..)?)?;
     // The type ends the line or a `|` follows it. pipe < len < 64.
     let after_type = pipe + 1 + type_len;
     let later_pipes = m.pipe & !((2u64 << pipe) - 1);
@@ -274,21 +265,8 @@ fn fast_metric(line: &str, m: Marks) -> Option<Metric<'_>> {
         } else {
             bits.trailing_zeros() as usize
         };
-        let field = ascii_cut(line, from, to)?;
-        match field.as_bytes().first() {
-            // A repeated field: the last wins, as in the general parser.
-            Some(b'#') => metric.tags = Tags(ascii_cut(field, 1, field.len())?),
-            Some(b'@') => {
-                let rate = protocol::parse_value_bytes(field.as_bytes().get(1..)?)?;
-                // NaN fails both comparisons.
-                if !(rate > 0.0 && rate <= 1.0) {
-                    return None;
-                }
-                metric.sample_rate = rate;
-            }
-            Some(b'T') => return None,
-            _ => {}
-        }
+        // An error (a bad rate or timestamp) is the general parser's to give.
+        protocol::apply_field(&mut metric, ascii_cut(line, from, to)?).ok()?;
         if bits == 0 {
             return Some(metric);
         }
@@ -344,6 +322,7 @@ mod tests {
             "x:1|d|c:abc|#t",
             "x:1|c|",
             "x:1|c||#a",
+            "x:1|g|T1700000000|#a",
         ] {
             let m = marks_of(line);
             let fast = fast_metric(line, m).unwrap_or_else(|| panic!("{line}: not fast"));
@@ -370,7 +349,8 @@ mod tests {
             "a:1|cc",
             "a:1|c|@2",
             "a:1|c|@x",
-            "a:1|c|T1700000000",
+            "a:1|c|T0",
+            "a:1|c|Tx",
         ] {
             assert_eq!(fast_metric(line, marks_of(line)), None, "{line}");
         }

@@ -384,26 +384,6 @@ impl Interval {
         if m.kind == MetricType::Set {
             return InsertOutcome::Discarded;
         }
-        // The common lines, one finite value into a counter or a gauge,
-        // without the general loop below (the weight as computed there).
-        if let Some(v) = m.value.filter(|v| v.is_finite()) {
-            match state {
-                State::Counter { sum, last } => {
-                    *sum += if m.sample_rate < 1.0 && m.sample_rate > 0.0 {
-                        v * (1.0 / m.sample_rate)
-                    } else {
-                        v
-                    };
-                    *last = now;
-                    return InsertOutcome::Accepted;
-                }
-                State::Gauge(last) => {
-                    *last = v;
-                    return InsertOutcome::Accepted;
-                }
-                _ => {}
-            }
-        }
         // Gauges and sets ignore the rate; counters, histograms and
         // distributions weigh each sample by the float 1/rate, as the Agent's
         // Counter.addSample and Histogram.addSample do. A rate outside (0, 1]
@@ -414,6 +394,23 @@ impl Interval {
             // Unsampled (the common case, no division).
             1.0
         };
+        // The common lines, one finite value into a counter or a gauge: the
+        // closure's first two arms below, written out because the closure is
+        // not inlined (callgrind: 45 instructions a counters line).
+        if let Some(v) = m.value.filter(|v| v.is_finite()) {
+            match state {
+                State::Counter { sum, last } => {
+                    *sum += v * inv;
+                    *last = now;
+                    return InsertOutcome::Accepted;
+                }
+                State::Gauge(last) => {
+                    *last = v;
+                    return InsertOutcome::Accepted;
+                }
+                _ => {}
+            }
+        }
         let ts = m.timestamp.unwrap_or_default();
         let (mut accepted, mut dropped) = (false, false);
         let bytes = &mut self.bytes;
