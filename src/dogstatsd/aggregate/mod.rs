@@ -110,8 +110,9 @@ pub const MIN_CONTEXT_BYTES: usize = crate::config::defaults::MIN_CONTEXT_BYTES;
 /// id, 24 bytes, and a control byte) times 2.5 for the load factor and a
 /// resize's old and new tables. No spelling bytes are kept.
 const ALIAS_BYTES: usize = 64;
-/// Charged per set member, plus its bytes past the inline ones: a 24-byte
-/// slot and its control byte, times the table's growth slack.
+/// Charged per set member, whatever its length: its 16-byte fingerprint slot
+/// in a table at least 3/8 full after it doubles (42.7 B), plus the old
+/// table's share while it doubles.
 const MEMBER_BYTES: usize = 64;
 /// Charged per event or service check, plus its strings.
 const EVENT_BYTES: usize = 256;

@@ -66,127 +66,104 @@ impl Histogram {
     }
 }
 
-/// Bytes of a set member kept inline in [`Member`].
-pub(super) const INLINE_MEMBER: usize = 22;
+/// The smallest member table: four 16-byte slots, one cache line.
+const FIRST_SLOTS: usize = 4;
 
-/// A set member's bytes: up to [`INLINE_MEMBER`] bytes inline (user ids,
-/// hashes, small numbers: the common case, with no allocation and 24 bytes
-/// per member), longer ones on the heap. Sets compare and hash its bytes
-/// ([`Member::as_bytes`]).
-#[derive(Debug)]
-pub(super) enum Member {
-    Inline { len: u8, bytes: [u8; INLINE_MEMBER] },
-    Heap(Box<[u8]>),
-}
-
-impl Member {
-    pub(super) fn new(s: &str) -> Self {
-        let b = s.as_bytes();
-        match u8::try_from(b.len()) {
-            Ok(len) if b.len() <= INLINE_MEMBER => {
-                let mut bytes = [0u8; INLINE_MEMBER];
-                bytes[..b.len()].copy_from_slice(b);
-                Self::Inline { len, bytes }
-            }
-            _ => Self::Heap(Box::from(b)),
-        }
-    }
-
-    #[inline]
-    pub(super) fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Self::Heap(b) => b,
-        }
-    }
-}
-
-/// Members a set keeps in a plain vector, searched in order; one more turns
-/// it into a hash table. Most sets of an interval are small (a few users, a
-/// few hosts), and a vector of them is smaller than the least hash table.
-pub(super) const FEW_MEMBERS: usize = 8;
-
-/// A set's unique members: a vector while they are few, a boxed hash table
-/// past [`FEW_MEMBERS`] (boxed, so the few-member case costs 24 bytes). A table is probed once per sample: a new member goes in with
-/// the hash its lookup computed.
-#[derive(Debug)]
-pub(super) enum Members {
-    Few(Vec<Member>),
-    Many(Box<hashbrown::HashTable<Member>>),
-}
-
-impl Default for Members {
-    fn default() -> Self {
-        Self::Few(Vec::new())
-    }
-}
-
-/// A member's hash in a [`Members::Many`] table.
+/// A set member's fingerprint: XXH3-128 of its bytes, never 0 (the empty
+/// slot). Two members count as one only if all 128 bits agree, the same
+/// bound as a context's spelling fingerprint (about 2^-128 per pair;
+/// docs/DESIGN.md, "Set members").
 #[inline]
-fn member_hash(member: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(member)
+pub(super) fn member_fingerprint(member: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(member).max(1)
 }
 
-/// What [`Members::probe`] found: the member is held, or not (with its hash,
-/// for [`Members::insert`]).
+/// A set's unique members, as the fingerprints of their bytes in one
+/// open-addressing table (linear probing, at most 3/4 full, 0 marks an empty
+/// slot). The flush needs only their number, so no member's bytes are kept:
+/// a probe reads one 16-byte slot (rarely two), where a hash table of the
+/// members themselves read its control bytes, then the slot, then, for a
+/// long member, its bytes on the heap (perf on the mixed load: about 90 ns a
+/// set line, most of it those cache misses).
+#[derive(Debug, Default)]
+pub(super) struct Members {
+    slots: Vec<u128>,
+    len: usize,
+}
+
+/// What [`Members::probe`] found: the member is held, or not (with its
+/// fingerprint, for [`Members::insert`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Probe {
     Held,
-    New(u64),
+    New(u128),
 }
 
 impl Members {
     #[inline]
     pub(super) fn probe(&self, member: &[u8]) -> Probe {
-        match self {
-            Self::Few(v) => {
-                if v.iter().any(|m| m.as_bytes() == member) {
-                    Probe::Held
-                } else {
-                    Probe::New(0)
-                }
-            }
-            Self::Many(t) => {
-                let hash = member_hash(member);
-                if t.find(hash, |m| m.as_bytes() == member).is_some() {
-                    Probe::Held
-                } else {
-                    Probe::New(hash)
-                }
+        let fp = member_fingerprint(member);
+        if self.slots.is_empty() {
+            return Probe::New(fp);
+        }
+        let mask = self.slots.len() - 1;
+        // Truncation: the low bits pick the first slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let mut i = fp as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => return Probe::New(fp),
+                s if s == fp => return Probe::Held,
+                _ => i = (i + 1) & mask,
             }
         }
     }
 
-    /// Adds a member not held yet; `hash` is the one [`Members::probe`]
-    /// gave it (unused while the members are few).
-    pub(super) fn insert(&mut self, member: Member, hash: u64) {
-        let rehash = |m: &Member| member_hash(m.as_bytes());
-        match self {
-            Self::Few(v) if v.len() < FEW_MEMBERS => v.push(member),
-            Self::Few(v) => {
-                let mut t = hashbrown::HashTable::with_capacity(2 * FEW_MEMBERS);
-                for m in v.drain(..) {
-                    t.insert_unique(member_hash(m.as_bytes()), m, rehash);
-                }
-                t.insert_unique(member_hash(member.as_bytes()), member, rehash);
-                *self = Self::Many(Box::new(t));
-            }
-            Self::Many(t) => {
-                t.insert_unique(hash, member, rehash);
+    /// Bytes the table grows by if one more member is inserted now (0 while
+    /// it has room): what the budget is asked for first.
+    pub(super) fn growth_bytes(&self) -> usize {
+        if (self.len + 1) * 4 <= self.slots.len() * 3 {
+            0
+        } else {
+            self.slots.len().max(FIRST_SLOTS / 2) * 2 * std::mem::size_of::<u128>()
+        }
+    }
+
+    /// Adds a member not held yet, by the fingerprint [`Members::probe`] gave it.
+    pub(super) fn insert(&mut self, fp: u128) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            let cap = (self.slots.len() * 2).max(FIRST_SLOTS);
+            let old = std::mem::replace(&mut self.slots, vec![0; cap]);
+            for s in old.into_iter().filter(|&s| s != 0) {
+                self.place(s);
             }
         }
+        self.place(fp);
+        self.len += 1;
+    }
+
+    fn place(&mut self, fp: u128) {
+        let mask = self.slots.len() - 1;
+        #[allow(clippy::cast_possible_truncation)]
+        let mut i = fp as usize & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = fp;
     }
 
     pub(super) fn len(&self) -> usize {
-        match self {
-            Self::Few(v) => v.len(),
-            Self::Many(t) => t.len(),
-        }
+        self.len
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// The table's slots (for tests).
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.slots.len()
     }
 }
 
@@ -363,22 +340,18 @@ impl Interval {
             if m.kind != MetricType::Set {
                 return InsertOutcome::Discarded;
             }
-            let member = m.set_value();
-            let Probe::New(hash) = members.probe(member.as_bytes()) else {
+            let Probe::New(fp) = members.probe(m.set_value().as_bytes()) else {
                 return InsertOutcome::Accepted;
             };
-            let cost = MEMBER_BYTES
-                + if member.len() > INLINE_MEMBER {
-                    member.len() + 16
-                } else {
-                    0
-                };
-            if !meter.fits(self.bytes, cost) {
+            // The member's charge, and the table's growth on top when it
+            // doubles now, must both fit.
+            let cost = MEMBER_BYTES;
+            if !meter.fits(self.bytes, cost + members.growth_bytes()) {
                 self.dropped += 1;
                 return InsertOutcome::MemoryLimit;
             }
             self.bytes += cost;
-            members.insert(Member::new(member), hash);
+            members.insert(fp);
             return InsertOutcome::Accepted;
         }
         if m.kind == MetricType::Set {
