@@ -402,7 +402,7 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
             for (line, parsed) in scan::datagram(data, text) {
                 c.lines += 1;
                 match parsed {
-                    Ok(Parsed::Metric(m)) => match agg.insert(&m, now) {
+                    Ok(Parsed::Metric(ref m)) => match agg.insert(m, now) {
                         InsertOutcome::Accepted => c.metrics += 1,
                         InsertOutcome::ContextLimit => c.contexts_dropped += 1,
                         InsertOutcome::Discarded => c.discarded += 1,

@@ -809,7 +809,9 @@ fn set_members_of_any_length_are_counted_once() {
     let mut agg = Aggregator::new(opts());
     let long = "x".repeat(300);
     let longer = "x".repeat(301);
-    for m in ["", "a", "a:b", &long, &longer, &long, &longer, "a", "é", "e"] {
+    for m in [
+        "", "a", "a:b", &long, &longer, &long, &longer, "a", "é", "e",
+    ] {
         let line = metric("s", m, MetricType::Set, "");
         assert_eq!(agg.insert(&line, NOW), InsertOutcome::Accepted, "{m:?}");
     }
