@@ -95,14 +95,40 @@ impl Alias {
 /// field, often longer, is hashed with the default secret.
 #[inline]
 pub(super) fn fingerprint(class: Class, name: &str, tags: &str) -> Fingerprint {
-    use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed};
-    let h =
-        xxh3_128_with_seed(name.as_bytes(), u64::from(class.byte())) ^ xxh3_128(tags.as_bytes());
+    let h = xxh3_128_seeded(u64::from(class.byte()), name.as_bytes()) ^ xxh3_128(tags.as_bytes());
     // Truncations: the two halves of the 128-bit hash.
     #[allow(clippy::cast_possible_truncation)]
     Fingerprint {
         lo: h as u64,
         hi: (h >> 64) as u64,
+    }
+}
+
+/// Inputs longer than this take `twox-hash`'s XXH3 (the long-input loop,
+/// AVX2 when the CPU has it, picked at run time); shorter ones take
+/// `xxhash-rust`'s, which runs fewer instructions on short input (callgrind,
+/// per line: counters 519 against 549 with `twox-hash` alone; long lines
+/// 3,235 with `xxhash-rust` alone against 2,666). Both are XXH3: the same
+/// input gives the same hash through either (tested).
+const XXH3_LONG: usize = 240;
+
+/// XXH3-128 of `bytes` (unseeded).
+#[inline(always)]
+pub(super) fn xxh3_128(bytes: &[u8]) -> u128 {
+    if bytes.len() <= XXH3_LONG {
+        xxhash_rust::xxh3::xxh3_128(bytes)
+    } else {
+        twox_hash::XxHash3_128::oneshot(bytes)
+    }
+}
+
+/// XXH3-128 of `bytes` with `seed`.
+#[inline(always)]
+pub(super) fn xxh3_128_seeded(seed: u64, bytes: &[u8]) -> u128 {
+    if bytes.len() <= XXH3_LONG {
+        xxhash_rust::xxh3::xxh3_128_with_seed(bytes, seed)
+    } else {
+        twox_hash::XxHash3_128::oneshot_with_seed(seed, bytes)
     }
 }
 

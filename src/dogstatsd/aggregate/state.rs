@@ -75,7 +75,7 @@ const FIRST_SLOTS: usize = 4;
 /// docs/DESIGN.md, "Set members").
 #[inline]
 pub(super) fn member_fingerprint(member: &[u8]) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(member).max(1)
+    super::context::xxh3_128(member).max(1)
 }
 
 /// A set's unique members, as the fingerprints of their bytes in one

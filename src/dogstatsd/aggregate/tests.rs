@@ -1206,3 +1206,29 @@ fn a_state_slot_takes_24_bytes() {
     // set inline) held 1.6 MB more than at 24.
     assert_eq!(std::mem::size_of::<State>(), 24);
 }
+
+#[test]
+fn both_xxh3_implementations_agree_at_every_length_and_seed() {
+    // `context::xxh3_128` and `xxh3_128_seeded` pick one by length: they
+    // must be one function.
+    let bytes: Vec<u8> = (0..1_100u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for len in 0..bytes.len() {
+        for seed in [0, 1, 7, u64::MAX] {
+            let b = &bytes[..len];
+            if seed == 0 {
+                assert_eq!(
+                    xxhash_rust::xxh3::xxh3_128(b),
+                    twox_hash::XxHash3_128::oneshot(b),
+                    "{len} bytes"
+                );
+            }
+            assert_eq!(
+                xxhash_rust::xxh3::xxh3_128_with_seed(b, seed),
+                twox_hash::XxHash3_128::oneshot_with_seed(seed, b),
+                "{len} bytes, seed {seed}"
+            );
+        }
+    }
+}
