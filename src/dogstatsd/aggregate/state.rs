@@ -367,9 +367,10 @@ impl Interval {
             // Unsampled (the common case, no division).
             1.0
         };
-        // The common lines, one finite value into a counter or a gauge: the
-        // closure's first two arms below, written out because the closure is
-        // not inlined (callgrind: 45 instructions a counters line).
+        // The common lines, one finite value into a counter, a gauge or a
+        // histogram with room: the closure's arms below, written out because
+        // the closure is not inlined (callgrind: 45 instructions a counters
+        // line).
         if let Some(v) = m.value.filter(|v| v.is_finite()) {
             match state {
                 State::Counter { sum, last } => {
@@ -379,6 +380,16 @@ impl Interval {
                 }
                 State::Gauge(last) => {
                     *last = v;
+                    return InsertOutcome::Accepted;
+                }
+                // An unsampled histogram sample with room in its vector:
+                // Histogram::add without the budget's growth check.
+                State::Histogram(h) if inv == 1.0 && h.ones.len() < h.ones.capacity() => {
+                    h.count += 1.0;
+                    h.sum += v;
+                    h.min = h.min.min(v);
+                    h.max = h.max.max(v);
+                    h.ones.push(v);
                     return InsertOutcome::Accepted;
                 }
                 _ => {}
