@@ -111,7 +111,7 @@ pub const MIN_CONTEXT_BYTES: usize = crate::config::defaults::MIN_CONTEXT_BYTES;
 /// resize's old and new tables. No spelling bytes are kept.
 const ALIAS_BYTES: usize = 64;
 /// Charged per set member, whatever its length: its 16-byte fingerprint slot
-/// in a table at least 3/8 full after it doubles (42.7 B), plus the old
+/// in a table at least 7/16 full after it doubles (36.6 B), plus the old
 /// table's share while it doubles.
 const MEMBER_BYTES: usize = 64;
 /// Charged per event or service check, plus its strings.

@@ -79,7 +79,7 @@ pub(super) fn member_fingerprint(member: &[u8]) -> u128 {
 }
 
 /// A set's unique members, as the fingerprints of their bytes in one
-/// open-addressing table (linear probing, at most 3/4 full, 0 marks an empty
+/// open-addressing table (linear probing, at most 7/8 full, 0 marks an empty
 /// slot). The flush needs only their number, so no member's bytes are kept:
 /// a probe reads one 16-byte slot (rarely two), where a hash table of the
 /// members themselves read its control bytes, then the slot, then, for a
@@ -122,7 +122,7 @@ impl Members {
     /// Bytes the table grows by if one more member is inserted now (0 while
     /// it has room): what the budget is asked for first.
     pub(super) fn growth_bytes(&self) -> usize {
-        if (self.len + 1) * 4 <= self.slots.len() * 3 {
+        if (self.len + 1) * 8 <= self.slots.len() * 7 {
             0
         } else {
             self.slots.len().max(FIRST_SLOTS / 2) * 2 * std::mem::size_of::<u128>()
@@ -131,7 +131,7 @@ impl Members {
 
     /// Adds a member not held yet, by the fingerprint [`Members::probe`] gave it.
     pub(super) fn insert(&mut self, fp: u128) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
+        if (self.len + 1) * 8 > self.slots.len() * 7 {
             let cap = (self.slots.len() * 2).max(FIRST_SLOTS);
             let old = std::mem::replace(&mut self.slots, vec![0; cap]);
             for s in old.into_iter().filter(|&s| s != 0) {
