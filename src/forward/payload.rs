@@ -291,6 +291,14 @@ fn split_sketches(raw: &[u8], limits: &Limits) -> Option<(Vec<Payload>, Vec<Payl
     ))
 }
 
+/// Deflate level of every payload: 1, the fastest. Series of many contexts
+/// with long tags made the flush's deflate most of the process's CPU (perf:
+/// 18 % of all samples, counters at 1 M lines/s with 1,750 counters of the
+/// long-line load still zero-filled); level 1 spends several times less on
+/// the same bytes, and its payloads stay far under the intake's limits,
+/// which the payload splitter enforces on the compressed size anyway.
+const LEVEL: u32 = 1;
+
 /// The compressor of one payload: gzip for JSON, zlib for sketches.
 enum Compressor {
     Gzip(GzEncoder<Vec<u8>>),
@@ -301,8 +309,8 @@ impl Compressor {
     fn new(endpoint: Endpoint) -> Self {
         let out = Vec::with_capacity(16 * 1024);
         match endpoint {
-            Endpoint::Sketches => Self::Zlib(ZlibEncoder::new(out, Compression::default())),
-            _ => Self::Gzip(GzEncoder::new(out, Compression::default())),
+            Endpoint::Sketches => Self::Zlib(ZlibEncoder::new(out, Compression::new(LEVEL))),
+            _ => Self::Gzip(GzEncoder::new(out, Compression::new(LEVEL))),
         }
     }
 
