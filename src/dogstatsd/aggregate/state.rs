@@ -106,32 +106,49 @@ impl Members {
         if self.slots.is_empty() {
             return Probe::New(fp);
         }
+        match self.find(fp) {
+            Ok(_) => Probe::Held,
+            Err(_) => Probe::New(fp),
+        }
+    }
+
+    /// The slot holding `fp` (`Ok`), or the empty slot where it goes
+    /// (`Err`), walking from the slot its low bits pick. The table must have
+    /// slots, and an empty one (it is never full).
+    #[inline]
+    fn find(&self, fp: u128) -> Result<usize, usize> {
         let mask = self.slots.len() - 1;
         // Truncation: the low bits pick the first slot.
         #[allow(clippy::cast_possible_truncation)]
         let mut i = fp as usize & mask;
         loop {
             match self.slots[i] {
-                0 => return Probe::New(fp),
-                s if s == fp => return Probe::Held,
+                0 => return Err(i),
+                s if s == fp => return Ok(i),
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
+    /// Whether one more member would take the table past 7/8 (or it has no
+    /// slots yet): the next insert doubles it.
+    fn must_grow(&self) -> bool {
+        (self.len + 1) * 8 > self.slots.len() * 7
+    }
+
     /// Bytes the table grows by if one more member is inserted now (0 while
     /// it has room): what the budget is asked for first.
     pub(super) fn growth_bytes(&self) -> usize {
-        if (self.len + 1) * 8 <= self.slots.len() * 7 {
-            0
-        } else {
+        if self.must_grow() {
             self.slots.len().max(FIRST_SLOTS / 2) * 2 * std::mem::size_of::<u128>()
+        } else {
+            0
         }
     }
 
     /// Adds a member not held yet, by the fingerprint [`Members::probe`] gave it.
     pub(super) fn insert(&mut self, fp: u128) {
-        if (self.len + 1) * 8 > self.slots.len() * 7 {
+        if self.must_grow() {
             let cap = (self.slots.len() * 2).max(FIRST_SLOTS);
             let old = std::mem::replace(&mut self.slots, vec![0; cap]);
             for s in old.into_iter().filter(|&s| s != 0) {
@@ -142,14 +159,11 @@ impl Members {
         self.len += 1;
     }
 
+    /// Writes `fp`, which the table does not hold, into its empty slot.
     fn place(&mut self, fp: u128) {
-        let mask = self.slots.len() - 1;
-        #[allow(clippy::cast_possible_truncation)]
-        let mut i = fp as usize & mask;
-        while self.slots[i] != 0 {
-            i = (i + 1) & mask;
+        if let Err(i) = self.find(fp) {
+            self.slots[i] = fp;
         }
-        self.slots[i] = fp;
     }
 
     pub(super) fn len(&self) -> usize {
@@ -368,9 +382,8 @@ impl Interval {
             1.0
         };
         // The common lines, one finite value into a counter, a gauge or a
-        // histogram with room: the closure's arms below, written out because
-        // the closure is not inlined (callgrind: 45 instructions a counters
-        // line).
+        // histogram: the closure's arms below, written out because the
+        // closure is not inlined (callgrind: 45 instructions a counters line).
         if let Some(v) = m.value.filter(|v| v.is_finite()) {
             match state {
                 State::Counter { sum, last } => {
@@ -382,14 +395,12 @@ impl Interval {
                     *last = v;
                     return InsertOutcome::Accepted;
                 }
-                // An unsampled histogram sample with room in its vector:
-                // Histogram::add without the budget's growth check.
-                State::Histogram(h) if inv == 1.0 && h.ones.len() < h.ones.capacity() => {
-                    h.count += 1.0;
-                    h.sum += v;
-                    h.min = h.min.min(v);
-                    h.max = h.max.max(v);
-                    h.ones.push(v);
+                // The closure's histogram arm.
+                State::Histogram(h) => {
+                    if !h.add(v, inv, &mut self.bytes, meter) {
+                        // Aggregated, but left out of the rank statistics.
+                        self.dropped += 1;
+                    }
                     return InsertOutcome::Accepted;
                 }
                 _ => {}
