@@ -190,9 +190,13 @@ impl Intake {
         self.state.lock().unwrap().max_body = Some(bytes);
     }
 
-    /// Every request so far (recorded once answered).
+    /// Every request so far (recorded once answered), in the order they
+    /// arrived: two connections answered after the same delay can be
+    /// recorded the other way round.
     pub fn requests(&self) -> Vec<Request> {
-        self.state.lock().unwrap().requests.clone()
+        let mut all = self.state.lock().unwrap().requests.clone();
+        all.sort_by_key(|r| r.arrived);
+        all
     }
 
     /// When each request arrived, in order, including ones not answered yet.
@@ -410,9 +414,11 @@ fn serve_conn(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             .iter()
             .find(|(k, _)| k == "content-encoding")
             .map(|(_, v)| v.clone());
-        let arrived = Instant::now();
-        let (reply, delay) = {
+        let (arrived, reply, delay) = {
             let mut s = state.lock().unwrap();
+            // Stamped under the lock that hands out the script's next reply,
+            // so arrival order is the order replies were given.
+            let arrived = Instant::now();
             s.arrivals.push(arrived);
             let too_large = s.max_body.is_some_and(|m| req.body.len() > m);
             let reply = if too_large {
@@ -420,7 +426,7 @@ fn serve_conn(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             } else {
                 s.script.pop_front().unwrap_or(Reply::Status(202))
             };
-            (reply, s.delay)
+            (arrived, reply, s.delay)
         };
         if !delay.is_zero() {
             sleep_unless(delay, stop);
