@@ -226,6 +226,31 @@ fn bench_insert(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         );
     });
+
+    // The mixed load's histograms over one 10 s interval at 1 M lines/s:
+    // 250 contexts, 10,000 samples each (values as loadgen sends them).
+    let hist: Vec<Metric<'_>> = batch.iter().take(250).cloned().collect();
+    let values: Vec<String> = (0..10_000u64)
+        .map(|j| ((j * 13) % 997).to_string())
+        .collect();
+    c.bench_function("aggregate_flush_250_histograms_x10000", |b| {
+        b.iter_batched(
+            || {
+                let mut agg = Aggregator::new(options(200_000));
+                for v in &values {
+                    for m in &hist {
+                        let mut m = m.clone();
+                        m.raw_values = v;
+                        m.value = v.parse().ok();
+                        agg.insert(&m, NOW);
+                    }
+                }
+                agg.take()
+            },
+            |bucket| black_box(bucket.into_flush(NOW, 10)),
+            criterion::BatchSize::LargeInput,
+        );
+    });
 }
 
 /// Live heap bytes held by 100,000 counter contexts with 3 tags.

@@ -293,10 +293,27 @@ pub(super) fn flush_histogram(
     if h.ones.is_empty() && h.weighted.is_empty() {
         return;
     }
-    h.ones.sort_unstable_by(f64::total_cmp);
-    h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     // Rank statistics use the kept samples (all of them below the cap).
     let kept = h.ones.len() as f64 + h.weighted.iter().map(|w| w.1).sum::<f64>();
+    if h.weighted.is_empty() {
+        // Unit weights, the common case: each statistic reads one index, so
+        // only those indices need their sorted values.
+        let targets = prepared
+            .aggregates
+            .iter()
+            .filter(|a| matches!(a, HistogramAggregate::Median))
+            .map(|_| (kept - 1.0) / 2.0)
+            .chain(
+                prepared
+                    .percentiles
+                    .iter()
+                    .map(|(p, _)| (*p as f64 * kept - 1.0) / 100.0),
+            );
+        place_ranks(&mut h.ones, targets);
+    } else {
+        h.ones.sort_unstable_by(f64::total_cmp);
+        h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    }
     let unit = h.timer.then_some("millisecond");
     for agg in &prepared.aggregates {
         let (value, kind, unit, series_interval) = match agg {
@@ -338,6 +355,35 @@ pub(super) fn flush_histogram(
             None,
             unit,
         ));
+    }
+}
+
+/// Puts at each index that [`at_rank`] reads for `targets` (over unit
+/// weights) the value a full sort would put there, by selection: a
+/// quickselect per index, largest first, each over the part below the last
+/// one (which holds exactly the smaller values). Linear in the samples per
+/// index, where the sort the Agent does is `n log n` (a histogram of 10,000
+/// samples a flush, the mixed load's, sorted in about 0.3 ms). The values
+/// read are the same, bit for bit: under `total_cmp` equal values have equal
+/// bits, so the value at an index of the sorted order is unique.
+pub(super) fn place_ranks(ones: &mut [f64], targets: impl Iterator<Item = f64>) {
+    let Some(last) = ones.len().checked_sub(1) else {
+        return;
+    };
+    // A target past the end reads the last sample, as in `at_rank`.
+    // Saturating cast: a negative target reads index 0.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let mut at: Vec<usize> = targets
+        .map(|t| (t.max(0.0).floor() as usize).min(last))
+        .collect();
+    at.sort_unstable_by(|a, b| b.cmp(a));
+    at.dedup();
+    let mut end = ones.len();
+    for i in at {
+        if let Some(part) = ones.get_mut(..end) {
+            part.select_nth_unstable_by(i, f64::total_cmp);
+        }
+        end = i;
     }
 }
 

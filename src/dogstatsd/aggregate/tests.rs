@@ -1232,3 +1232,33 @@ fn both_xxh3_implementations_agree_at_every_length_and_seed() {
         }
     }
 }
+
+/// Selection puts at every index a statistic reads the value the Agent's
+/// full sort puts there, for any samples (duplicates, signed zeros, huge and
+/// tiny values) and any set of percentiles.
+#[test]
+fn place_ranks_reads_what_a_full_sort_reads() {
+    use proptest::prelude::*;
+    let values = prop_oneof![
+        Just(0.0),
+        Just(-0.0),
+        Just(1.0),
+        -1e6f64..1e6,
+        any::<f64>().prop_filter("finite", |v| v.is_finite()),
+    ];
+    proptest!(|(mut ones in proptest::collection::vec(values, 0..300),
+                pcts in proptest::collection::vec(0u64..=100, 0..6))| {
+        let mut sorted = ones.clone();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let kept = ones.len() as f64;
+        let targets: Vec<f64> = std::iter::once((kept - 1.0) / 2.0)
+            .chain(pcts.iter().map(|&p| (p as f64 * kept - 1.0) / 100.0))
+            .collect();
+        place_ranks(&mut ones, targets.iter().copied());
+        for &t in &targets {
+            let want = at_rank(&sorted, &[], t).map(f64::to_bits);
+            let got = at_rank(&ones, &[], t).map(f64::to_bits);
+            prop_assert_eq!(got, want, "target {}", t);
+        }
+    });
+}
