@@ -40,6 +40,11 @@ STARTUP_RUNS=${BENCH_STARTUP_RUNS:-20}
 PEERS=${BENCH_PEERS:-statsdproxy etsy}
 PORT_BASE=${BENCH_PORT_BASE:-18200}
 FLUSH=${BENCH_FLUSH_INTERVAL:-10}
+# How long a CPU round keeps counting a server's CPU after the load has
+# drained: one flush interval and a half second, so each round also pays for
+# the flush of its own lines (sorting the histograms' samples, encoding,
+# compressing), wherever the flush boundary falls. The floor flushes nothing.
+SETTLE_MS=${BENCH_SETTLE_MS:-$((FLUSH * 1000 + 500))}
 # intake: dynostat forwards (gzip JSON over HTTP) to scripts/bench/intake.py on
 # 127.0.0.1, the production path; console: no API key, tables on stdout.
 DYNOSTAT_OUTPUT=${BENCH_DYNOSTAT_OUTPUT:-intake}
@@ -300,6 +305,7 @@ main() {
 		echo "ctx=${CTX}"
 		echo "dynostat_memory_limit=${DYNOSTAT_MEMORY_LIMIT:-default}"
 		echo "rounds=${ROUNDS}"
+		echo "settle_ms=${SETTLE_MS}"
 		echo "statsdproxy_version=${STATSDPROXY_VERSION}"
 		echo "etsy_version=${ETSY_VERSION}"
 		local bin_size stripped
@@ -348,7 +354,10 @@ main() {
 		first=0
 		for r in $(seq 1 "${ROUNDS}"); do
 			for s in "${receivers[@]}"; do
-				load "${s}" "${phase}" "${r}" --shape "${shape}" --rate "${rate}" --lines "${lines}"
+				local settle=${SETTLE_MS}
+				[[ ${s} == floor ]] && settle=300
+				load "${s}" "${phase}" "${r}" --shape "${shape}" --rate "${rate}" --lines "${lines}" \
+					--settle-ms "${settle}"
 			done
 		done
 	done

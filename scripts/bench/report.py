@@ -97,7 +97,11 @@ def main():
         p(
             f"## CPU per million lines, {title} ({int(meta.get(rate_key, 0)):,} lines/s, "
             f"{int(meta.get(lines_key, 0)):,} lines a round, {ctx:,} contexts, {lpd:.1f} lines per datagram, "
-            f"median of {meta.get('rounds')} rounds, receivers alternating)"
+            f"median of {meta.get('rounds')} rounds, receivers alternating"
+            + (f"; each server's CPU counted until {int(meta['settle_ms']):,} ms after its load drained, "
+               "so its flush of those lines is in"
+               if meta.get("settle_ms") else "")
+            + ")"
         )
         p("")
         p("| server | CPU-s per M lines received (median) | min..max | x floor | vs dynostat | lines sent | socket drops | received | RSS after |")
