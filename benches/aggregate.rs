@@ -229,7 +229,7 @@ fn bench_insert(c: &mut Criterion) {
 
     // The mixed load's histograms over one 10 s interval at 1 M lines/s:
     // 250 contexts, 10,000 samples each (values as loadgen sends them).
-    let hist: Vec<Metric<'_>> = batch.iter().take(250).cloned().collect();
+    let hist: Vec<Metric<'_>> = batch.iter().take(250).copied().collect();
     let values: Vec<String> = (0..10_000u64)
         .map(|j| ((j * 13) % 997).to_string())
         .collect();
@@ -239,7 +239,7 @@ fn bench_insert(c: &mut Criterion) {
                 let mut agg = Aggregator::new(options(200_000));
                 for v in &values {
                     for m in &hist {
-                        let mut m = m.clone();
+                        let mut m = *m;
                         m.raw_values = v;
                         m.value = v.parse().ok();
                         agg.insert(&m, NOW);
