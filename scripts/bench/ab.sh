@@ -11,7 +11,9 @@
 #
 # Usage: scripts/bench/ab.sh SHAPE ROUNDS BIN...
 # Knobs (environment): AB_RATE and AB_LINES (1000000 and 5000000; 200000 and
-# 1000000 for long), AB_PORT (18800), AB_FLUSH_INTERVAL (10). Without an API
+# 1000000 for long), AB_PORT (18800), AB_FLUSH_INTERVAL (10), AB_SETTLE_MS
+# (how long after the drain a server's CPU is still counted, as in
+# scripts/bench.sh; 300, the floor always 300). Without an API
 # key the servers print their flushes to the console (sent to /dev/null).
 set -euo pipefail
 
@@ -33,7 +35,8 @@ fi
 PORT=${AB_PORT:-18800}
 
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# Waits for them too: a server still flushing would hold its port.
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 "${LOADGEN}" floor --port "${PORT}" --seconds 3600 >/dev/null 2>&1 &
 pids+=($!)
 names=(floor)
@@ -51,8 +54,10 @@ done
 results=$(mktemp)
 for r in $(seq 1 "${ROUNDS}"); do
 	for k in "${!ports[@]}"; do
+		settle=${AB_SETTLE_MS:-300}
+		[[ ${k} == 0 ]] && settle=300
 		out=$("${LOADGEN}" send --json --shape "${SHAPE}" --port "${ports[$k]}" --wait-port-ms 10000 \
-			--rate "${RATE}" --lines "${LINES}" --server-pid "${pids[$k]}")
+			--rate "${RATE}" --lines "${LINES}" --server-pid "${pids[$k]}" --settle-ms "${settle}")
 		cpu=$(grep -o '"cpu_s_per_m_received":[0-9.]*' <<<"${out}" | cut -d: -f2)
 		drops=$(grep -o '"socket_drops":[0-9]*' <<<"${out}" | cut -d: -f2)
 		echo "${SHAPE} r${r} ${names[$k]} ${cpu} drops=${drops}" | tee -a "${results}"
