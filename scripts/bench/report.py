@@ -80,7 +80,7 @@ def main():
         "The floor is `loadgen floor`: the same `recvmmsg` batches into reused buffers as dynostat, "
         "with the same socket buffer, parsing nothing. CPU is the sum of every thread's on-CPU time "
         "from `/proc/PID/task/*/schedstat`, read before the first datagram and after the socket queue "
-        "has drained (plus 300 ms)."
+        "has drained (plus 300 ms; in the CPU rounds, plus the settle given in each table)."
     )
     p("")
 

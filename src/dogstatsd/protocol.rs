@@ -513,9 +513,11 @@ pub fn parse_value_bytes(item: &[u8]) -> Option<f64> {
     if count == 0 || count > 15 {
         return parse_go_float(item);
     }
-    // Exact: mantissa < 10^15 < 2^53, and so is 10^decimals.
-    #[allow(clippy::cast_precision_loss)]
-    let m = mantissa as f64;
+    // Exact: mantissa < 10^15 < 2^53, and so is 10^decimals. Through i64,
+    // which converts in one instruction (`cvtsi2sd`); x86-64 has none for an
+    // unsigned 64-bit integer, and `u64 as f64` takes a sequence of several.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_wrap)]
+    let m = mantissa as i64 as f64;
     let v = if decimals == 0 {
         m
     } else {
