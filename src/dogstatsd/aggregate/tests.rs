@@ -1251,8 +1251,8 @@ fn place_ranks_reads_what_a_full_sort_reads() {
         let mut sorted = ones.clone();
         sorted.sort_unstable_by(f64::total_cmp);
         let kept = ones.len() as f64;
-        let targets: Vec<f64> = std::iter::once((kept - 1.0) / 2.0)
-            .chain(pcts.iter().map(|&p| (p as f64 * kept - 1.0) / 100.0))
+        let targets: Vec<f64> = std::iter::once(median_target(kept))
+            .chain(pcts.iter().map(|&p| percentile_target(p, kept)))
             .collect();
         place_ranks(&mut ones, targets.iter().copied());
         for &t in &targets {
