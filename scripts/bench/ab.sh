@@ -56,11 +56,11 @@ for r in $(seq 1 "${ROUNDS}"); do
 	for k in "${!ports[@]}"; do
 		settle=${AB_SETTLE_MS:-300}
 		[[ ${k} == 0 ]] && settle=300
-		out=$("${LOADGEN}" send --json --shape "${SHAPE}" --port "${ports[$k]}" --wait-port-ms 10000 \
-			--rate "${RATE}" --lines "${LINES}" --server-pid "${pids[$k]}" --settle-ms "${settle}")
+		out=$("${LOADGEN}" send --json --shape "${SHAPE}" --port "${ports[${k}]}" --wait-port-ms 10000 \
+			--rate "${RATE}" --lines "${LINES}" --server-pid "${pids[${k}]}" --settle-ms "${settle}")
 		cpu=$(grep -o '"cpu_s_per_m_received":[0-9.]*' <<<"${out}" | cut -d: -f2)
 		drops=$(grep -o '"socket_drops":[0-9]*' <<<"${out}" | cut -d: -f2)
-		echo "${SHAPE} r${r} ${names[$k]} ${cpu} drops=${drops}" | tee -a "${results}"
+		echo "${SHAPE} r${r} ${names[${k}]} ${cpu} drops=${drops}" | tee -a "${results}"
 	done
 done
 echo "median of ${ROUNDS} rounds (CPU-s per M lines received):"
