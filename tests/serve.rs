@@ -80,6 +80,38 @@ fn every_type_is_flushed_with_agent_values() {
     }
 }
 
+/// `.sum` and `.avg` are the newest Agent's compensated sum over the sorted
+/// samples (datadog-agent#49913), not a running sum: cancellation keeps the
+/// small values, and fractions sum as the sorted order does.
+#[test]
+fn histogram_sum_and_avg_are_compensated_like_the_agent() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNOSTAT_FLUSH_INTERVAL", "2")
+        .env("DD_HISTOGRAM_AGGREGATES", "sum avg count")
+        .start();
+    s.send(b"cancel:1|h\ncancel:1e100|h\ncancel:1|h\ncancel:-1e100|h");
+    s.send(b"frac:0.1|h\nfrac:0.2|h\nfrac:0.3|h");
+    s.signal(libc::SIGTERM);
+    assert!(
+        s.wait_exit(T).is_some_and(|st| st.success()),
+        "stderr:\n{}",
+        s.stderr()
+    );
+    let value = |m: &str| {
+        let found = intake.series_named(m);
+        assert_eq!(found.len(), 1, "one {m} in {:#?}", intake.series());
+        found[0]["points"][0]["value"].as_f64().unwrap()
+    };
+    // Exact equality: these are the Agent's bits, not approximations.
+    assert_eq!(value("cancel.sum"), 2.0);
+    assert_eq!(value("cancel.avg"), 0.5);
+    // A running sum in arrival order gives 0.6000000000000001.
+    assert_eq!(value("frac.sum"), 0.6);
+    assert_eq!(value("frac.avg"), 0.6 / 3.0);
+}
+
 #[test]
 fn payloads_are_compressed_keyed_and_schema_shaped() {
     let intake = Intake::start();

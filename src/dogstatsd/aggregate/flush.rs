@@ -280,7 +280,8 @@ pub(super) fn flush_state(
 /// nearest rank over the weighted, sorted samples: the first sample whose
 /// cumulative (float) weight exceeds the target, with target `(count-1)/2`
 /// for the median and `(p*count-1)/100` for percentile `p`, in floats as the
-/// current Agent computes them.
+/// current Agent computes them. `.sum` and `.avg` are the Agent's
+/// compensated sum over the sorted samples ([`sample_sum`]).
 #[allow(clippy::cast_precision_loss)] // counts and intervals far below 2^53
 pub(super) fn flush_histogram(
     mut h: Histogram,
@@ -293,9 +294,21 @@ pub(super) fn flush_histogram(
     if h.ones.is_empty() && h.weighted.is_empty() {
         return;
     }
-    // Rank statistics use the kept samples (all of them below the cap).
-    let kept = h.ones.len() as f64 + h.weighted.iter().map(|w| w.1).sum::<f64>();
-    if h.weighted.is_empty() {
+    // Rank statistics use the kept samples' weight: the count, summed in
+    // arrival order as the Agent does, unless the budget left some out.
+    let kept = if h.partial {
+        h.ones.len() as f64 + h.weighted.iter().map(|w| w.1).sum::<f64>()
+    } else {
+        h.count
+    };
+    let wants_sum = prepared
+        .aggregates
+        .iter()
+        .any(|a| matches!(a, HistogramAggregate::Sum | HistogramAggregate::Avg));
+    // Integers whose magnitudes sum below 2^53 add exactly in any order, so
+    // their compensated sum is their plain sum (see `Histogram::add`).
+    let exact = !h.weights_vary && h.ints && h.abs < EXACT_INTS;
+    if h.weighted.is_empty() && (exact || !wants_sum) {
         // Unit weights, the common case: each statistic reads one index, so
         // only those indices need their sorted values.
         let targets = prepared
@@ -314,6 +327,20 @@ pub(super) fn flush_histogram(
         h.ones.sort_unstable_by(f64::total_cmp);
         h.weighted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     }
+    let sum = if !wants_sum {
+        0.0
+    } else if exact {
+        h.plain * h.shared
+    } else {
+        // Samples past the budget are not held, so they cannot be sorted:
+        // their running sum is added to the kept ones' (docs/DESIGN.md).
+        let kept_sum = sample_sum(&h.ones, &h.weighted, h.weights_vary, h.shared);
+        if h.partial {
+            kept_sum + h.unkept
+        } else {
+            kept_sum
+        }
+    };
     let unit = h.timer.then_some("millisecond");
     for agg in &prepared.aggregates {
         let (value, kind, unit, series_interval) = match agg {
@@ -325,8 +352,8 @@ pub(super) fn flush_histogram(
                 };
                 (v, SeriesKind::Gauge, unit, None)
             }
-            HistogramAggregate::Avg => (h.sum / h.count, SeriesKind::Gauge, unit, None),
-            HistogramAggregate::Sum => (h.sum, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Avg => (sum / h.count, SeriesKind::Gauge, unit, None),
+            HistogramAggregate::Sum => (sum, SeriesKind::Gauge, unit, None),
             // `.count` is a RATE over the interval, dimensionless, as in the Agent.
             HistogramAggregate::Count => (
                 h.count / interval as f64,
@@ -355,6 +382,125 @@ pub(super) fn flush_histogram(
             None,
             unit,
         ));
+    }
+}
+
+/// `Σ value*weight` over two sorted sample lists, as the Agent's
+/// `Histogram.sampleSum` (pkg/metrics/histogram.go, datadog-agent#49913)
+/// computes it over its sorted samples:
+/// - no weight differs from `shared`: the values alone, negatives from the
+///   most negative up and the rest from the largest down, each half with
+///   Fast2Sum steps (exact there: the running magnitude never falls below
+///   the next term's), the halves merged with one Neumaier step and all
+///   three compensations, then scaled once by `shared`;
+/// - weights vary: Neumaier steps over `value*weight` in ascending order.
+///
+/// `{1, 1e100, 1, -1e100}` sums to 2 (a running sum gives 0). Where values
+/// tie, the Agent's unstable sort may order their weights otherwise, which
+/// can move the varying-weights sum in its last bits.
+pub(super) fn sample_sum(
+    ones: &[f64],
+    weighted: &[(f64, f64)],
+    weights_vary: bool,
+    shared: f64,
+) -> f64 {
+    if weights_vary {
+        let (mut s, mut c) = (0.0, 0.0);
+        for (v, w) in Merged::new(ones, weighted) {
+            (s, c) = neumaier_add(s, c, v * w);
+        }
+        return s + c;
+    }
+    let na = ones.partition_point(|v| *v < 0.0);
+    let nb = weighted.partition_point(|p| p.0 < 0.0);
+    let (neg_a, pos_a) = ones.split_at(na);
+    let (neg_b, pos_b) = weighted.split_at(nb);
+    let (mut s_neg, mut c_neg) = (0.0f64, 0.0f64);
+    for (x, _) in Merged::new(neg_a, neg_b) {
+        let t = s_neg + x;
+        c_neg += (s_neg - t) + x;
+        s_neg = t;
+    }
+    let (mut s_pos, mut c_pos) = (0.0f64, 0.0f64);
+    for (x, _) in Merged::new(pos_a, pos_b).rev() {
+        let t = s_pos + x;
+        c_pos += (s_pos - t) + x;
+        s_pos = t;
+    }
+    let (s, c) = neumaier_add(s_neg, 0.0, s_pos);
+    (s + (c + c_neg + c_pos)) * shared
+}
+
+/// One step of Neumaier's compensated summation: the new running sum and
+/// compensation after adding `x` to `(s, c)`.
+#[inline]
+pub(super) fn neumaier_add(s: f64, c: f64, x: f64) -> (f64, f64) {
+    let t = s + x;
+    let c = if s.abs() >= x.abs() {
+        c + ((s - t) + x)
+    } else {
+        c + ((x - t) + s)
+    };
+    (t, c)
+}
+
+/// The samples of two lists each sorted by value (`total_cmp`), unit
+/// weights and weighted, as one ascending sequence of `(value, weight)`,
+/// from either end. At equal values the unit-weight sample comes first.
+#[derive(Debug, Clone)]
+pub(super) struct Merged<'a> {
+    ones: &'a [f64],
+    weighted: &'a [(f64, f64)],
+}
+
+impl<'a> Merged<'a> {
+    pub(super) fn new(ones: &'a [f64], weighted: &'a [(f64, f64)]) -> Self {
+        Self { ones, weighted }
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = (f64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(f64, f64)> {
+        let take_one = match (self.ones.first(), self.weighted.first()) {
+            (Some(a), Some(b)) => a.total_cmp(&b.0).is_le(),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if take_one {
+            let (&v, rest) = self.ones.split_first()?;
+            self.ones = rest;
+            Some((v, 1.0))
+        } else {
+            let (&p, rest) = self.weighted.split_first()?;
+            self.weighted = rest;
+            Some(p)
+        }
+    }
+}
+
+impl DoubleEndedIterator for Merged<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<(f64, f64)> {
+        // The mirror of `next`: at equal values the weighted sample is last.
+        let take_weighted = match (self.ones.last(), self.weighted.last()) {
+            (Some(a), Some(b)) => a.total_cmp(&b.0).is_le(),
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (None, None) => return None,
+        };
+        if take_weighted {
+            let (&p, rest) = self.weighted.split_last()?;
+            self.weighted = rest;
+            Some(p)
+        } else {
+            let (&v, rest) = self.ones.split_last()?;
+            self.ones = rest;
+            Some((v, 1.0))
+        }
     }
 }
 
@@ -421,33 +567,14 @@ pub(super) fn at_rank(ones: &[f64], weighted: &[(f64, f64)], target: f64) -> Opt
         let i = target.max(0.0).floor() as usize;
         return ones.get(i).or(ones.last()).copied();
     }
-    let (mut i, mut j, mut cum) = (0usize, 0usize, 0f64);
+    let mut cum = 0f64;
     let mut last = None;
-    loop {
-        let (v, w) = match (ones.get(i), weighted.get(j)) {
-            (Some(&a), Some(&(b, wb))) => {
-                if a.total_cmp(&b).is_le() {
-                    i += 1;
-                    (a, 1.0)
-                } else {
-                    j += 1;
-                    (b, wb)
-                }
-            }
-            (Some(&a), None) => {
-                i += 1;
-                (a, 1.0)
-            }
-            (None, Some(&(b, wb))) => {
-                j += 1;
-                (b, wb)
-            }
-            (None, None) => return last,
-        };
+    for (v, w) in Merged::new(ones, weighted) {
         cum += w;
         if cum > target {
             return Some(v);
         }
         last = Some(v);
     }
+    last
 }

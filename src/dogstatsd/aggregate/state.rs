@@ -13,26 +13,56 @@ use super::*;
 pub(super) struct Histogram {
     /// `ms`: unit millisecond.
     pub(super) timer: bool,
-    /// Weighted sample count, each sample weighing `1/rate`.
+    /// Weighted sample count, each sample weighing `1/rate`, in arrival
+    /// order as the Agent adds it.
     pub(super) count: f64,
-    /// Sum of `value * weight`.
-    pub(super) sum: f64,
     pub(super) min: f64,
     pub(super) max: f64,
+    /// The first sample's weight (0 while empty): the Agent's
+    /// `sharedWeight`, which scales the sum when no weight differs from it.
+    pub(super) shared: f64,
+    /// Some weight differs from `shared` by more than [`WEIGHT_EPSILON`].
+    pub(super) weights_vary: bool,
+    /// Every value so far is an integer (and `abs` says how large the sum
+    /// can get): then every sum over them, in any order, is exact, and
+    /// `plain * shared` is the Agent's compensated sum (see [`Self::add`]).
+    pub(super) ints: bool,
+    /// Sum of the values, unweighted, in arrival order.
+    pub(super) plain: f64,
+    /// Sum of the values' magnitudes.
+    pub(super) abs: f64,
+    /// Sum of `value * weight` over the samples the budget left out of
+    /// `ones` and `weighted` (they count in `.sum` and `.avg` all the same).
+    pub(super) unkept: f64,
+    /// The budget left some sample out of `ones` and `weighted`.
+    pub(super) partial: bool,
     /// Unsampled values (weight 1), the common case, kept at 8 bytes each.
     pub(super) ones: Vec<f64>,
     /// Sampled values with their weight `1/rate`.
     pub(super) weighted: Vec<(f64, f64)>,
 }
 
+/// Two weights closer than this are the same weight, for the choice of the
+/// sum's algorithm (the Agent's `weightEpsilon`, pkg/metrics/histogram.go).
+pub(super) const WEIGHT_EPSILON: f64 = 1e-9;
+
+/// Integers below this magnitude add exactly in an `f64`.
+pub(super) const EXACT_INTS: f64 = 9_007_199_254_740_992.0; // 2^53
+
 impl Histogram {
     pub(super) fn new(timer: bool) -> Self {
         Self {
             timer,
             count: 0.0,
-            sum: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            shared: 0.0,
+            weights_vary: false,
+            ints: true,
+            plain: 0.0,
+            abs: 0.0,
+            unkept: 0.0,
+            partial: false,
             ones: Vec::new(),
             weighted: Vec::new(),
         }
@@ -42,27 +72,52 @@ impl Histogram {
     /// (pkg/metrics/histogram.go, current 7.x): four samples at `@0.75`
     /// count 5.33, and `.avg` of a constant is that constant at any rate.
     ///
-    /// The sample is kept for median and percentiles while the budget has
-    /// room; past it, it still counts in `.count .sum .avg .min .max`, and
-    /// `false` says it was left out of the rank statistics.
+    /// The sample is kept for median, percentiles and the compensated sum
+    /// while the budget has room; past it, it still counts in `.count .sum
+    /// .avg .min .max`, and `false` says it was left out of the rank
+    /// statistics.
+    ///
+    /// `plain`, `abs` and `ints` cost a few instructions a sample and spare
+    /// the flush its sort in the common case: when every value is an integer
+    /// and their magnitudes sum below 2^53, every partial sum in any order
+    /// is an exact integer, so the Agent's compensated sum over the sorted
+    /// values is exactly `plain` (times the shared weight).
     #[inline]
     pub(super) fn add(&mut self, v: f64, weight: f64, bytes: &mut usize, meter: &Meter) -> bool {
+        // Weights are at least 1, so the count is 0 only before the first.
+        if self.count == 0.0 {
+            self.shared = weight;
+        } else if (self.shared - weight).abs() > WEIGHT_EPSILON {
+            self.weights_vary = true;
+        }
         self.count += weight;
-        self.sum += v * weight;
+        self.plain += v;
+        self.abs += v.abs();
+        // Saturating cast: a value past i64 is not taken for an integer,
+        // and no sum of such values could stay below 2^53 anyway.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let int = (v as i64) as f64 == v;
+        self.ints &= int;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
-        if weight == 1.0 {
-            if !grow_for_one(&mut self.ones, bytes, meter) {
-                return false;
+        let kept = if weight == 1.0 {
+            let room = grow_for_one(&mut self.ones, bytes, meter);
+            if room {
+                self.ones.push(v);
             }
-            self.ones.push(v);
+            room
         } else {
-            if !grow_for_one(&mut self.weighted, bytes, meter) {
-                return false;
+            let room = grow_for_one(&mut self.weighted, bytes, meter);
+            if room {
+                self.weighted.push((v, weight));
             }
-            self.weighted.push((v, weight));
+            room
+        };
+        if !kept {
+            self.unkept += v * weight;
+            self.partial = true;
         }
-        true
+        kept
     }
 }
 

@@ -1262,3 +1262,117 @@ fn place_ranks_reads_what_a_full_sort_reads() {
         }
     });
 }
+
+/// `.sum` and `.avg` are the newest Agent's compensated sum
+/// (datadog-agent#49913): the textbook cancellation case sums to 2 with one
+/// shared weight and with weights that vary; a running sum gives 0.
+#[test]
+fn histogram_sum_is_compensated_like_the_agent() {
+    let mut o = opts();
+    o.histogram_aggregates = vec![HistogramAggregate::Sum, HistogramAggregate::Avg];
+    let mut agg = Aggregator::new(o);
+    for v in ["1", "1e100", "1", "-1e100"] {
+        agg.insert(&metric("unit", v, MetricType::Histogram, ""), NOW);
+        // One shared weight, 2: the values' sum scaled once.
+        agg.insert(&rated("half", v, MetricType::Histogram, 0.5), NOW);
+    }
+    // Weights vary: the huge values weigh 2, the ones 1.
+    for (v, rate) in [("1", 1.0), ("1e100", 0.5), ("1", 1.0), ("-1e100", 0.5)] {
+        agg.insert(&rated("vary", v, MetricType::Histogram, rate), NOW);
+    }
+    let f = flush(&mut agg);
+    assert_eq!(value(&f, "unit.sum"), 2.0);
+    assert_eq!(value(&f, "unit.avg"), 0.5);
+    assert_eq!(value(&f, "half.sum"), 4.0);
+    assert_eq!(value(&f, "half.avg"), 0.5);
+    assert_eq!(value(&f, "vary.sum"), 2.0);
+    assert_eq!(value(&f, "vary.avg"), 2.0 / 6.0);
+}
+
+/// Fractions take the sort and the compensated sum; the Agent's order
+/// (negatives up from the most negative, the rest down from the largest)
+/// gives 0.1 + 0.2 + 0.3 as 0.6 where a running sum in arrival order gives
+/// 0.6000000000000001.
+#[test]
+fn histogram_sum_of_fractions_is_the_sorted_compensated_one() {
+    assert_ne!(0.1 + 0.2 + 0.3, 0.6);
+    let mut o = opts();
+    o.histogram_aggregates = vec![HistogramAggregate::Sum];
+    let mut agg = Aggregator::new(o);
+    for v in ["0.1", "0.2", "0.3"] {
+        agg.insert(&metric("f", v, MetricType::Histogram, ""), NOW);
+    }
+    assert_eq!(value(&flush(&mut agg), "f.sum"), 0.6);
+}
+
+/// The flush skips the sort when every value is an integer and their
+/// magnitudes sum below 2^53: the plain sum is then exactly what the
+/// compensated sum over the sorted values gives, bit for bit, for one shared
+/// weight of any size.
+#[test]
+fn integer_sums_equal_the_compensated_sum_bit_for_bit() {
+    use proptest::prelude::*;
+    let ints = prop_oneof![-1_000i64..1_000, -(1i64 << 45)..(1i64 << 45), Just(0),];
+    proptest!(|(vals in proptest::collection::vec(ints, 1..300),
+                rate in prop_oneof![Just(1.0f64), 0.01f64..1.0])| {
+        #[allow(clippy::cast_precision_loss)]
+        let vals: Vec<f64> = vals.into_iter().map(|v| v as f64).collect();
+        let w = 1.0 / rate;
+        let plain: f64 = vals.iter().sum();
+        let abs: f64 = vals.iter().map(|v| v.abs()).sum();
+        prop_assume!(abs < EXACT_INTS);
+        let mut sorted = vals.clone();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let got = if w == 1.0 {
+            sample_sum(&sorted, &[], false, 1.0)
+        } else {
+            let weighted: Vec<(f64, f64)> = sorted.iter().map(|&v| (v, w)).collect();
+            sample_sum(&[], &weighted, false, w)
+        };
+        prop_assert_eq!(got.to_bits(), (plain * w).to_bits());
+    });
+}
+
+/// Over fractions of any sign the compensated sum is within an ulp of the
+/// exact sum (values on a 2^-20 grid, so the exact sum is an integer count
+/// of 2^-20), where a running sum can be many ulps off.
+#[test]
+fn compensated_sum_is_within_an_ulp_of_the_exact_sum() {
+    use proptest::prelude::*;
+    proptest!(|(units in proptest::collection::vec(-(1i64 << 50)..(1i64 << 50), 1..300))| {
+        let scale = (-20f64).exp2();
+        #[allow(clippy::cast_precision_loss)]
+        let mut vals: Vec<f64> = units.iter().map(|&u| u as f64 * scale).collect();
+        vals.sort_unstable_by(f64::total_cmp);
+        let exact_units: i128 = units.iter().map(|&u| i128::from(u)).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let exact = exact_units as f64 * scale;
+        let got = sample_sum(&vals, &[], false, 1.0);
+        let ulp = f64::from_bits(exact.abs().to_bits() + 1) - exact.abs();
+        prop_assert!((got - exact).abs() <= ulp, "got {} exact {}", got, exact);
+    });
+}
+
+/// The merge of the two sorted lists runs the same samples from either end.
+#[test]
+fn merged_samples_run_the_same_from_both_ends() {
+    let ones = [-3.0, -0.0, 1.0, 1.0, 5.0];
+    let weighted = [(-4.0, 2.0), (1.0, 3.0), (6.0, 2.0)];
+    let fwd: Vec<(f64, f64)> = Merged::new(&ones, &weighted).collect();
+    let mut back: Vec<(f64, f64)> = Merged::new(&ones, &weighted).rev().collect();
+    back.reverse();
+    assert_eq!(fwd, back);
+    assert_eq!(
+        fwd,
+        [
+            (-4.0, 2.0),
+            (-3.0, 1.0),
+            (-0.0, 1.0),
+            (1.0, 1.0),
+            (1.0, 1.0),
+            (1.0, 3.0),
+            (5.0, 1.0),
+            (6.0, 2.0)
+        ]
+    );
+}
