@@ -223,28 +223,30 @@ impl Payload {
         GzDecoder::new(self.body.as_slice())
             .read_to_end(&mut json)
             .ok()?;
-        let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
-        let items = match (self.endpoint, value) {
-            (Endpoint::Series, serde_json::Value::Object(mut map)) => match map.remove("series") {
-                Some(serde_json::Value::Array(items)) => items,
-                _ => return None,
-            },
-            (Endpoint::Checks, serde_json::Value::Array(items)) => items,
-            _ => return None,
+        // The items are re-sent as the bytes they were encoded as (raw JSON
+        // values), so no number is parsed and printed again on the way.
+        let items: Vec<&serde_json::value::RawValue> = match self.endpoint {
+            Endpoint::Series => {
+                let mut body: std::collections::HashMap<String, &serde_json::value::RawValue> =
+                    serde_json::from_slice(&json).ok()?;
+                serde_json::from_str(body.remove("series")?.get()).ok()?
+            }
+            Endpoint::Checks => serde_json::from_slice(&json).ok()?,
+            Endpoint::Sketches | Endpoint::Events => return None,
         };
         if items.len() < 2 {
             return None;
         }
         let half = items.len() / 2;
-        let encode_half = |part: &[serde_json::Value]| -> Option<Vec<Payload>> {
+        let encode_half = |part: &[&serde_json::value::RawValue]| -> Option<Vec<Payload>> {
             let mut enc = Encoder::new(self.endpoint, *limits);
             for item in part {
-                let bytes = serde_json::to_vec(item).ok()?;
+                let bytes = item.get().as_bytes();
                 let points = json_points(self.endpoint, item);
                 // Each half is smaller than the whole, so nothing is handed back
                 // unless the limits shrank; then the item stays in the result.
-                if let Err(Oversize) = enc.push(&bytes, points) {
-                    enc.force(&bytes, points);
+                if let Err(Oversize) = enc.push(bytes, points) {
+                    enc.force(bytes, points);
                 }
             }
             Some(enc.finish())
@@ -258,11 +260,18 @@ impl Payload {
 }
 
 /// The points one encoded item carries (see [`Payload::points`]).
-fn json_points(endpoint: Endpoint, item: &serde_json::Value) -> usize {
-    match endpoint {
-        Endpoint::Series => item["points"].as_array().map_or(1, Vec::len),
-        Endpoint::Sketches | Endpoint::Events | Endpoint::Checks => 1,
+fn json_points(endpoint: Endpoint, item: &serde_json::value::RawValue) -> usize {
+    if endpoint != Endpoint::Series {
+        return 1;
     }
+    // Only the number of points is read: the values are skipped.
+    let fields: Result<std::collections::HashMap<String, &serde_json::value::RawValue>, _> =
+        serde_json::from_str(item.get());
+    fields
+        .ok()
+        .and_then(|mut f| f.remove("points"))
+        .and_then(|p| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(p.get()).ok())
+        .map_or(1, |p| p.len())
 }
 
 /// [`Payload::split`] for a decompressed `SketchPayload`.
@@ -1135,6 +1144,55 @@ mod tests {
         assert_eq!(names(&b), ["d.2", "d.3", "d.4"]);
         for p in a.iter().chain(&b) {
             assert_eq!(p.endpoint, Endpoint::Sketches);
+        }
+    }
+
+    /// A split re-reads the payload's JSON: every item must go out as the
+    /// bytes it was encoded as. Parsing the values and printing them again
+    /// (serde_json's default float parser is not exact) turned
+    /// 0.19999999999999998 into 0.2 after a 413.
+    #[test]
+    fn split_halves_keep_every_value_bit_for_bit() {
+        let limits = Limits::default();
+        let values = [
+            0.199_999_999_999_999_98,
+            0.300_000_000_000_000_04,
+            0.1,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            123_456.789_012_345_67,
+            5e-324,
+            2.225_073_858_507_201e-308,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            9_007_199_254_740_991.0,
+            -8.881_784_197_001_252e-16,
+        ];
+        let mut enc = Encoder::new(Endpoint::Series, limits);
+        for (i, v) in values.iter().enumerate() {
+            let item = serde_json::json!({"metric": format!("m{i}"), "points": [{"timestamp": 1, "value": v}]});
+            enc.push(&serde_json::to_vec(&item).expect("json"), 1)
+                .expect("fits");
+        }
+        // Spelled as no serializer would: only bytes kept verbatim keep it.
+        enc.push(
+            br#"{"metric":"raw","points":[{"timestamp":1,"value":2.50E0}]}"#,
+            1,
+        )
+        .expect("fits");
+        let p = enc.finish().remove(0);
+        let (a, b) = p.split(&limits).expect("items split");
+        let mut raw = Vec::new();
+        for half in a.iter().chain(&b) {
+            GzDecoder::new(half.body.as_slice())
+                .read_to_end(&mut raw)
+                .expect("valid gzip");
+        }
+        let text = String::from_utf8(raw).expect("utf-8");
+        assert!(text.contains(r#""value":2.50E0}"#), "{text}");
+        for v in values {
+            let want = format!(r#""value":{}"#, serde_json::to_string(&v).expect("json"));
+            assert!(text.contains(&want), "{want} not in {text}");
         }
     }
 
