@@ -490,11 +490,39 @@ fn wait_listening(job: &mut Job, effective: &BTreeMap<String, String>) {
     let addr = SocketAddr::new(config.bind_host, config.port);
     let deadline = Instant::now() + LISTENER_READY;
     while Instant::now() < deadline && job.try_wait().is_none() {
-        if UdpSocket::bind(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) {
+        let bound = udp_port_listed(config.port).unwrap_or_else(|| {
+            UdpSocket::bind(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+        });
+        if bound {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether the kernel's socket tables (`/proc/net/udp`, `/proc/net/udp6`)
+/// list a UDP socket bound to local `port`; `None` where they cannot be read
+/// (not Linux). Reading them has no side effect, where probing with a bind
+/// holds the port for a moment: the listener's own bind could then fail,
+/// and a datagram sent in that moment went to the probe and was lost.
+fn udp_port_listed(port: u16) -> Option<bool> {
+    let suffix = format!(":{port:04X}");
+    let mut readable = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        let listed = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|local| local.ends_with(&suffix));
+        if listed {
+            return Some(true);
+        }
+    }
+    readable.then_some(false)
 }
 
 /// A command that runs `dynostat serve`.
