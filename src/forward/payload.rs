@@ -1149,8 +1149,11 @@ mod tests {
 
     /// A split re-reads the payload's JSON: every item must go out as the
     /// bytes it was encoded as. Parsing the values and printing them again
-    /// (serde_json's default float parser is not exact) turned
-    /// 0.19999999999999998 into 0.2 after a 413.
+    /// turned 0.19999999999999998 into 0.2 after a 413 (serde_json's default
+    /// float parser is not exact). Test builds enable `float_roundtrip` for
+    /// the stand-in intake, which makes that parse exact here, so the value
+    /// checks alone would not catch a return to it: the spelling no
+    /// serializer writes (`2.50E0`) does.
     #[test]
     fn split_halves_keep_every_value_bit_for_bit() {
         let limits = Limits::default();

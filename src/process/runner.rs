@@ -490,7 +490,7 @@ fn wait_listening(job: &mut Job, effective: &BTreeMap<String, String>) {
     let addr = SocketAddr::new(config.bind_host, config.port);
     let deadline = Instant::now() + LISTENER_READY;
     while Instant::now() < deadline && job.try_wait().is_none() {
-        let bound = udp_port_listed(config.port).unwrap_or_else(|| {
+        let bound = udp_port_listed(addr).unwrap_or_else(|| {
             UdpSocket::bind(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
         });
         if bound {
@@ -500,29 +500,44 @@ fn wait_listening(job: &mut Job, effective: &BTreeMap<String, String>) {
     }
 }
 
-/// Whether the kernel's socket tables (`/proc/net/udp`, `/proc/net/udp6`)
-/// list a UDP socket bound to local `port`; `None` where they cannot be read
-/// (not Linux). Reading them has no side effect, where probing with a bind
-/// holds the port for a moment: the listener's own bind could then fail,
-/// and a datagram sent in that moment went to the probe and was lost.
-fn udp_port_listed(port: u16) -> Option<bool> {
-    let suffix = format!(":{port:04X}");
-    let mut readable = false;
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        readable = true;
-        let listed = text
-            .lines()
+/// Whether the kernel's socket table (`/proc/net/udp` for IPv4,
+/// `/proc/net/udp6` for IPv6) lists a UDP socket bound to `addr`, address
+/// and port; `None` where it cannot be read (not Linux). Reading it has no
+/// side effect, where probing with a bind holds the port for a moment: the
+/// listener's own bind could then fail, and a datagram sent in that moment
+/// went to the probe and was lost.
+fn udp_port_listed(addr: SocketAddr) -> Option<bool> {
+    let (table, want) = proc_net_local(addr);
+    let text = std::fs::read_to_string(table).ok()?;
+    Some(
+        text.lines()
             .skip(1)
             .filter_map(|l| l.split_whitespace().nth(1))
-            .any(|local| local.ends_with(&suffix));
-        if listed {
-            return Some(true);
+            .any(|local| local == want),
+    )
+}
+
+/// The table of `/proc/net` that lists sockets of `addr`'s family, and
+/// `addr` as that table's local-address column spells it: the address's
+/// 32-bit words in hex as the kernel holds them (its bytes in memory order,
+/// read as native integers), a colon, the port in 4 hex digits.
+fn proc_net_local(addr: SocketAddr) -> (&'static str, String) {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b);
+        format!("{:08X}", u32::from_ne_bytes(w))
+    };
+    match addr {
+        SocketAddr::V4(a) => (
+            "/proc/net/udp",
+            format!("{}:{:04X}", word(&a.ip().octets()), a.port()),
+        ),
+        SocketAddr::V6(a) => {
+            let o = a.ip().octets();
+            let words: String = o.chunks(4).map(word).collect();
+            ("/proc/net/udp6", format!("{words}:{:04X}", a.port()))
         }
     }
-    readable.then_some(false)
 }
 
 /// A command that runs `dynostat serve`.
@@ -1329,6 +1344,29 @@ fn detected(p: &Procfile) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The socket table lists a bound socket under its own address and
+    /// port, and a socket on another address of the same port is not it.
+    #[test]
+    fn the_socket_table_finds_a_bound_address_and_port_only() {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        assert_eq!(udp_port_listed(addr), Some(true));
+        let other: SocketAddr = format!("127.0.0.2:{}", addr.port()).parse().expect("addr");
+        assert_eq!(udp_port_listed(other), Some(false));
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                proc_net_local(addr).1,
+                format!("0100007F:{:04X}", addr.port())
+            );
+        }
+        if let Ok(six) = UdpSocket::bind("[::1]:0") {
+            let addr = six.local_addr().expect("addr");
+            assert_eq!(udp_port_listed(addr), Some(true));
+        }
+        drop(sock);
+        assert_eq!(udp_port_listed(addr), Some(false));
+    }
 
     #[test]
     fn concurrency_strings() {

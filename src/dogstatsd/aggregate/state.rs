@@ -75,7 +75,8 @@ impl Histogram {
     /// The sample is kept for median, percentiles and the compensated sum
     /// while the budget has room; past it, it still counts in `.count .sum
     /// .avg .min .max`, and `false` says it was left out of the rank
-    /// statistics.
+    /// statistics. A histogram none of whose samples was kept sends nothing
+    /// (every sample counted as dropped).
     ///
     /// `plain`, `abs` and `ints` cost a few instructions a sample and spare
     /// the flush its sort in the common case: when every value is an integer
@@ -93,8 +94,9 @@ impl Histogram {
         self.count += weight;
         self.plain += v;
         self.abs += v.abs();
-        // Saturating cast: a value past i64 is not taken for an integer,
-        // and no sum of such values could stay below 2^53 anyway.
+        // Saturating cast: a value at or past 2^63 in magnitude may pass
+        // this test, but the sum of magnitudes then cannot stay below 2^53,
+        // which the flush also requires.
         #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
         let int = (v as i64) as f64 == v;
         self.ints &= int;
