@@ -415,20 +415,24 @@ pub(super) fn sample_sum(
     let nb = weighted.partition_point(|p| p.0 < 0.0);
     let (neg_a, pos_a) = ones.split_at(na);
     let (neg_b, pos_b) = weighted.split_at(nb);
-    let (mut s_neg, mut c_neg) = (0.0f64, 0.0f64);
-    for (x, _) in Merged::new(neg_a, neg_b) {
-        let t = s_neg + x;
-        c_neg += (s_neg - t) + x;
-        s_neg = t;
-    }
-    let (mut s_pos, mut c_pos) = (0.0f64, 0.0f64);
-    for (x, _) in Merged::new(pos_a, pos_b).rev() {
-        let t = s_pos + x;
-        c_pos += (s_pos - t) + x;
-        s_pos = t;
-    }
+    let (s_neg, c_neg) = fast_two_sum(Merged::new(neg_a, neg_b).map(|(v, _)| v));
+    let (s_pos, c_pos) = fast_two_sum(Merged::new(pos_a, pos_b).rev().map(|(v, _)| v));
     let (s, c) = neumaier_add(s_neg, 0.0, s_pos);
     (s + (c + c_neg + c_pos)) * shared
+}
+
+/// Fast2Sum steps over `xs`, whose running sum's magnitude never falls
+/// below the next term's (one sign, largest magnitude first): the rounded
+/// sum and the compensation that collects each step's exact error.
+#[inline]
+fn fast_two_sum(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut s, mut c) = (0.0f64, 0.0f64);
+    for x in xs {
+        let t = s + x;
+        c += (s - t) + x;
+        s = t;
+    }
+    (s, c)
 }
 
 /// One step of Neumaier's compensated summation: the new running sum and
