@@ -18,6 +18,8 @@
 //! - `loadgen startup --port P --runs 20 -- CMD ARGS...` execs CMD repeatedly
 //!   and reports the time from exec until the UDP port is bound and until the
 //!   child writes a line containing "listening" to stderr (median of the runs).
+//!   `--env-clear` and `--env K=V` set the child's environment at the exec
+//!   itself, so no `env` process runs (and is timed) in front of the server.
 //!
 //! - `loadgen floor --port P --seconds S` is the floor receiver: `recvmmsg`
 //!   batches into reused buffers, parsing nothing, with the same socket
@@ -70,8 +72,9 @@ fn usage() -> &'static str {
       --hist-type picks the histogram lines' type: h, or ms (a timer, which
         DogStatsD aggregates exactly like h and Etsy statsd treats as a timer).
   loadgen startup [--port 8125] [--runs 20] [--timeout-ms 5000] [--format table|json]
-                  [--ready both|port] -- CMD [ARGS...]
-      execs CMD --runs times (environment inherited) and reports the time from
+                  [--ready both|port] [--env-clear] [--env K=V]... -- CMD [ARGS...]
+      execs CMD --runs times (environment inherited, or emptied by --env-clear;
+      each --env adds one variable) and reports the time from
       exec to the UDP port being bound and to a stderr line containing
       \"listening\" (--ready port: the port only, for servers that log no
       such line); each child is killed (SIGKILL) after it is ready.
@@ -911,6 +914,8 @@ struct StartupOpts {
     timeout: Duration,
     format: Format,
     wait_log: bool,
+    env_clear: bool,
+    env: Vec<(String, String)>,
     command: Vec<String>,
 }
 
@@ -922,6 +927,8 @@ impl StartupOpts {
             timeout: Duration::from_millis(5000),
             format: Format::Table,
             wait_log: true,
+            env_clear: false,
+            env: Vec::new(),
             command: Vec::new(),
         };
         let mut it = args.iter();
@@ -942,6 +949,14 @@ impl StartupOpts {
                                 other.unwrap_or("(missing)")
                             )))
                         }
+                    }
+                }
+                "--env-clear" => o.env_clear = true,
+                "--env" => {
+                    let kv = it.next().map(String::as_str).unwrap_or("");
+                    match kv.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => o.env.push((k.into(), v.into())),
+                        _ => return Err(Fail::Usage(format!("--env {kv:?}: expected NAME=VALUE"))),
                     }
                 }
                 "--" => {
@@ -969,9 +984,14 @@ fn startup_once(o: &StartupOpts) -> Result<(Option<Duration>, Option<Duration>),
         )));
     }
     let (tx, rx) = mpsc::channel::<Instant>();
+    let mut cmd = Command::new(&o.command[0]);
+    cmd.args(&o.command[1..]);
+    if o.env_clear {
+        cmd.env_clear();
+    }
+    cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
     let t0 = Instant::now();
-    let mut child = Command::new(&o.command[0])
-        .args(&o.command[1..])
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
