@@ -13,7 +13,10 @@
 # Knobs (environment): AB_RATE and AB_LINES (1000000 and 5000000; 200000 and
 # 1000000 for long), AB_PORT (18800), AB_FLUSH_INTERVAL (10), AB_SETTLE_MS
 # (how long after the drain a server's CPU is still counted, as in
-# scripts/bench.sh; 300, the floor always 300). Without an API
+# scripts/bench.sh; 300, the floor always 300), AB_MEMORY_LIMIT
+# (DYNOSTAT_MEMORY_LIMIT, 256MiB as in scripts/bench.sh: at the default
+# 64 MiB the mixed load's histogram samples fill the budget within each
+# interval, and the rest of the interval runs the budget's paths). Without an API
 # key the servers print their flushes to the console (sent to /dev/null).
 set -euo pipefail
 
@@ -46,6 +49,7 @@ for bin in "$@"; do
 	i=$((i + 1))
 	p=$((PORT + 2 * i))
 	env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${p}" "DYNOSTAT_FLUSH_INTERVAL=${AB_FLUSH_INTERVAL:-10}" \
+		"DYNOSTAT_MEMORY_LIMIT=${AB_MEMORY_LIMIT:-256MiB}" \
 		DD_LOG_LEVEL=warn "${bin}" serve >/dev/null 2>&1 &
 	pids+=($!)
 	names+=("${i}:$(basename "${bin}")")

@@ -225,7 +225,8 @@ pub(super) fn flush_state(
             None,
             None,
         )),
-        State::Set(members) => {
+        State::Set(mut members) => {
+            members.merge();
             if !members.is_empty() {
                 out.series.push(ctx.series(
                     ctx.name.to_owned(),

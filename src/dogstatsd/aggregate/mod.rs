@@ -514,6 +514,17 @@ impl Aggregator {
         self.cur.bytes + self.prepared.meter.flushing.load(Ordering::Relaxed)
     }
 
+    /// Merges every set's batched members now, as the flush does, giving
+    /// back the charges of those already held (for tests).
+    #[cfg(test)]
+    pub(super) fn merge_set_batches(&mut self) {
+        for state in &mut self.cur.states {
+            if let State::Set(members) = state {
+                self.cur.bytes -= members.merge() * MEMBER_BYTES;
+            }
+        }
+    }
+
     /// Swaps out this interval's state. Cheap: call it under the lock. Only
     /// moves; freeing the old maps happens in [`Bucket::into_chunks`]. The
     /// bucket's bytes stay charged to the budget until it is flushed.

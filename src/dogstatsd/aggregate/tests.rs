@@ -831,7 +831,16 @@ fn a_set_counts_each_member_once_across_its_table_growth() {
                 let line = metric("s", m, MetricType::Set, "");
                 assert_eq!(agg.insert(&line, NOW), InsertOutcome::Accepted, "{m}");
             }
-            charged.push(agg.memory_bytes());
+            // A batched repeat is charged as new until its batch merges.
+            let unmerged = agg.memory_bytes();
+            agg.merge_set_batches();
+            let merged = agg.memory_bytes();
+            assert!(merged <= unmerged, "{n} members");
+            assert!(
+                unmerged - merged < MEMBER_BATCH * MEMBER_BYTES,
+                "{n} members"
+            );
+            charged.push(merged);
         }
         // Repeats are free: only new members are charged.
         assert_eq!(charged[1], charged[2], "{n} members");
@@ -1375,4 +1384,85 @@ fn merged_samples_run_the_same_from_both_ends() {
             (6.0, 2.0)
         ]
     );
+}
+
+/// A set with batched members decides every member as one looking each up
+/// at once would: the same outcome line by line, the same count, and after
+/// the merge the same charge, under any budget. The model is the unbatched
+/// table (`Members::probe` and `insert`, which never batch) with the
+/// aggregator's charging rule.
+#[test]
+fn batched_set_members_are_decided_as_unbatched_ones_are() {
+    use proptest::prelude::*;
+    let cases = (1usize..400, 1usize..3000, 0usize..120_000);
+    proptest!(ProptestConfig::with_cases(64), |((alphabet, lines, room) in cases,
+                                                 seed in any::<u64>())| {
+        // The set's context and first member cost the same in both.
+        let mut agg = budget(usize::MAX);
+        agg.insert(&metric("s", "m0", MetricType::Set, ""), NOW);
+        let base = agg.memory_bytes();
+        let limit = base + room;
+        let mut agg = budget(limit);
+        let mut model = Members::default();
+        let mut charged = base - MEMBER_BYTES;
+        let mut x = seed | 1;
+        for i in 0..lines {
+            // xorshift: repeats and new members mixed, many batches.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let member = if i == 0 { "m0".to_owned() } else { format!("m{}", x % alphabet as u64) };
+            let want = match model.probe(member.as_bytes()) {
+                Probe::Held => InsertOutcome::Accepted,
+                Probe::New(fp) => {
+                    if charged + MEMBER_BYTES + model.growth_bytes() <= limit {
+                        charged += MEMBER_BYTES;
+                        model.insert(fp);
+                        InsertOutcome::Accepted
+                    } else {
+                        InsertOutcome::MemoryLimit
+                    }
+                }
+            };
+            let got = agg.insert(&metric("s", &member, MetricType::Set, ""), NOW);
+            prop_assert_eq!(got, want, "line {} ({})", i, member);
+            prop_assert!(agg.memory_bytes() <= limit);
+        }
+        agg.merge_set_batches();
+        prop_assert_eq!(agg.memory_bytes(), charged);
+        #[allow(clippy::cast_precision_loss)]
+        let count = model.len() as f64;
+        prop_assert_eq!(value(&flush(&mut agg), "s"), count);
+    });
+}
+
+#[test]
+fn a_batched_table_merges_its_batch_when_full_and_at_the_flush() {
+    let mut members = Members::default();
+    for i in 0..29u32 {
+        let Probe::New(fp) = members.probe(&i.to_le_bytes()) else {
+            panic!("{i} is new");
+        };
+        members.insert(fp);
+    }
+    // 29 members took the table to 64 slots: from here it batches.
+    assert_eq!(members.slots(), 64);
+    assert!(members.batches());
+    // 15 queued: not counted yet; the 16th fills the batch.
+    for i in 20..35u32 {
+        assert!(!members.queue(member_fingerprint(&i.to_le_bytes())));
+    }
+    assert_eq!(members.len(), 29);
+    assert!(members.queue(member_fingerprint(&99u32.to_le_bytes())));
+    // 20..29 were held; 29..35 and 99 are new.
+    assert_eq!(members.merge(), 9);
+    assert_eq!(members.len(), 36);
+    assert_eq!(members.merge(), 0);
+    // A repeat within one batch is added once.
+    for _ in 0..3 {
+        members.queue(member_fingerprint(b"again"));
+    }
+    assert_eq!(members.merge(), 2);
+    assert_eq!(members.len(), 37);
+    assert!(members.holds(member_fingerprint(b"again")));
 }
