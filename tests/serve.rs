@@ -113,6 +113,50 @@ fn histogram_sum_and_avg_are_compensated_like_the_agent() {
 }
 
 #[test]
+fn a_large_set_counts_each_member_once_through_its_batches() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        // One bucket: no flush boundary falls among the sends.
+        .env("DYNOSTAT_FLUSH_INTERVAL", "3600")
+        .start();
+    // 3,001 members, each three times in a different order, then 15 new
+    // ones: the table passes 64 slots early and then takes members in
+    // batches of 16. `more` gets one new member past `users`, so the last
+    // batch of at least one of them is part-filled with new members when
+    // the flush comes, and the flush must merge it.
+    let n = 3_001u64;
+    let mut lines: Vec<String> = Vec::new();
+    for set in ["users", "more"] {
+        for pass in 0..3u64 {
+            for i in 0..n {
+                lines.push(format!("{set}:u{}|s", (i * (7 + pass * 4) + pass) % n));
+            }
+        }
+        let extra = if set == "more" { 16 } else { 15 };
+        lines.extend((0..extra).map(|i| format!("{set}:late{i}|s")));
+    }
+    lines.push("few:a|s\nfew:b|s\nfew:a|s".to_owned());
+    for chunk in lines.chunks(40) {
+        s.send(chunk.join("\n").as_bytes());
+    }
+    s.signal(libc::SIGTERM);
+    assert!(
+        s.wait_exit(T).is_some_and(|st| st.success()),
+        "stderr:\n{}",
+        s.stderr()
+    );
+    let value = |m: &str| {
+        let found = intake.series_named(m);
+        assert_eq!(found.len(), 1, "one {m} in {:#?}", intake.series());
+        found[0]["points"][0]["value"].as_f64().unwrap()
+    };
+    assert_eq!(value("users"), 3_016.0);
+    assert_eq!(value("more"), 3_017.0);
+    assert_eq!(value("few"), 2.0);
+}
+
+#[test]
 fn payloads_are_compressed_keyed_and_schema_shaped() {
     let intake = Intake::start();
     let mut s = Serve::builder()
