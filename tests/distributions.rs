@@ -98,6 +98,7 @@ fn three_million_values_in_one_context_make_one_small_exact_sketch() {
     const VALUES: u64 = 3_000_000;
     let intake = Intake::start();
     // One bucket for the whole flood: a long interval, flushed by SIGTERM.
+    common::clear_of_flush_boundary(3600, Duration::from_secs(120));
     let mut s = Serve::builder()
         .intake(&intake)
         .env("DYNOSTAT_FLUSH_INTERVAL", "3600")

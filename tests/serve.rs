@@ -115,6 +115,7 @@ fn histogram_sum_and_avg_are_compensated_like_the_agent() {
 #[test]
 fn a_large_set_counts_each_member_once_through_its_batches() {
     let intake = Intake::start();
+    common::clear_of_flush_boundary(3600, Duration::from_secs(10));
     let mut s = Serve::builder()
         .intake(&intake)
         // One bucket: no flush boundary falls among the sends.

@@ -823,6 +823,23 @@ fn decode(encoding: Option<&str>, raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Waits, when the next wall-clock multiple of `interval_s` is less than
+/// `need` away, until just past it. Buckets end at those multiples (as the
+/// Agent's do), so a test that wants one bucket for its whole run starts
+/// clear of one: a 3600 s interval still ends at the top of the hour. Waits
+/// at most `need` plus 50 ms.
+pub fn clear_of_flush_boundary(interval_s: u64, need: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let interval = Duration::from_secs(interval_s);
+    let into = Duration::from_nanos(u64::try_from(now.as_nanos() % interval.as_nanos()).unwrap());
+    let left = interval - into;
+    if left < need {
+        std::thread::sleep(left + Duration::from_millis(50));
+    }
+}
+
 /// A UDP port that was free a moment ago.
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
