@@ -16,6 +16,23 @@ fn approx(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9 * b.abs().max(1.0)
 }
 
+/// Sends SIGTERM and asserts a clean exit (the last flush is then in).
+fn stop_ok(s: &mut Serve) {
+    s.signal(libc::SIGTERM);
+    assert!(
+        s.wait_exit(T).is_some_and(|st| st.success()),
+        "stderr:\n{}",
+        s.stderr()
+    );
+}
+
+/// The value of the one point of the one series named `metric`.
+fn only_value(intake: &Intake, metric: &str) -> f64 {
+    let found = intake.series_named(metric);
+    assert_eq!(found.len(), 1, "one {metric} in {:#?}", intake.series());
+    found[0]["points"][0]["value"].as_f64().unwrap()
+}
+
 #[test]
 fn every_type_is_flushed_with_agent_values() {
     let intake = Intake::start();
@@ -30,12 +47,7 @@ fn every_type_is_flushed_with_agent_values() {
     s.send(b"lat:1|h\nlat:10|h\nlat:4|h\nlat:5|h\nlat:2|h\nlat:2|h");
     s.send(b"db.query:250|ms");
     s.send(b"sizes:1:2:3|d");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    stop_ok(&mut s);
 
     // Counter: (2/0.5 + 1+2+5+0+8+3) = 23, sent as RATE 23/interval.
     let views = intake.series_named("page.views");
@@ -93,17 +105,8 @@ fn histogram_sum_and_avg_are_compensated_like_the_agent() {
         .start();
     s.send(b"cancel:1|h\ncancel:1e100|h\ncancel:1|h\ncancel:-1e100|h");
     s.send(b"frac:0.1|h\nfrac:0.2|h\nfrac:0.3|h");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
-    let value = |m: &str| {
-        let found = intake.series_named(m);
-        assert_eq!(found.len(), 1, "one {m} in {:#?}", intake.series());
-        found[0]["points"][0]["value"].as_f64().unwrap()
-    };
+    stop_ok(&mut s);
+    let value = |m: &str| only_value(&intake, m);
     // Exact equality: these are the Agent's bits, not approximations.
     assert_eq!(value("cancel.sum"), 2.0);
     assert_eq!(value("cancel.avg"), 0.5);
@@ -141,17 +144,8 @@ fn a_large_set_counts_each_member_once_through_its_batches() {
     for chunk in lines.chunks(40) {
         s.send(chunk.join("\n").as_bytes());
     }
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
-    let value = |m: &str| {
-        let found = intake.series_named(m);
-        assert_eq!(found.len(), 1, "one {m} in {:#?}", intake.series());
-        found[0]["points"][0]["value"].as_f64().unwrap()
-    };
+    stop_ok(&mut s);
+    let value = |m: &str| only_value(&intake, m);
     assert_eq!(value("users"), 3_016.0);
     assert_eq!(value("more"), 3_017.0);
     assert_eq!(value("few"), 2.0);
@@ -548,12 +542,7 @@ fn events_service_checks_and_timestamped_metrics() {
     s.send(b"_e{6,12}:Deploy|line1\\nline2|t:warning|#v:2");
     s.send(b"_sc|db.up|2|#shard:1|m:replica lag");
     s.send(format!("old.gauge:7|g|T{}\nold.gauge:8|g|T{}", now - 60, now - 120).as_bytes());
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    stop_ok(&mut s);
     let reqs = intake.requests();
     let event = reqs
         .iter()
@@ -619,12 +608,7 @@ fn invalid_utf8_drops_only_its_own_line() {
     let intake = Intake::start();
     let mut s = Serve::builder().intake(&intake).start();
     s.send(b"good:1|c\n\xff\xfe:1|c\ngood:2|c|#t:\xc3\xa9");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    stop_ok(&mut s);
     assert!(
         approx(intake.total("good", &[]), 3.0),
         "{:#?}",
