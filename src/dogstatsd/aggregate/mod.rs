@@ -520,7 +520,7 @@ impl Aggregator {
     pub(super) fn merge_set_batches(&mut self) {
         for state in &mut self.cur.states {
             if let State::Set(members) = state {
-                self.cur.bytes -= members.merge() * MEMBER_BYTES;
+                members.settle(&mut self.cur.bytes);
             }
         }
     }

@@ -303,20 +303,23 @@ impl Members {
         held
     }
 
-    /// Adds a member not held yet, by the fingerprint [`Members::probe`] gave it.
+    /// [`Members::merge`], giving back to `bytes` the [`MEMBER_BYTES`] each
+    /// batched member was charged as new and turned out to be held.
+    pub(super) fn settle(&mut self, bytes: &mut usize) {
+        *bytes -= self.merge() * MEMBER_BYTES;
+    }
+
+    /// Adds a member not held yet, by the fingerprint [`Members::probe`] gave
+    /// it, with no member batched.
     pub(super) fn insert(&mut self, fp: u128) {
         if self.must_grow(1) {
+            // Only the table moves: every caller has merged the batch.
+            debug_assert_eq!(self.queued, 0, "insert with members batched");
             let table = (self.table() * 2).max(FIRST_SLOTS);
-            let queued = self.queued;
             let old_table = self.table();
             let old = std::mem::replace(&mut self.slots, vec![0; allocation(table)]);
             for &s in old[..old_table].iter().filter(|&&s| s != 0) {
                 self.place(s);
-            }
-            // Batched members move to the new batch slots.
-            if queued > 0 {
-                let at = self.table();
-                self.slots[at..at + queued].copy_from_slice(&old[old_table..old_table + queued]);
             }
         }
         self.place(fp);
@@ -531,13 +534,13 @@ impl Interval {
                 if meter.fits(self.bytes, cost + members.growth_bytes()) {
                     self.bytes += cost;
                     if members.queue(fp) {
-                        self.bytes -= members.merge() * cost;
+                        members.settle(&mut self.bytes);
                     }
                     return InsertOutcome::Accepted;
                 }
                 // At the budget: settle the batch, then decide this member
                 // exactly as an unbatched table does.
-                self.bytes -= members.merge() * cost;
+                members.settle(&mut self.bytes);
             }
             if members.holds(fp) {
                 return InsertOutcome::Accepted;
