@@ -112,12 +112,7 @@ fn host_tags_become_the_host_of_events_and_checks_and_dogstatsd_tags_go_everywhe
     s.send(b"_sc|db.up|0|#shard:1,host:db1|m:fine");
     s.send(b"_sc|db.down|2|h:field-host|#host:tag-host");
     s.send(b"hits:1|c|#a:1,dd.internal.card:high");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
 
     let events = bodies(&intake, "/api/v1/events");
     assert_eq!(events.len(), 1, "{events:?}");
@@ -189,12 +184,7 @@ fn mapper_profiles_rename_with_wildcards_and_regexes_and_unmatched_names_pass() 
         b"airflow.operator_failures_BashOperator:2|c\nairflow.operator_failures_BashOperator:1|c",
     );
     s.send(b"airflow.dag.unmatched:1|c\nplain.metric:7|g");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
 
     let dur = intake.series_named("airflow.job.duration");
     assert_eq!(dur.len(), 1, "{:?}", intake.series());
@@ -236,12 +226,7 @@ fn namespace_skips_standard_prefixes_and_the_blocklist_drops_names() {
         .env("DD_DOGSTATSD_EXPIRY_SECONDS", "0")
         .start();
     s.send(b"hits:1|c\njvm.heap:5|g\nsidekiq.jobs:2|c\nnoisy:1|c\njvm.gc.debug:1|g\nnoisy.not:1|c");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
     assert_eq!(intake.total("shop.hits", &[]), 1.0);
     assert_eq!(intake.total("shop.noisy.not", &[]), 1.0);
     // jvm and sidekiq are among the Agent's standard prefixes: not namespaced.

@@ -26,12 +26,7 @@ fn sample_rates_weigh_one_over_rate_as_floats() {
     s.send(b"h:8|h|@0.75\nh:8|h|@0.75\nh:8|h|@0.75\nh:8|h|@0.75");
     s.send(b"d:5|d|@0.3\nd:5|d|@0.3\nd:5|d|@0.3");
     s.send(b"one:2|d|@0.3");
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
     // 4 × 1/0.75 = 5.333 (the Agent's float weight; int(1/rate) gave 4).
     let count = intake.total("h.count", &[]);
     assert!(close(count, 16.0 / 3.0, 1e-9), "h.count totals {count}");
@@ -118,12 +113,7 @@ fn three_million_values_in_one_context_make_one_small_exact_sketch() {
     std::thread::sleep(Duration::from_millis(300));
     let peak = s.vm_bytes("VmHWM");
     let drops = common::udp_socket_queue(s.port).map_or(0, |q| q.1);
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
     eprintln!(
         "{VALUES} values in {datagrams} datagrams in {sent_in:?}; idle RSS {} KiB, peak {} KiB (+{} KiB); kernel drops {drops}",
         idle / 1024,

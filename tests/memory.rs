@@ -72,12 +72,7 @@ fn two_million_contexts_in_one_interval_stay_under_the_limit_and_are_counted() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.alive(), "stderr:\n{}", s.stderr());
     let sent_in = started.elapsed();
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
+    s.stop_ok(T);
     let peak = hwm.finish();
     eprintln!(
         "{CONTEXTS} contexts in {datagrams} datagrams in {sent_in:?}: idle VmHWM {} KiB, peak {} KiB (+{} KiB, limit {} KiB)",

@@ -16,16 +16,6 @@ fn approx(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9 * b.abs().max(1.0)
 }
 
-/// Sends SIGTERM and asserts a clean exit (the last flush is then in).
-fn stop_ok(s: &mut Serve) {
-    s.signal(libc::SIGTERM);
-    assert!(
-        s.wait_exit(T).is_some_and(|st| st.success()),
-        "stderr:\n{}",
-        s.stderr()
-    );
-}
-
 /// The value of the one point of the one series named `metric`.
 fn only_value(intake: &Intake, metric: &str) -> f64 {
     let found = intake.series_named(metric);
@@ -47,7 +37,7 @@ fn every_type_is_flushed_with_agent_values() {
     s.send(b"lat:1|h\nlat:10|h\nlat:4|h\nlat:5|h\nlat:2|h\nlat:2|h");
     s.send(b"db.query:250|ms");
     s.send(b"sizes:1:2:3|d");
-    stop_ok(&mut s);
+    s.stop_ok(T);
 
     // Counter: (2/0.5 + 1+2+5+0+8+3) = 23, sent as RATE 23/interval.
     let views = intake.series_named("page.views");
@@ -105,7 +95,7 @@ fn histogram_sum_and_avg_are_compensated_like_the_agent() {
         .start();
     s.send(b"cancel:1|h\ncancel:1e100|h\ncancel:1|h\ncancel:-1e100|h");
     s.send(b"frac:0.1|h\nfrac:0.2|h\nfrac:0.3|h");
-    stop_ok(&mut s);
+    s.stop_ok(T);
     let value = |m: &str| only_value(&intake, m);
     // Exact equality: these are the Agent's bits, not approximations.
     assert_eq!(value("cancel.sum"), 2.0);
@@ -144,7 +134,7 @@ fn a_large_set_counts_each_member_once_through_its_batches() {
     for chunk in lines.chunks(40) {
         s.send(chunk.join("\n").as_bytes());
     }
-    stop_ok(&mut s);
+    s.stop_ok(T);
     let value = |m: &str| only_value(&intake, m);
     assert_eq!(value("users"), 3_016.0);
     assert_eq!(value("more"), 3_017.0);
@@ -171,8 +161,7 @@ fn payloads_are_compressed_keyed_and_schema_shaped() {
         "stderr:\n{}",
         s.stderr()
     );
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
 
     for r in intake.requests() {
         assert_eq!(r.method, "POST");
@@ -247,8 +236,7 @@ fn intake_errors_500_three_times_then_every_metric_arrives_exactly_once() {
         "stderr:\n{}",
         s.stderr()
     );
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
     assert!(
         approx(intake.total("orders", &["shop:a"]), 10.0),
         "duplicates: {:#?}",
@@ -289,8 +277,7 @@ fn intake_down_at_first_then_everything_is_delivered() {
             "jobs {tag} lost"
         );
     }
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
 }
 
 #[test]
@@ -307,8 +294,7 @@ fn wrong_key_is_explained_never_printed_and_the_process_keeps_running() {
     s.send(b"a:1|c");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(s.alive(), "the process keeps running");
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
     let err = s.stderr();
     let out = s.stdout();
     assert!(
@@ -407,8 +393,7 @@ fn random_bytes_keep_the_process_alive_and_counting() {
         warnings <= 3,
         "bad lines are sampled, not logged per packet ({warnings} lines)"
     );
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
 }
 
 #[test]
@@ -441,8 +426,7 @@ fn a_real_cadence_client_is_understood() {
         "stderr:\n{}",
         s.stderr()
     );
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
     for m in [
         "shop.queue",
         "shop.render.max",
@@ -523,8 +507,7 @@ fn unix_socket_is_read_as_well() {
         "stderr:\n{}",
         s.stderr()
     );
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(T).is_some_and(|st| st.success()));
+    s.stop_ok(T);
     assert!(!path.exists(), "the socket file is removed on exit");
 }
 
@@ -542,7 +525,7 @@ fn events_service_checks_and_timestamped_metrics() {
     s.send(b"_e{6,12}:Deploy|line1\\nline2|t:warning|#v:2");
     s.send(b"_sc|db.up|2|#shard:1|m:replica lag");
     s.send(format!("old.gauge:7|g|T{}\nold.gauge:8|g|T{}", now - 60, now - 120).as_bytes());
-    stop_ok(&mut s);
+    s.stop_ok(T);
     let reqs = intake.requests();
     let event = reqs
         .iter()
@@ -608,7 +591,7 @@ fn invalid_utf8_drops_only_its_own_line() {
     let intake = Intake::start();
     let mut s = Serve::builder().intake(&intake).start();
     s.send(b"good:1|c\n\xff\xfe:1|c\ngood:2|c|#t:\xc3\xa9");
-    stop_ok(&mut s);
+    s.stop_ok(T);
     assert!(
         approx(intake.total("good", &[]), 3.0),
         "{:#?}",

@@ -993,6 +993,17 @@ impl Serve {
         }
     }
 
+    /// Sends SIGTERM and asserts a clean exit within `timeout` (the last
+    /// flush is then in), with the server's stderr if it was not.
+    pub fn stop_ok(&mut self, timeout: Duration) {
+        self.signal(libc::SIGTERM);
+        assert!(
+            self.wait_exit(timeout).is_some_and(|st| st.success()),
+            "stderr:\n{}",
+            self.stderr()
+        );
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
