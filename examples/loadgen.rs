@@ -9,10 +9,11 @@
 //!
 //! Modes:
 //! - `loadgen [send] --port P --lines N --rate R --contexts C --server-pid PID`
-//!   sends a load of one of three shapes (`--shape`): `mixed` (counters,
+//!   sends a load of one of these shapes (`--shape`): `mixed` (counters,
 //!   gauges, histograms, sets; 3 tags per line; lines packed into datagrams
-//!   of at most 1432 bytes, about 30 lines each), `counters` (the same with
-//!   counters only) or `long` (the shape of Datadog's SMP "3k contexts"
+//!   of at most 1432 bytes, about 30 lines each), `counters`, `gauges`,
+//!   `histograms` or `sets` (the same with that one type only, to see what
+//!   each costs) or `long` (the shape of Datadog's SMP "3k contexts"
 //!   DogStatsD cases: 3,000 contexts, names of 1 to 200 characters, 2 to 50
 //!   tags of 3 to 150 characters, 8 KiB datagrams).
 //! - `loadgen startup --port P --runs 20 -- CMD ARGS...` execs CMD repeatedly
@@ -57,10 +58,10 @@ fn usage() -> &'static str {
   loadgen [send] [--port 8125] [--lines 10000000] [--rate 0] [--contexts 1000]
                  [--server-pid PID] [--format table|json] [--label NAME]
                  [--max-datagram 1432] [--drain-timeout-ms 10000] [--settle-ms 300]
-                 [--wait-port-ms 0] [--hist-type h|ms] [--shape mixed|counters|long]
+                 [--wait-port-ms 0] [--hist-type h|ms] [--shape SHAPE]
       --rate is lines per second; 0 sends as fast as one thread can.
       --shape: mixed (c/g/h/s in turn, 3 short tags, 1432-byte datagrams),
-        counters (the same, counters only), or long (3,000 contexts, names
+        counters, gauges, histograms or sets (the same, that type only), or long (3,000 contexts, names
         of 1-200 characters, 2-50 tags of 3-150 characters, 8 KiB datagrams,
         types weighted c 208 : g 66 : d 72 : s 9 : h 1, as in Datadog's SMP
         \"3k contexts\" DogStatsD cases); --contexts and --max-datagram
@@ -152,6 +153,12 @@ enum Shape {
     Mixed,
     /// The mixed load's counter lines only.
     Counters,
+    /// The mixed load's lines, all gauges.
+    Gauges,
+    /// The mixed load's lines, all histograms (`--hist-type`).
+    Histograms,
+    /// The mixed load's lines, all sets.
+    Sets,
     /// Long names and many long tags, as in Datadog's SMP "3k contexts" cases.
     Long,
 }
@@ -161,6 +168,9 @@ impl Shape {
         match self {
             Shape::Mixed => "mixed",
             Shape::Counters => "counters",
+            Shape::Gauges => "gauges",
+            Shape::Histograms => "histograms",
+            Shape::Sets => "sets",
             Shape::Long => "long",
         }
     }
@@ -227,12 +237,15 @@ impl SendOpts {
                     o.shape = match it.next().map(String::as_str) {
                         Some("mixed") => Shape::Mixed,
                         Some("counters") => Shape::Counters,
+                        Some("gauges") => Shape::Gauges,
+                        Some("histograms") => Shape::Histograms,
+                        Some("sets") => Shape::Sets,
                         Some("long") => Shape::Long,
                         other => {
                             return Err(Fail::Usage(format!(
-                                "--shape {}: expected mixed, counters or long",
-                                other.unwrap_or("(missing)")
-                            )))
+                        "--shape {}: expected mixed, counters, gauges, histograms, sets or long",
+                        other.unwrap_or("(missing)")
+                    )))
                         }
                     }
                 }
@@ -348,11 +361,11 @@ fn long_contexts(contexts: u32, max_datagram: usize) -> Vec<LongContext> {
 
 /// Writes the lines of the load, one at a time.
 enum LineSource {
-    /// Mixed or counters only.
+    /// Mixed, or one type only.
     Short {
         contexts: u32,
         hist_type: &'static str,
-        counters_only: bool,
+        only: Option<u64>,
     },
     /// The long shape: contexts picked at random, values varying.
     Long {
@@ -364,11 +377,19 @@ enum LineSource {
 impl LineSource {
     fn new(o: &SendOpts) -> Self {
         match o.shape {
-            Shape::Mixed | Shape::Counters => LineSource::Short {
-                contexts: o.contexts,
-                hist_type: o.hist_type,
-                counters_only: o.shape == Shape::Counters,
-            },
+            Shape::Mixed | Shape::Counters | Shape::Gauges | Shape::Histograms | Shape::Sets => {
+                LineSource::Short {
+                    contexts: o.contexts,
+                    hist_type: o.hist_type,
+                    only: match o.shape {
+                        Shape::Counters => Some(0),
+                        Shape::Gauges => Some(1),
+                        Shape::Histograms => Some(2),
+                        Shape::Sets => Some(3),
+                        _ => None,
+                    },
+                }
+            }
             Shape::Long => LineSource::Long {
                 contexts: long_contexts(o.contexts, o.max_datagram),
                 rng: Rng(0x1_0AD),
@@ -390,8 +411,8 @@ impl LineSource {
             LineSource::Short {
                 contexts,
                 hist_type,
-                counters_only,
-            } => write_line(out, j, *contexts, hist_type, *counters_only),
+                only,
+            } => write_line(out, j, *contexts, hist_type, *only),
             LineSource::Long { contexts, rng } => {
                 let c = &contexts[(rng.next_u64() % contexts.len() as u64) as usize];
                 let v = rng.next_u64();
@@ -412,14 +433,14 @@ impl LineSource {
 }
 
 /// Writes line `j` of the mixed load: context `j % contexts`, a metric type
-/// chosen by the context (counter, gauge, histogram, set in turn; counters
-/// only with `counters_only`), and three tags. About 45 bytes a line, so
-/// about 30 lines fit in 1432 bytes.
-fn write_line(out: &mut String, j: u64, contexts: u32, hist_type: &str, counters_only: bool) {
+/// chosen by the context (counter, gauge, histogram, set in turn; `only`
+/// 0 to 3 picks one of them for every context), and three tags. About 45
+/// bytes a line, so about 30 lines fit in 1432 bytes.
+fn write_line(out: &mut String, j: u64, contexts: u32, hist_type: &str, only: Option<u64>) {
     let k = j % u64::from(contexts);
     let round = j / u64::from(contexts);
     let shard = k % 16;
-    let kind = if counters_only { 0 } else { k % 4 };
+    let kind = only.unwrap_or(k % 4);
     // `write!` into a String cannot fail.
     let _ = match kind {
         0 => write!(out, "lg.cnt.m{k}:{}|c", 1 + round % 3),
