@@ -586,9 +586,10 @@ impl Bucket {
         let Interval {
             aliases,
             mut keys,
-            states,
+            mut states,
             events,
             service_checks,
+            log,
             ..
         } = self.interval;
         // The lookups are done with: only the keys by id are read from here.
@@ -597,6 +598,11 @@ impl Bucket {
         debug_assert_eq!(keys.len(), states.len());
         let total = states.len();
         let mut held = self.held;
+        // Each histogram's samples, from the log; the log's bytes are given
+        // back once it is freed.
+        let log_bytes = log.heap_bytes();
+        log.scatter(&mut states, |need| held.add(need));
+        held.keep(held.bytes.saturating_sub(log_bytes));
         let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
             zero_fill(
                 &self.zero_fill,

@@ -36,8 +36,12 @@ pub(super) struct Histogram {
     pub(super) unkept: f64,
     /// The budget left some sample out of `ones` and `weighted`.
     pub(super) partial: bool,
-    /// Unsampled values (weight 1), the common case, kept at 8 bytes each.
+    /// Unsampled values (weight 1), the common case, in arrival order. Empty
+    /// while the interval runs: they wait in the interval's [`SampleLog`],
+    /// which [`SampleLog::scatter`] moves here before the flush reads them.
     pub(super) ones: Vec<f64>,
+    /// Unsampled values of this histogram in the interval's [`SampleLog`].
+    pub(super) logged: u32,
     /// Sampled values with their weight `1/rate`.
     pub(super) weighted: Vec<(f64, f64)>,
 }
@@ -64,6 +68,7 @@ impl Histogram {
             unkept: 0.0,
             partial: false,
             ones: Vec::new(),
+            logged: 0,
             weighted: Vec::new(),
         }
     }
@@ -83,8 +88,18 @@ impl Histogram {
     /// and their magnitudes sum below 2^53, every partial sum in any order
     /// is an exact integer, so the Agent's compensated sum over the sorted
     /// values is exactly `plain` (times the shared weight).
+    ///
+    /// `id` is this histogram's context id, under which an unsampled value
+    /// waits in `log`.
     #[inline]
-    pub(super) fn add(&mut self, v: f64, weight: f64, bytes: &mut usize, meter: &Meter) -> bool {
+    pub(super) fn add(
+        &mut self,
+        v: f64,
+        weight: f64,
+        (id, log): (u32, &mut SampleLog),
+        bytes: &mut usize,
+        meter: &Meter,
+    ) -> bool {
         // Weights are at least 1, so the count is 0 only before the first.
         if self.count == 0.0 {
             self.shared = weight;
@@ -103,10 +118,9 @@ impl Histogram {
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         let kept = if weight == 1.0 {
-            let room = grow_for_one(&mut self.ones, bytes, meter);
-            if room {
-                self.ones.push(v);
-            }
+            // 2^32 - 1 samples (48 GiB of log) are past any budget anyway.
+            let room = self.logged < u32::MAX && log.push(id, v, bytes, meter);
+            self.logged += u32::from(room);
             room
         } else {
             let room = grow_for_one(&mut self.weighted, bytes, meter);
@@ -120,6 +134,126 @@ impl Histogram {
             self.partial = true;
         }
         kept
+    }
+}
+
+/// The unsampled histogram samples of one interval, each with its context
+/// id, in arrival order, appended to blocks that every histogram shares, so
+/// a sample is one store next to the last one. In a vector of its own per
+/// histogram, each sample was a store to that vector's tail, which the
+/// other contexts' lines had pushed out of cache by the next sample: 60 to
+/// 80 ns a sample with 1,000 histograms live (docs/PERFORMANCE.md). Each
+/// sample is charged 12 bytes (value and id) as its block is allocated;
+/// [`SampleLog::scatter`] gives every histogram its own values before the
+/// flush, freeing each block as it goes.
+#[derive(Debug, Default)]
+pub(super) struct SampleLog {
+    /// Full blocks, oldest first.
+    full: Vec<LogBlock>,
+    /// The block being filled.
+    open: LogBlock,
+}
+
+/// One block of the log: `ids[i]` is the context of `values[i]`.
+#[derive(Debug, Default)]
+struct LogBlock {
+    ids: Vec<u32>,
+    values: Vec<f64>,
+}
+
+impl LogBlock {
+    fn heap_bytes(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<f64>()
+            + self.ids.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// The first block's size, in samples; each next one doubles, up to
+/// [`LOG_BLOCK`].
+const FIRST_LOG: usize = 256;
+/// The largest block, in samples (768 KiB: freed back to the kernel at
+/// once, since it is above the mmap threshold).
+const LOG_BLOCK: usize = 64 * 1024;
+/// Bytes a logged sample takes: its value and its context id.
+const LOGGED_BYTES: usize = std::mem::size_of::<f64>() + std::mem::size_of::<u32>();
+
+impl SampleLog {
+    /// Appends `v` for context `id`, in a new block when the open one is
+    /// full and the budget has room for it; `false` when it has none.
+    #[inline]
+    pub(super) fn push(&mut self, id: u32, v: f64, bytes: &mut usize, meter: &Meter) -> bool {
+        let b = &mut self.open;
+        if (b.values.len() == b.values.capacity() || b.ids.len() == b.ids.capacity())
+            && !self.next_block(bytes, meter)
+        {
+            return false;
+        }
+        self.open.ids.push(id);
+        self.open.values.push(v);
+        true
+    }
+
+    /// Closes the open block and opens one twice its size (at most
+    /// [`LOG_BLOCK`]), or as large as the budget has room for.
+    #[cold]
+    #[inline(never)]
+    fn next_block(&mut self, bytes: &mut usize, meter: &Meter) -> bool {
+        let last = self.open.values.capacity();
+        let mut want = (last * 2).clamp(FIRST_LOG, LOG_BLOCK);
+        if !meter.fits(*bytes, want * LOGGED_BYTES) {
+            let left = meter
+                .limit
+                .saturating_sub(*bytes)
+                .saturating_sub(meter.flushing.load(Ordering::Relaxed));
+            want = left / LOGGED_BYTES;
+            if want == 0 {
+                return false;
+            }
+        }
+        let block = LogBlock {
+            ids: Vec::with_capacity(want),
+            values: Vec::with_capacity(want),
+        };
+        *bytes += block.heap_bytes();
+        let full = mem::replace(&mut self.open, block);
+        if !full.values.is_empty() {
+            self.full.push(full);
+        }
+        true
+    }
+
+    /// Heap bytes the log's blocks hold, as charged (the list of full
+    /// blocks, 48 bytes per 64 Ki samples, is not).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.full.iter().map(LogBlock::heap_bytes).sum::<usize>() + self.open.heap_bytes()
+    }
+
+    /// Moves every logged value into its histogram's `ones`, in arrival
+    /// order, freeing each block once read. `charge` is first given the
+    /// bytes the histograms are about to take.
+    pub(super) fn scatter(self, states: &mut [State], charge: impl FnOnce(usize)) {
+        if self.open.values.is_empty() && self.full.is_empty() {
+            return;
+        }
+        let mut need = 0usize;
+        for state in states.iter() {
+            if let State::Histogram(h) = state {
+                need += h.logged as usize * std::mem::size_of::<f64>();
+            }
+        }
+        charge(need);
+        for state in states.iter_mut() {
+            if let State::Histogram(h) = state {
+                h.ones.reserve_exact(h.logged as usize);
+            }
+        }
+        for block in self.full.into_iter().chain([self.open]) {
+            for (&id, &v) in block.ids.iter().zip(&block.values) {
+                if let Some(State::Histogram(h)) = states.get_mut(id as usize) {
+                    h.ones.push(v);
+                }
+            }
+        }
     }
 }
 
@@ -503,6 +637,9 @@ pub(super) struct Interval {
     pub(super) dropped: u64,
     /// Approximate heap bytes charged by this interval (see the module docs).
     pub(super) bytes: usize,
+    /// Unsampled histogram samples, until the flush gives them to their
+    /// histograms.
+    pub(super) log: SampleLog,
 }
 
 impl Interval {
@@ -582,7 +719,9 @@ impl Interval {
                 }
                 // The closure's histogram arm.
                 State::Histogram(h) => {
-                    if !h.add(v, inv, &mut self.bytes, meter) {
+                    #[allow(clippy::cast_possible_truncation)] // ids are u32
+                    let at = (id as u32, &mut self.log);
+                    if !h.add(v, inv, at, &mut self.bytes, meter) {
                         // Aggregated, but left out of the rank statistics.
                         self.dropped += 1;
                     }
@@ -595,6 +734,7 @@ impl Interval {
         let (mut accepted, mut dropped) = (false, false);
         let bytes = &mut self.bytes;
         let lost = &mut self.dropped;
+        let log = &mut self.log;
         let mut add = |v: f64| -> Option<InsertOutcome> {
             if !v.is_finite() {
                 // NaN and Inf parse but produce no point, as in the Agent.
@@ -607,7 +747,8 @@ impl Interval {
                 }
                 State::Gauge(last) => *last = v,
                 State::Histogram(h) => {
-                    if !h.add(v, inv, bytes, meter) {
+                    #[allow(clippy::cast_possible_truncation)] // ids are u32
+                    if !h.add(v, inv, (id as u32, log), bytes, meter) {
                         // Aggregated, but left out of the rank statistics.
                         *lost += 1;
                     }

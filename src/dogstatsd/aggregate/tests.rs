@@ -165,6 +165,111 @@ fn histogram_anchor_example() {
 }
 
 #[test]
+fn interleaved_histograms_each_flush_as_if_alone() {
+    // Samples of several histograms wait in one log in arrival order; each
+    // must flush exactly what it gives when it is the only one.
+    let values = |k: usize| -> Vec<String> {
+        (0..300)
+            .map(|i| {
+                format!(
+                    "{}",
+                    ((i * (k + 3) * 37) % 211) as f64 * 0.25 - 7.0 + 1e3 * k as f64
+                )
+            })
+            .collect()
+    };
+    let hists = ["h.a", "h.b", "t.c", "h.d"];
+    let kind = |k: usize| {
+        if k == 2 {
+            MetricType::Timer
+        } else {
+            MetricType::Histogram
+        }
+    };
+    let alone: Vec<Flush> = (0..hists.len())
+        .map(|k| {
+            let mut agg = Aggregator::new(opts());
+            for v in values(k) {
+                agg.insert(&metric(hists[k], &v, kind(k), "env:x"), NOW);
+            }
+            flush(&mut agg)
+        })
+        .collect();
+    let mut agg = Aggregator::new(opts());
+    let all: Vec<Vec<String>> = (0..hists.len()).map(values).collect();
+    #[allow(clippy::needless_range_loop)] // i picks the round, k the histogram
+    for i in 0..300 {
+        for k in (0..hists.len()).rev() {
+            // h.d only every third round: a histogram with fewer samples.
+            if k == 3 && i % 3 != 0 {
+                continue;
+            }
+            let v = &all[k][i];
+            agg.insert(&metric(hists[k], v, kind(k), "env:x"), NOW);
+            // A sampled value, kept apart from the log, now and then.
+            if k == 1 && i % 50 == 0 {
+                agg.insert(&rated("h.e", v, MetricType::Histogram, 0.5), NOW);
+            }
+        }
+    }
+    let together = flush(&mut agg);
+    // max, median, avg, count, 95percentile for each of the five.
+    assert_eq!(together.series.len(), 25, "{:?}", names(&together));
+    for (k, f) in alone.iter().enumerate() {
+        assert_eq!(f.series.len(), 5, "{}", hists[k]);
+        if k == 3 {
+            continue;
+        }
+        for s in &f.series {
+            assert_eq!(
+                find(&together, &s.metric).points,
+                s.points,
+                "{} interleaved",
+                s.metric
+            );
+        }
+    }
+    let every_third: Vec<f64> = all[3]
+        .iter()
+        .step_by(3)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let mut sorted = every_third.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(value(&together, "h.d.max"), *sorted.last().unwrap());
+    assert!(close(
+        value(&together, "h.d.count"),
+        sorted.len() as f64 / 10.0
+    ));
+    assert!(close(value(&together, "h.e.count"), 12.0 / 10.0));
+}
+
+#[test]
+fn a_bucket_of_histograms_gives_every_byte_back() {
+    let mut agg = budget(1 << 30);
+    for i in 0..20_000 {
+        let name = format!("h.{}", i % 40);
+        let v = format!("{}", i % 97);
+        agg.insert(&metric(&name, &v, MetricType::Histogram, ""), NOW);
+    }
+    let live = agg.memory_bytes();
+    // 20,000 samples at 12 bytes each, with the log's growth slack.
+    assert!(live >= 20_000 * 12, "{live}");
+    let mut chunks = agg.take().into_chunks(TS, 1, 10);
+    let first = chunks.next().expect("a chunk");
+    assert_eq!(
+        first
+            .series
+            .iter()
+            .filter(|s| s.metric.ends_with(".count"))
+            .count(),
+        10
+    );
+    for _ in chunks.by_ref() {}
+    assert_eq!(agg.memory_bytes(), 0);
+}
+
+#[test]
 fn multi_value_line_is_several_samples() {
     let mut agg = Aggregator::new(opts());
     agg.insert(
