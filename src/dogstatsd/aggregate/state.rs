@@ -171,8 +171,7 @@ impl LogBlock {
 /// The first block's size, in samples; each next one doubles, up to
 /// [`LOG_BLOCK`].
 const FIRST_LOG: usize = 256;
-/// The largest block, in samples (768 KiB: freed back to the kernel at
-/// once, since it is above the mmap threshold).
+/// The largest block, in samples (512 KiB of values and 256 KiB of ids).
 const LOG_BLOCK: usize = 64 * 1024;
 /// Bytes a logged sample takes: its value and its context id.
 const LOGGED_BYTES: usize = std::mem::size_of::<f64>() + std::mem::size_of::<u32>();
