@@ -692,11 +692,14 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     let built = Cell::new(started.elapsed());
     // series, distributions, events, service checks
     let counts = Cell::new([0usize; 4]);
+    // The histograms' samples are handed out here, before the first chunk.
+    let t = Instant::now();
     let mut chunks = bucket.into_chunks(
         bucket_start,
         interval,
         crate::dogstatsd::aggregate::CHUNK_CONTEXTS,
     );
+    built.set(built.get() + t.elapsed());
     Stats::add(&stats.zero_fill_dropped, chunks.zero_fill_untracked());
     let bucket_chunks = std::iter::from_fn(|| {
         let t = Instant::now();

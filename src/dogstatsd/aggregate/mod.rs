@@ -598,10 +598,10 @@ impl Bucket {
         debug_assert_eq!(keys.len(), states.len());
         let total = states.len();
         let mut held = self.held;
-        // Each histogram's samples, from the log; the log's bytes are given
-        // back once it is freed.
+        // Each histogram's samples, from the log. Both were charged as the
+        // log grew; the log's share is given back once it is freed.
         let log_bytes = log.heap_bytes();
-        log.scatter(&mut states, |need| held.add(need));
+        log.scatter(&mut states);
         held.keep(held.bytes.saturating_sub(log_bytes));
         let (idle, untracked) = if self.prepared.counter_expiry_secs > 0 {
             zero_fill(

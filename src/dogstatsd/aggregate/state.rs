@@ -143,9 +143,11 @@ impl Histogram {
 /// histogram, each sample was a store to that vector's tail, which the
 /// other contexts' lines had pushed out of cache by the next sample: 60 to
 /// 80 ns a sample with 1,000 histograms live (docs/PERFORMANCE.md). Each
-/// sample is charged 12 bytes (value and id) as its block is allocated;
+/// sample is charged [`CHARGED_BYTES`] as its block is allocated: its 12
+/// bytes here (value and id) and the 8 its histogram will take when
 /// [`SampleLog::scatter`] gives every histogram its own values before the
-/// flush, freeing each block as it goes.
+/// flush, so the hand-out, with the log and the histograms' values both
+/// alive, stays within what was charged.
 #[derive(Debug, Default)]
 pub(super) struct SampleLog {
     /// Full blocks, oldest first.
@@ -175,6 +177,9 @@ const FIRST_LOG: usize = 256;
 const LOG_BLOCK: usize = 64 * 1024;
 /// Bytes a logged sample takes: its value and its context id.
 const LOGGED_BYTES: usize = std::mem::size_of::<f64>() + std::mem::size_of::<u32>();
+/// Bytes a logged sample is charged: its place in the log, and its value
+/// in its histogram after [`SampleLog::scatter`].
+pub(super) const CHARGED_BYTES: usize = LOGGED_BYTES + std::mem::size_of::<f64>();
 
 impl SampleLog {
     /// Appends `v` for context `id`, in a new block when the open one is
@@ -199,12 +204,14 @@ impl SampleLog {
     fn next_block(&mut self, bytes: &mut usize, meter: &Meter) -> bool {
         let last = self.open.values.capacity();
         let mut want = (last * 2).clamp(FIRST_LOG, LOG_BLOCK);
-        if !meter.fits(*bytes, want * LOGGED_BYTES) {
+        if !meter.fits(*bytes, want * CHARGED_BYTES) {
+            // The flush thread may have given bytes back since `fits`:
+            // never more than the block's usual size.
             let left = meter
                 .limit
                 .saturating_sub(*bytes)
                 .saturating_sub(meter.flushing.load(Ordering::Relaxed));
-            want = left / LOGGED_BYTES;
+            want = want.min(left / CHARGED_BYTES);
             if want == 0 {
                 return false;
             }
@@ -213,7 +220,8 @@ impl SampleLog {
             ids: Vec::with_capacity(want),
             values: Vec::with_capacity(want),
         };
-        *bytes += block.heap_bytes();
+        // `with_capacity` gives exactly `want` for both element types.
+        *bytes += want * CHARGED_BYTES;
         let full = mem::replace(&mut self.open, block);
         if !full.values.is_empty() {
             self.full.push(full);
@@ -221,26 +229,21 @@ impl SampleLog {
         true
     }
 
-    /// Heap bytes the log's blocks hold, as charged (the list of full
-    /// blocks, 48 bytes per 64 Ki samples, is not).
+    /// Heap bytes the log's blocks hold: [`LOGGED_BYTES`] of each sample's
+    /// [`CHARGED_BYTES`]. The list of full blocks (48 bytes a block, a
+    /// block being up to [`LOG_BLOCK`] samples) is not counted.
     pub(super) fn heap_bytes(&self) -> usize {
         self.full.iter().map(LogBlock::heap_bytes).sum::<usize>() + self.open.heap_bytes()
     }
 
     /// Moves every logged value into its histogram's `ones`, in arrival
-    /// order, freeing each block once read. `charge` is first given the
-    /// bytes the histograms are about to take.
-    pub(super) fn scatter(self, states: &mut [State], charge: impl FnOnce(usize)) {
+    /// order, freeing each block once read. The histograms' bytes were
+    /// charged with the log's ([`CHARGED_BYTES`]); the caller gives back
+    /// the log's [`SampleLog::heap_bytes`] once this returns.
+    pub(super) fn scatter(self, states: &mut [State]) {
         if self.open.values.is_empty() && self.full.is_empty() {
             return;
         }
-        let mut need = 0usize;
-        for state in states.iter() {
-            if let State::Histogram(h) = state {
-                need += h.logged as usize * std::mem::size_of::<f64>();
-            }
-        }
-        charge(need);
         for state in states.iter_mut() {
             if let State::Histogram(h) = state {
                 h.ones.reserve_exact(h.logged as usize);

@@ -252,12 +252,15 @@ fn a_bucket_of_histograms_gives_every_byte_back() {
         agg.insert(&metric(&name, &v, MetricType::Histogram, ""), NOW);
     }
     let live = agg.memory_bytes();
-    // 20,000 samples at 12 bytes each, with the log's growth slack.
-    assert!(live >= 20_000 * 12, "{live}");
+    // 20,000 samples at 20 bytes each (12 in the log, 8 in their
+    // histogram after the hand-out), with the log's growth slack.
+    assert!(live >= 20_000 * 20, "{live}");
     let log_bytes = agg.cur.log.heap_bytes();
+    assert!(log_bytes >= 20_000 * 12, "{log_bytes}");
     let mut chunks = agg.take().into_chunks(TS, 1, 10);
-    // The histograms' own 8 bytes a sample are charged, the log given back.
-    assert_eq!(agg.memory_bytes(), live - log_bytes + 20_000 * 8);
+    // The histograms' 8 bytes a sample were charged with the log, whose
+    // own bytes are given back: nothing is added at the hand-out.
+    assert_eq!(agg.memory_bytes(), live - log_bytes);
     let first = chunks.next().expect("a chunk");
     assert_eq!(
         first
@@ -269,6 +272,74 @@ fn a_bucket_of_histograms_gives_every_byte_back() {
     );
     for _ in chunks.by_ref() {}
     assert_eq!(agg.memory_bytes(), 0);
+}
+
+/// Past the budget the log keeps its first samples, in arrival order, for
+/// the median and percentiles; everything still counts in `.count .sum
+/// .avg .min .max`, and the hand-out at the flush stays within the limit.
+#[test]
+fn histogram_samples_at_the_budget_edge_keep_the_first_ones() {
+    const LIMIT: usize = 64 * 1024;
+    const SAMPLES: u32 = 20_000;
+    let mut agg = budget(LIMIT);
+    for i in 0..SAMPLES {
+        let name = format!("h.{}", i % 4);
+        let v = format!("{i}");
+        assert_eq!(
+            agg.insert(&metric(&name, &v, MetricType::Histogram, ""), NOW),
+            InsertOutcome::Accepted
+        );
+        assert!(agg.memory_bytes() <= LIMIT, "sample {i}");
+    }
+    let live = agg.memory_bytes();
+    let log_bytes = agg.cur.log.heap_bytes();
+    let bucket = agg.take();
+    let dropped = u32::try_from(bucket.dropped()).unwrap();
+    // 20 B a sample: a 64 KiB budget keeps a few thousand.
+    assert!((1_000..SAMPLES).contains(&(SAMPLES - dropped)), "{dropped}");
+    let kept = SAMPLES - dropped;
+    // The hand-out holds the log and the histograms' values at once: both
+    // were charged, within the limit, before it starts.
+    assert!(
+        log_bytes + kept as usize * 8 <= live,
+        "{log_bytes} {kept} {live}"
+    );
+    let mut chunks = bucket.into_chunks(TS, 10, 1);
+    assert_eq!(agg.memory_bytes(), live - log_bytes);
+    let mut together = Flush::default();
+    for chunk in chunks.by_ref() {
+        assert!(agg.memory_bytes() <= LIMIT);
+        together.append(chunk);
+    }
+    assert_eq!(agg.memory_bytes(), 0);
+    for j in 0..4 {
+        // The same histogram alone: every value, and only the kept ones.
+        let mut all = budget(usize::MAX);
+        let mut first = budget(usize::MAX);
+        for i in (j..SAMPLES).step_by(4) {
+            let v = format!("{i}");
+            all.insert(&metric("h", &v, MetricType::Histogram, ""), NOW);
+            if i < kept {
+                first.insert(&metric("h", &v, MetricType::Histogram, ""), NOW);
+            }
+        }
+        let (all, first) = (flush(&mut all), flush(&mut first));
+        let prefix = format!("h.{j}.");
+        let mut seen = 0;
+        for s in together
+            .series
+            .iter()
+            .filter(|s| s.metric.starts_with(&prefix))
+        {
+            let stat = &s.metric[prefix.len()..];
+            let rank = stat == "median" || stat.ends_with("percentile");
+            let want = value(if rank { &first } else { &all }, &format!("h.{stat}"));
+            assert_eq!(s.points[0].1, want, "{}", s.metric);
+            seen += 1;
+        }
+        // max, median, avg, count and 95percentile, by default.
+        assert_eq!(seen, 5, "series of h.{j}");
+    }
 }
 
 #[test]
