@@ -220,8 +220,9 @@ impl SampleLog {
             ids: Vec::with_capacity(want),
             values: Vec::with_capacity(want),
         };
-        // `with_capacity` gives exactly `want` for both element types.
-        *bytes += want * CHARGED_BYTES;
+        // As allocated (`want * CHARGED_BYTES` in practice): the block's
+        // bytes, and the 8 each of its samples takes in its histogram.
+        *bytes += block.heap_bytes() + block.values.capacity() * std::mem::size_of::<f64>();
         let full = mem::replace(&mut self.open, block);
         if !full.values.is_empty() {
             self.full.push(full);
