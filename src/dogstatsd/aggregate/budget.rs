@@ -24,6 +24,14 @@ impl Meter {
             .saturating_add(self.flushing.load(Ordering::Relaxed))
             <= self.limit
     }
+
+    /// Bytes that still fit beside `live` and what is being flushed.
+    #[inline]
+    pub(super) fn left(&self, live: usize) -> usize {
+        self.limit
+            .saturating_sub(live)
+            .saturating_sub(self.flushing.load(Ordering::Relaxed))
+    }
 }
 
 /// Bytes a taken bucket still holds against the budget; given back as the
@@ -78,11 +86,7 @@ pub(super) fn grow_for_one<T>(v: &mut Vec<T>, bytes: &mut usize, meter: &Meter) 
     let mut want = (cap * 2).max(4);
     if !meter.fits(*bytes, (want - cap) * size) {
         // Not room to double: take what is left, if anything.
-        let left = meter
-            .limit
-            .saturating_sub(*bytes)
-            .saturating_sub(meter.flushing.load(Ordering::Relaxed));
-        want = cap + left / size;
+        want = cap + meter.left(*bytes) / size;
         if want == cap {
             return false;
         }

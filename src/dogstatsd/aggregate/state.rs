@@ -207,11 +207,7 @@ impl SampleLog {
         if !meter.fits(*bytes, want * CHARGED_BYTES) {
             // The flush thread may have given bytes back since `fits`:
             // never more than the block's usual size.
-            let left = meter
-                .limit
-                .saturating_sub(*bytes)
-                .saturating_sub(meter.flushing.load(Ordering::Relaxed));
-            want = want.min(left / CHARGED_BYTES);
+            want = want.min(meter.left(*bytes) / CHARGED_BYTES);
             if want == 0 {
                 return false;
             }
