@@ -243,9 +243,10 @@ impl SendOpts {
                         Some("long") => Shape::Long,
                         other => {
                             return Err(Fail::Usage(format!(
-                        "--shape {}: expected mixed, counters, gauges, histograms, sets or long",
-                        other.unwrap_or("(missing)")
-                    )))
+                                "--shape {}: expected mixed, counters, gauges, histograms, sets \
+                                 or long",
+                                other.unwrap_or("(missing)")
+                            )))
                         }
                     }
                 }
