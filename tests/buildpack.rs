@@ -1305,7 +1305,14 @@ fn dyno_metrics_false_sends_none() {
     let app = debug_slug();
     let intake = Intake::start();
     let base = dyno_env(&intake, free_udp_port());
-    let env = with(&base, &[("DYNOSTAT_DYNO_METRICS", Some("false"))]);
+    // The flushes are counted by dynostat's own telemetry, sent on request.
+    let env = with(
+        &base,
+        &[
+            ("DYNOSTAT_DYNO_METRICS", Some("false")),
+            ("DD_DOGSTATSD_STATS_ENABLE", Some("true")),
+        ],
+    );
     let mut dyno = Dyno::boot(&app.build(), "exec sleep 120", &env);
     // Three flushes: the collector's first sample is taken at start, so it
     // would be in the first.

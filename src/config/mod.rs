@@ -207,6 +207,9 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_SECS: f64 = 5.0;
     /// `DD_DOGSTATSD_EXPIRY_SECONDS`: idle counters are sent as 0 this long, as in the Agent.
     pub const EXPIRY_SECONDS: u64 = 300;
+    /// `DYNOSTAT_CARDINALITY_WARN`: contexts of one name in one interval
+    /// past which the cardinality guard logs the name.
+    pub const CARDINALITY_WARN: usize = 1000;
     /// `DD_DOGSTATSD_MAPPER_CACHE_SIZE`, as in the Agent.
     pub const MAPPER_CACHE_SIZE: usize = 1000;
     /// `DD_HISTOGRAM_PERCENTILES`.

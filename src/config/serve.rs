@@ -96,8 +96,7 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("DD_DOGSTATSD_PIPELINE_AUTOADJUST", "one receive thread per socket, no pipelines to tune"),
     ("DD_DOGSTATSD_PIPELINE_COUNT", "one receive thread per socket, no pipelines to tune"),
     ("DD_DOGSTATSD_WORKERS_COUNT", "one receive thread per socket, no workers to tune"),
-    ("DD_DOGSTATSD_STATS_ENABLE", "no debug endpoint; the dynostat.* self-telemetry is always sent"),
-    ("DD_DOGSTATSD_STATS_PORT", "no debug endpoint; the dynostat.* self-telemetry is always sent"),
+    ("DD_DOGSTATSD_STATS_PORT", "no debug endpoint; DD_DOGSTATSD_STATS_ENABLE=true sends the dynostat.* self-telemetry instead"),
     ("DD_DOGSTATSD_STATS_BUFFER", "no debug endpoint"),
     ("DD_DOGSTATSD_METRICS_STATS_ENABLE", "no per-metric debug statistics"),
     ("DD_DOGSTATSD_LOG_FILE", "dynostat writes no files; logs go to stderr, Heroku's log stream"),
@@ -124,6 +123,22 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("DD_HISTOGRAM_COPY_TO_DISTRIBUTION", "not implemented"),
     ("DD_HISTOGRAM_COPY_TO_DISTRIBUTION_PREFIX", "not implemented"),
 ];
+
+/// The official Datadog buildpack's variables that dynostat does not read,
+/// and what it does instead. When one is set, `serve` says so once at start,
+/// so a migrated app learns what changed instead of losing it silently.
+pub const MIGRATION: &[(&str, &str)] = &[
+    ("DD_ENABLE_DBM", "dynostat has no Database Monitoring (query samples and explain plans need the full Agent); ignored"),
+    ("DD_PROCESS_AGENT", "dynostat runs no process agent; the dyno's own memory, load and CPU are sent as heroku.dyno.* (DYNOSTAT_DYNO_METRICS)"),
+    ("DD_LOGS_ENABLED", "dynostat collects no logs; send them to Datadog with a Heroku log drain to Datadog's HTTP log intake"),
+    ("DD_AGENT_MAJOR_VERSION", "there is no Agent to choose: dynostat is one binary, versioned by its buildpack"),
+    ("DD_PYTHON_VERSION", "dynostat runs no Python checks; ignored"),
+    ("DD_HEROKU_CONF_FOLDER", "dynostat reads no Agent configuration files (datadog.yaml, conf.d, prerun.sh); set DD_* config vars instead"),
+];
+
+/// The official buildpack's `prerun.sh`, relative to the app's directory
+/// when `DD_HEROKU_CONF_FOLDER` does not say otherwise.
+pub const PRERUN_SCRIPT: &str = "datadog/prerun.sh";
 
 /// Everything `dynostat serve` needs.
 #[derive(Debug, Clone)]
@@ -181,6 +196,22 @@ pub struct Config {
     pub notes: Vec<ConfigError>,
     /// [`UNSUPPORTED`] variables that are set, with why they do nothing.
     pub ignored: Vec<ConfigError>,
+    /// [`MIGRATION`] variables that are set, with what dynostat does instead.
+    pub migration: Vec<ConfigError>,
+    /// Where the official buildpack would look for `prerun.sh`:
+    /// `$DD_HEROKU_CONF_FOLDER/prerun.sh` (relative to the app's directory),
+    /// else [`PRERUN_SCRIPT`]. `serve` warns when the file exists.
+    pub prerun_script: PathBuf,
+    /// `DD_DOGSTATSD_STATS_ENABLE` (the Agent's name): send every `dynostat.*`
+    /// counter to Datadog, each a custom metric on the user's bill. Without
+    /// it only `dynostat.dropped` is sent, and only when data was lost; the
+    /// console shows everything either way. Defaults to false.
+    pub stats_enabled: bool,
+    /// `DYNOSTAT_CARDINALITY_WARN`: contexts of one metric name in one
+    /// interval past which one line (per name, per hour) names the metric,
+    /// its contexts and its tag key with the most values; 0 turns it off.
+    /// Defaults to 1000.
+    pub cardinality_warn: usize,
     /// `DD_LOG_LEVEL`. Defaults to `info`.
     pub log_level: LogLevel,
     /// `DYNOSTAT_FLUSH_INTERVAL`: seconds per bucket. Defaults to 10.
@@ -549,6 +580,24 @@ impl Config {
             )?
             .unwrap_or(dyno.is_some());
         let proxy = n.or(Proxy::from_reader(&r), Proxy::default(), "no proxy")?;
+        let stats_enabled = n
+            .or(r.bool("DD_DOGSTATSD_STATS_ENABLE"), None, "false")?
+            .unwrap_or(false);
+        let cardinality_warn = n
+            .or(
+                r.uint("DYNOSTAT_CARDINALITY_WARN", 0, usize::MAX),
+                None,
+                "1000",
+            )?
+            .unwrap_or(defaults::CARDINALITY_WARN);
+        let prerun_script = match n
+            .or(r.string("DD_HEROKU_CONF_FOLDER"), None, "datadog")?
+            .map(|f| f.trim().trim_matches('/').to_owned())
+            .filter(|f| !f.is_empty())
+        {
+            Some(folder) => PathBuf::from(folder).join("prerun.sh"),
+            None => PathBuf::from(PRERUN_SCRIPT),
+        };
 
         Ok(Self {
             api_key,
@@ -584,6 +633,20 @@ impl Config {
             dyno,
             dyno_metrics,
             proxy,
+            stats_enabled,
+            cardinality_warn,
+            prerun_script,
+            migration: MIGRATION
+                .iter()
+                .filter_map(|&(var, instead)| {
+                    let value = env.get(var)?;
+                    Some(ConfigError::new(
+                        var,
+                        &value.to_string_lossy(),
+                        format!("an official Datadog buildpack setting: {instead}"),
+                    ))
+                })
+                .collect(),
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()

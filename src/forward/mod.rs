@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::config::{escape_truncate, Config};
 use crate::dogstatsd::aggregate::Flush;
-use crate::dogstatsd::stats::Stats;
+use crate::dogstatsd::stats::{self, Stats};
 use console::Console;
 use payload::{encode_flush, Decoration, Encoded, FlushEncoder, Limits, Payload};
 pub use sender::IdleHook;
@@ -74,6 +74,9 @@ pub struct Forwarder {
     console: Option<Console>,
     sender: Option<SenderHandle>,
     logs: EncodeLogs,
+    /// `DD_DOGSTATSD_STATS_ENABLE`: every `dynostat.*` counter goes to the
+    /// intake, not only `dynostat.dropped`.
+    stats_enabled: bool,
 }
 
 /// The clock's end of the channel to the sender thread.
@@ -202,6 +205,7 @@ impl Forwarder {
                 oversize: Throttle::new(),
                 truncated: Throttle::new(),
             },
+            stats_enabled: config.stats_enabled,
         })
     }
 
@@ -259,42 +263,69 @@ impl Forwarder {
     }
 
     /// As [`Forwarder::submit_chunks`], then the flush's self-telemetry,
-    /// built by `telemetry` once every chunk is taken. The telemetry goes in
-    /// a payload of its own that carries its drop counts (see
-    /// [`payload::Carry`]): if it is dropped, the counts are given back and a
-    /// later flush reports them, so what was lost is always counted.
+    /// built by `telemetry` once every chunk is taken: every `dynostat.*`
+    /// counter and the dyno's series, with the counts they report.
+    ///
+    /// The console shows all of it. The intake gets the `dynostat.*` counters
+    /// only with `DD_DOGSTATSD_STATS_ENABLE=true`; otherwise only
+    /// [`stats::DROPPED`] (present only when something was lost) and the
+    /// other series (the dyno's). The telemetry goes in a payload of its own
+    /// that carries its counts (see [`payload::Carry`]): if it is dropped,
+    /// the counts are given back and a later flush reports them, so what was
+    /// lost is always counted.
     pub async fn submit_flush<I, T>(&mut self, chunks: I, telemetry: T)
     where
         I: IntoIterator<Item = Flush>,
-        T: FnOnce() -> Flush,
+        T: FnOnce() -> (Flush, payload::Carry),
     {
         if self.console.is_some() || self.sender.is_none() {
-            return self
-                .submit_chunks(chunks.into_iter().chain(std::iter::once_with(telemetry)))
-                .await;
+            let mut all = Flush::default();
+            let mut forward = self.sender.is_some();
+            if self.console.is_some() {
+                for chunk in chunks {
+                    all.append(chunk);
+                }
+            } else {
+                chunks.into_iter().for_each(drop);
+                forward = false;
+            }
+            let (mut own, _) = telemetry();
+            if let Some(console) = &mut self.console {
+                // The console shows every counter.
+                let app = all.series.len();
+                all.series.extend(own.series.iter().cloned());
+                if let Some(text) = console.render(&all, &self.deco) {
+                    console::print(&text);
+                }
+                all.series.truncate(app);
+            }
+            if forward {
+                self.keep_billed(&mut own);
+                all.append(own);
+                let encoded = encode_flush(&all, &self.deco, self.limits);
+                drop(all);
+                self.hand_over(encoded).await;
+            }
+            return;
         }
         self.submit_chunks(chunks).await;
-        let telemetry = telemetry();
-        let count = |name: &str| -> u64 {
-            telemetry
-                .series
-                .iter()
-                .find(|s| s.metric == name)
-                .map_or(0, |s| {
-                    let scale = s.interval.unwrap_or(1).max(1) as f64;
-                    s.points.iter().map(|p| (p.1 * scale).round() as u64).sum()
-                })
-        };
-        let carry = payload::Carry {
-            failures: count("dynostat.forwarder.failures"),
-            points_dropped: count("dynostat.forwarder.points_dropped"),
-            queue_dropped: count("dynostat.forwarder.queue_dropped"),
-        };
+        let (mut telemetry, carry) = telemetry();
+        self.keep_billed(&mut telemetry);
         let mut encoded = encode_flush(&telemetry, &self.deco, self.limits);
         if let Some(p) = encoded.payloads.first_mut() {
             p.carry = carry;
         }
         self.hand_over(encoded).await;
+    }
+
+    /// Leaves out the `dynostat.*` counters the user did not ask to pay for
+    /// (`DD_DOGSTATSD_STATS_ENABLE`); [`stats::DROPPED`] always stays.
+    fn keep_billed(&self, telemetry: &mut Flush) {
+        if !self.stats_enabled {
+            telemetry
+                .series
+                .retain(|s| s.metric == stats::DROPPED || !s.metric.starts_with("dynostat."));
+        }
     }
 
     /// Counts and logs what could not be encoded whole, then gives the

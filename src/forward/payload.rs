@@ -183,16 +183,8 @@ pub struct Payload {
     pub carry: Carry,
 }
 
-/// Drop counts carried by a self-telemetry payload.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Carry {
-    /// `dynostat.forwarder.failures`
-    pub failures: u64,
-    /// `dynostat.forwarder.points_dropped`
-    pub points_dropped: u64,
-    /// `dynostat.forwarder.queue_dropped`
-    pub queue_dropped: u64,
-}
+/// Drop counts carried by a self-telemetry payload (see [`Payload::carry`]).
+pub use crate::dogstatsd::stats::Carry;
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

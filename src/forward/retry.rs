@@ -61,9 +61,7 @@ impl Evicted {
         self.payloads += 1;
         self.points += q.payload.points as u64;
         self.bytes += q.payload.body.len() as u64;
-        self.carry.failures += q.payload.carry.failures;
-        self.carry.points_dropped += q.payload.carry.points_dropped;
-        self.carry.queue_dropped += q.payload.carry.queue_dropped;
+        self.carry.add(&q.payload.carry);
     }
 }
 

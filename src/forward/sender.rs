@@ -406,9 +406,7 @@ impl Sender {
     /// A dropped self-telemetry payload's drop counts go back to the
     /// counters, for the next flush to report.
     fn give_back(&self, c: Carry) {
-        Stats::add(&self.stats.failures, c.failures);
-        Stats::add(&self.stats.points_dropped, c.points_dropped);
-        Stats::add(&self.stats.queue_dropped, c.queue_dropped);
+        self.stats.give_back(&c);
     }
 
     fn count_evicted(&mut self, e: Evicted) {

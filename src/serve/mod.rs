@@ -40,6 +40,7 @@ use crate::dogstatsd::stats::Stats;
 use crate::dynometrics::DynoMetrics;
 use crate::forward::Forwarder;
 
+mod cardinality;
 mod memory;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
@@ -77,6 +78,8 @@ struct Shared {
     /// The dyno collector, when `DYNOSTAT_DYNO_METRICS` is on: its series
     /// join each flush's self-telemetry.
     dyno: Option<DynoMetrics>,
+    /// The cardinality guard's log (read at each flush).
+    cardinality: Mutex<cardinality::CardinalityLog>,
 }
 
 impl Shared {
@@ -119,10 +122,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 blocklist: config.metric_blocklist.clone(),
                 blocklist_match_prefix: config.blocklist_match_prefix,
             },
+            cardinality_warn: config.cardinality_warn,
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
         dyno: start_dyno_metrics(&config),
+        cardinality: Mutex::new(cardinality::CardinalityLog::new(
+            config.cardinality_warn,
+            config.console,
+        )),
     });
 
     let mut receivers: Vec<JoinHandle<()>> = Vec::new();
@@ -682,6 +690,11 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         (agg.take(), memory)
     };
     let contexts = bucket.contexts();
+    shared
+        .cardinality
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .report(bucket.wide_names(), started);
     let stats = &shared.stats;
     stats.memory_bytes.store(memory as u64, Ordering::Relaxed);
     // Values, members, points and bins refused at the memory budget.
@@ -738,7 +751,11 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
                  new set members, |T points, new distribution bins); raise DYNOSTAT_MEMORY_LIMIT"
             );
         }
-        let mut series = stats.drain_series(bucket_start, interval);
+        // Every counter, and `dynostat.dropped` when something was lost;
+        // the forwarder leaves out what the user did not ask to pay for.
+        let snapshot = stats.drain();
+        let mut series = snapshot.series(bucket_start, interval);
+        series.extend(snapshot.dropped_series(bucket_start, interval));
         if let Some(dyno) = &shared.dyno {
             series.extend(dyno.series(bucket_start, interval));
         }
@@ -750,10 +767,13 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
             service_checks = k,
             "flush"
         );
-        crate::dogstatsd::aggregate::Flush {
-            series,
-            ..Default::default()
-        }
+        (
+            crate::dogstatsd::aggregate::Flush {
+                series,
+                ..Default::default()
+            },
+            snapshot.carry(),
+        )
     };
     forwarder.submit_flush(bucket_chunks, telemetry).await;
 }

@@ -867,12 +867,19 @@ pub fn bin() -> &'static str {
 pub struct ServeBuilder {
     envs: Vec<(String, String)>,
     port: u16,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl ServeBuilder {
     /// Sets a variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.envs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Runs it in `dir` (the app's directory on a dyno).
+    pub fn current_dir(mut self, dir: &std::path::Path) -> Self {
+        self.dir = Some(dir.to_owned());
         self
     }
 
@@ -899,11 +906,17 @@ impl ServeBuilder {
                 cmd.env_remove(k);
             }
         }
+        // Most tests read dynostat's own counters at the intake; a test of
+        // the default (nothing but `dynostat.dropped`) sets it to false.
         cmd.env("DD_DOGSTATSD_PORT", self.port.to_string())
+            .env("DD_DOGSTATSD_STATS_ENABLE", "true")
             .env("DYNOSTAT_FLUSH_INTERVAL", "1")
             .env("DYNOSTAT_SHUTDOWN_GRACE", "0.3");
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
         }
         let child = cmd.spawn().expect("spawn dynostat serve");
         Serve::attach(child, self.port)
@@ -927,6 +940,7 @@ impl Serve {
         ServeBuilder {
             envs: Vec::new(),
             port: free_udp_port(),
+            dir: None,
         }
     }
 

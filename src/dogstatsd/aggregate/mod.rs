@@ -83,6 +83,7 @@ use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
 use crate::dogstatsd::sketch::Sketch;
 
 mod budget;
+mod cardinality;
 mod context;
 mod flush;
 mod state;
@@ -90,6 +91,7 @@ mod state;
 mod tests;
 
 use budget::*;
+pub use cardinality::WideName;
 use context::*;
 use flush::*;
 pub use flush::{Chunks, CHUNK_CONTEXTS};
@@ -144,6 +146,9 @@ pub struct AggregatorOptions {
     pub dogstatsd_tags: Vec<String>,
     /// Mapper, namespace and blocklist.
     pub names: NameRules,
+    /// `DYNOSTAT_CARDINALITY_WARN`: contexts of one name in one interval
+    /// past which [`Bucket::wide_names`] reports it; 0 turns it off.
+    pub cardinality_warn: usize,
 }
 
 impl Default for AggregatorOptions {
@@ -161,6 +166,7 @@ impl Default for AggregatorOptions {
                 mapper_cache_size: defaults::MAPPER_CACHE_SIZE,
                 ..NameRules::default()
             },
+            cardinality_warn: defaults::CARDINALITY_WARN,
         }
     }
 }
@@ -246,6 +252,8 @@ pub enum InsertOutcome {
 #[derive(Debug)]
 struct Prepared {
     context_limit: usize,
+    /// See [`AggregatorOptions::cardinality_warn`].
+    cardinality_warn: usize,
     meter: Meter,
     /// Raw-alias cache entries allowed per interval: a context can be sent
     /// with many tag orders, and each order is one alias.
@@ -281,6 +289,7 @@ impl Prepared {
         let pcts = percentile_ranks(&opts.histogram_percentiles);
         Self {
             context_limit: opts.context_limit,
+            cardinality_warn: opts.cardinality_warn,
             meter: Meter {
                 limit: opts.memory_bytes,
                 flushing: Arc::new(AtomicUsize::new(0)),
@@ -429,6 +438,9 @@ impl Aggregator {
                 debug_assert_eq!(id as usize, n);
                 self.cur.bytes += cost;
                 self.cur.states.push(state);
+                if self.prepared.cardinality_warn > 0 {
+                    self.cur.names.count(name, self.prepared.cardinality_warn);
+                }
                 // The context's first spelling is paid for in its cost.
                 if let Entry::Vacant(e) = self.cur.aliases.entry(fp.lo) {
                     e.insert(Alias::new(fp, id));
@@ -552,6 +564,13 @@ impl Bucket {
     /// .max`).
     pub fn dropped(&self) -> u64 {
         self.interval.dropped
+    }
+
+    /// The metric names that passed `DYNOSTAT_CARDINALITY_WARN` contexts in
+    /// this interval, each with its tag key with the most distinct values.
+    /// Reads the bucket's keys only when some name passed it.
+    pub fn wide_names(&self) -> Vec<WideName> {
+        self.interval.names.wide_names(&self.interval.keys)
     }
 
     /// Contexts in this bucket.

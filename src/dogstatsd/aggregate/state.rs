@@ -639,6 +639,9 @@ pub(super) struct Interval {
     /// Unsampled histogram samples, until the flush gives them to their
     /// histograms.
     pub(super) log: SampleLog,
+    /// Contexts per metric name, counted on the cold path for the
+    /// cardinality guard.
+    pub(super) names: super::cardinality::NameCounts,
 }
 
 impl Interval {
