@@ -330,6 +330,92 @@ fn intake_down_60_s_points_delivered_plus_counted_as_dropped_equal_points_sent()
     assert_eq!(delivered + dropped, made);
 }
 
+/// Issue 22 item 5: after an outage long enough for the retry queue to
+/// evict telemetry payloads, under a context flood, the `dynostat.*` counts
+/// that reach the intake still add up: every line sent is in
+/// `dynostat.lines` unless the kernel dropped its datagram, and every line
+/// counted is accepted or counted as dropped at the context limit. The
+/// counts of an evicted telemetry payload travel on in a later one.
+#[test]
+fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
+    const PER_DATAGRAM: u64 = 20;
+    let intake = Intake::start();
+    intake.respond_always(503);
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNOSTAT_RETRY_QUEUE_BYTES", "60000")
+        .env("DYNOSTAT_CONTEXT_LIMIT", "1500")
+        .start();
+    // 20 s of 2,000 new counter contexts a second: 500 a second past the
+    // context limit, and flushes that soon overflow the queue.
+    let start = Instant::now();
+    let mut lines = 0u64;
+    let mut second = 0u64;
+    while start.elapsed() < Duration::from_secs(20) {
+        for d in 0..2_000 / PER_DATAGRAM {
+            let datagram: Vec<String> = (0..PER_DATAGRAM)
+                .map(|j| {
+                    format!(
+                        "flood.hits:1|c|#second:{second},user:{}",
+                        d * PER_DATAGRAM + j
+                    )
+                })
+                .collect();
+            s.send(datagram.join("\n").as_bytes());
+            lines += PER_DATAGRAM;
+        }
+        second += 1;
+        let due = start + Duration::from_secs(second);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    common::wait_for_udp_queue_below(s.port, 1);
+    let kernel_dropped = common::udp_socket_queue(s.port).map_or(0, |(_, drops)| drops);
+    assert!(s.alive(), "stderr:\n{}", s.stderr());
+    assert!(
+        s.stderr().contains("send queue full"),
+        "the queue did not overflow:\n{}",
+        s.stderr()
+    );
+    intake.respond_normally();
+    // Up to one backoff step (32 s) to notice, then the queue drains.
+    assert!(
+        intake.wait_until(Duration::from_secs(50), |i| {
+            i.series_named("dynostat.forwarder.queue_bytes")
+                .iter()
+                .any(|q| q["points"][0]["value"] == 0.0)
+        }),
+        "the queue never drained:\n{}",
+        s.stderr()
+    );
+    s.stop_ok(Duration::from_secs(15));
+
+    let counted = intake.total("dynostat.lines", &[]).round() as u64;
+    let accepted = intake.total("dynostat.metrics", &[]).round() as u64;
+    let refused = intake.total("dynostat.contexts.dropped", &[]).round() as u64;
+    let evicted = intake
+        .total("dynostat.forwarder.queue_dropped", &[])
+        .round() as u64;
+    eprintln!(
+        "sent {lines} lines; the kernel dropped {kernel_dropped} datagrams; delivered counts: \
+         lines {counted}, accepted {accepted}, refused at the context limit {refused}; \
+         payloads evicted {evicted}"
+    );
+    assert!(evicted > 0, "the queue evicted payloads");
+    assert!(refused > 0, "the context limit refused lines");
+    assert_eq!(
+        counted + kernel_dropped * PER_DATAGRAM,
+        lines,
+        "every line sent is counted, unless the kernel dropped it"
+    );
+    assert_eq!(
+        accepted + refused,
+        counted,
+        "every line counted is accounted for"
+    );
+}
+
 #[test]
 fn an_http_proxy_carries_the_requests_with_its_credentials_never_logged() {
     let intake = Intake::start();

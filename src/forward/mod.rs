@@ -318,10 +318,15 @@ impl Forwarder {
         self.hand_over(encoded).await;
     }
 
-    /// Leaves out the `dynostat.*` counters the user did not ask to pay for
-    /// (`DD_DOGSTATSD_STATS_ENABLE`); [`stats::DROPPED`] always stays.
+    /// Leaves out the `dynostat.*` series the user did not ask to pay for:
+    /// without `DD_DOGSTATSD_STATS_ENABLE` every counter but
+    /// [`stats::DROPPED`]; with it, [`stats::DROPPED`], whose counts the full
+    /// set already holds under their own names (the Agent's option sends
+    /// today's full set, nothing more).
     fn keep_billed(&self, telemetry: &mut Flush) {
-        if !self.stats_enabled {
+        if self.stats_enabled {
+            telemetry.series.retain(|s| s.metric != stats::DROPPED);
+        } else {
             telemetry
                 .series
                 .retain(|s| s.metric == stats::DROPPED || !s.metric.starts_with("dynostat."));
