@@ -182,8 +182,6 @@ fn payloads_are_compressed_keyed_and_schema_shaped() {
         "team:core",
         "tier:1",
         "env:prod",
-        "service:shop",
-        "version:1.0",
         "dyno:web.1",
         "dynotype:web",
         "appname:myapp",

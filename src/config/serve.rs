@@ -140,6 +140,24 @@ pub const MIGRATION: &[(&str, &str)] = &[
 /// when `DD_HEROKU_CONF_FOLDER` does not say otherwise.
 pub const PRERUN_SCRIPT: &str = "datadog/prerun.sh";
 
+/// `part` with every character outside `A-Za-z0-9-` (and `.` when
+/// `dots`) replaced by `-`, and its leading `-`s removed: the official
+/// buildpack's `sed -e 's/[^a-zA-Z0-9-]/-/g' -e 's/^-//g'` for
+/// `DD_DYNO_HOST` (`[^a-zA-Z0-9.-]` for the dyno's name).
+fn host_part(part: &str, dots: bool) -> String {
+    let cleaned: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || (dots && c == '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned.trim_start_matches('-').to_owned()
+}
+
 /// Everything `dynostat serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -160,8 +178,9 @@ pub struct Config {
     pub buffer_size: usize,
     /// `DD_DOGSTATSD_SO_RCVBUF`: the socket receive buffer requested. Defaults to 25 MiB.
     pub so_rcvbuf: usize,
-    /// Tags added to everything: `DD_TAGS`, `env:`, `service:`, `version:`,
-    /// and on a dyno `dyno:`, `dynotype:`, `appname:`. Defaults to none.
+    /// Tags added to everything: `DD_TAGS`, `DD_EXTRA_TAGS`, `env:` (never
+    /// `service:` or `version:`, as with the Agent), and on a dyno `dyno:`,
+    /// `dynotype:`, `appname:`. Defaults to none.
     pub global_tags: Vec<String>,
     /// `DD_HOSTNAME`, or `$HEROKU_APP_NAME.$DYNO` with `DD_DYNO_HOST=true`.
     /// Defaults to no host (the dyno is identified by tags).
@@ -398,11 +417,10 @@ impl Config {
                 global_tags.extend(split_list(&tags).map(str::to_owned));
             }
         }
-        for (var, key) in [
-            ("DD_ENV", "env"),
-            ("DD_SERVICE", "service"),
-            ("DD_VERSION", "version"),
-        ] {
+        // `DD_SERVICE` and `DD_VERSION` are not added: the Agent does not add
+        // them to DogStatsD metrics (clients do, from the same variables), and
+        // a metric sent with its own `service:` would get two.
+        for (var, key) in [("DD_ENV", "env")] {
             if let Some(v) = n
                 .or(r.string(var), None, "none")?
                 .map(|v| v.trim().to_owned())
@@ -434,9 +452,14 @@ impl Config {
                 .or(r.bool("DD_DYNO_HOST"), None, "false")?
                 .unwrap_or(false) =>
             {
+                // As the official buildpack makes it (RFC 1123 characters):
+                // the app name keeps `A-Za-z0-9-`, the dyno `.` as well; any
+                // other character becomes `-`, and a leading `-` goes.
                 match (&app_name, &dyno) {
-                    (Some(a), Some(d)) => Some(format!("{a}.{d}")),
-                    (None, Some(d)) => Some(d.clone()),
+                    (Some(a), Some(d)) => {
+                        Some(format!("{}.{}", host_part(a, false), host_part(d, true)))
+                    }
+                    (None, Some(d)) => Some(host_part(d, true)),
                     _ => None,
                 }
             }
@@ -856,6 +879,32 @@ mod tests {
     }
 
     #[test]
+    fn dyno_host_is_cleaned_to_rfc_1123_as_the_official_buildpack_does() {
+        let host = |app: &str, dyno: &str| {
+            Config::from_lookup(&env(&[
+                ("DD_DYNO_HOST", "true"),
+                ("HEROKU_APP_NAME", app),
+                ("DYNO", dyno),
+            ]))
+            .expect("valid")
+            .hostname
+        };
+        assert_eq!(host("shop", "web.1").as_deref(), Some("shop.web.1"));
+        assert_eq!(
+            host("_my_app!", "run.1234").as_deref(),
+            Some("my-app-.run.1234")
+        );
+        assert_eq!(
+            host("shop", "web-12a34b56d-e78f9").as_deref(),
+            Some("shop.web-12a34b56d-e78f9")
+        );
+        assert_eq!(host("shop", "w\u{e9}b.1").as_deref(), Some("shop.w-b.1"));
+        // DD_HOSTNAME is used as given.
+        let c = Config::from_lookup(&env(&[("DD_HOSTNAME", "my_host")])).expect("valid");
+        assert_eq!(c.hostname.as_deref(), Some("my_host"));
+    }
+
+    #[test]
     fn invalid_port_names_the_variable() {
         let e = Config::from_lookup(&env(&[("DD_DOGSTATSD_PORT", "abc")])).unwrap_err();
         assert_eq!(e.var, "DD_DOGSTATSD_PORT");
@@ -901,11 +950,10 @@ mod tests {
                 "dyno:web.1",
                 "dynotype:web",
                 "env:prod",
-                "service:api",
                 "team:a",
                 "tier:b",
-                "version:1.2"
-            ]
+            ],
+            "DD_SERVICE and DD_VERSION are the clients' to add, as with the Agent"
         );
         assert!(
             !c.console,

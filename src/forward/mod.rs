@@ -197,6 +197,7 @@ impl Forwarder {
             deco: Decoration {
                 global_tags: config.global_tags.clone(),
                 hostname: config.hostname.clone(),
+                interval: Some(config.flush_interval.as_secs().max(1)),
             },
             limits,
             console: config.console.then(|| Console::new(config)),

@@ -544,6 +544,9 @@ pub struct Decoration {
     pub global_tags: Vec<String>,
     /// Host for items that carry none.
     pub hostname: Option<String>,
+    /// The flush interval, for series that carry none: the Agent sets
+    /// `interval` on every DogStatsD series, gauges included.
+    pub interval: Option<u64>,
 }
 
 /// Item tags followed by the global tags the item does not already have.
@@ -627,9 +630,38 @@ struct MetricSeries<'a> {
     resources: Option<[MetricResource<'a>; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
+    metadata: SeriesMetadata,
 }
+
+/// `metadata.origin` of a series, as the Agent sets it on every DogStatsD
+/// series (pkg/serializer/internal/metrics: `metricSourceToOriginProduct`
+/// and `metricSourceToOriginCategory` give 10, the Agent, and 10,
+/// DogStatsD; the service is 0). Metrics Summary and usage attribution read
+/// it. The JSON names are those of the intake's v2 JSON (the Agent's own
+/// `Origin` JSON tags, and what Datadog's tools post to `/api/v2/series`);
+/// a zero is left out, as the Agent's `omitempty` and protobuf do.
+#[derive(Serialize, Clone, Copy)]
+struct SeriesMetadata {
+    origin: Origin,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Origin {
+    origin_product: u32,
+    origin_sub_product: u32,
+}
+
+/// Product 10: the Agent.
+pub const ORIGIN_PRODUCT_AGENT: u32 = 10;
+/// Sub-product (category) 10: DogStatsD.
+pub const ORIGIN_SUB_PRODUCT_DOGSTATSD: u32 = 10;
+
+const DOGSTATSD_ORIGIN: SeriesMetadata = SeriesMetadata {
+    origin: Origin {
+        origin_product: ORIGIN_PRODUCT_AGENT,
+        origin_sub_product: ORIGIN_SUB_PRODUCT_DOGSTATSD,
+    },
+};
 
 #[derive(Serialize)]
 struct EventCreateRequest<'a> {
@@ -702,11 +734,10 @@ impl Decoration {
             points: Points(&s.points),
             tags: TagList::new(&s.tags, &self.global_tags),
             resources: host.map(|name| [MetricResource { name, kind: "host" }]),
-            interval: match s.kind {
-                SeriesKind::Gauge => None,
-                _ => s.interval,
-            },
-            unit: s.unit,
+            interval: s.interval.or(self.interval),
+            // The Agent's series writer sends no unit; a timer's unit stays on
+            // the series for the console only.
+            metadata: DOGSTATSD_ORIGIN,
         };
         buf.clear();
         serde_json::to_writer(&mut *buf, &item).ok()
@@ -1063,6 +1094,7 @@ mod tests {
         let deco = Decoration {
             global_tags: vec!["g:1".to_owned()],
             hostname: Some("h".to_owned()),
+            interval: None,
         };
         let limits = Limits {
             max_compressed: 2_000,

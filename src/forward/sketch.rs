@@ -13,9 +13,10 @@
 //! The messages are written from DataDog/agent-payload
 //! `proto/metrics/agent_payload.proto` (package `datadog.agentpayload`), with
 //! its field numbers. Only the fields the Agent fills for DogStatsD
-//! distributions are defined: the deprecated `distributions` (3) and the
-//! optional metadata (`SketchPayload.metadata` = 2, `Sketch.metadata` = 8)
-//! are left out, which protobuf decoders read as absent.
+//! distributions are defined: the deprecated `distributions` (3) and
+//! `SketchPayload.metadata` (2) are left out, which protobuf decoders read
+//! as absent. `Sketch.metadata` (8) carries the origin, as the newer Agent's
+//! serializer writes it (fields newer than that file's published version).
 
 use super::payload::{Decoration, TagList};
 use crate::dogstatsd::aggregate::DistributionSketch;
@@ -43,6 +44,32 @@ pub struct Sketch {
     /// Field 7: one sketch per interval.
     #[prost(message, repeated, tag = "7")]
     pub dogsketches: Vec<Dogsketch>,
+    /// Field 8: the origin, as the Agent writes it for DogStatsD.
+    #[prost(message, optional, tag = "8")]
+    pub metadata: Option<Metadata>,
+}
+
+/// `Sketch.metadata`: `Metadata { Origin origin = 1; }`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Metadata {
+    /// Field 1.
+    #[prost(message, optional, tag = "1")]
+    pub origin: Option<Origin>,
+}
+
+/// `Origin`: product, category and service, as the Agent's sketch
+/// serializer writes them (fields 4, 5 and 6; 10, 10 and 0 for DogStatsD).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Origin {
+    /// Field 4: `origin_product`.
+    #[prost(uint32, tag = "4")]
+    pub origin_product: u32,
+    /// Field 5: `origin_category` (the sub-product).
+    #[prost(uint32, tag = "5")]
+    pub origin_category: u32,
+    /// Field 6: `origin_service`.
+    #[prost(uint32, tag = "6")]
+    pub origin_service: u32,
 }
 
 /// `SketchPayload.Sketch.Dogsketch`.
@@ -96,6 +123,13 @@ impl Decoration {
                 k,
                 n,
             }],
+            metadata: Some(Metadata {
+                origin: Some(Origin {
+                    origin_product: super::payload::ORIGIN_PRODUCT_AGENT,
+                    origin_category: super::payload::ORIGIN_SUB_PRODUCT_DOGSTATSD,
+                    origin_service: 0,
+                }),
+            }),
         }
     }
 
@@ -141,6 +175,7 @@ mod tests {
         let deco = Decoration {
             global_tags: vec!["app:web".into(), "env:dev".into()],
             hostname: Some("dyno".into()),
+            interval: None,
         };
         let a = dist(&[1.0, 2.0, 2.0, -3.0, 0.0], 1.0);
         let b = dist(&[10.0; 7], 0.5);
@@ -202,6 +237,7 @@ mod tests {
             host: "h".into(),
             tags: vec!["t".into()],
             dogsketches: vec![],
+            metadata: None,
         };
         assert_eq!(
             outer.encode_to_vec(),

@@ -314,10 +314,15 @@ fn assert_metric_series(s: &Value) {
             assert!(r["name"].is_string() && r["type"].is_string(), "{r}");
         }
     }
-    if let Some(i) = obj.get("interval") {
-        assert!(i.is_i64(), "interval: int64");
-        assert!(ty == 1 || ty == 2, "interval only for count and rate");
-    }
+    // Every DogStatsD series carries its interval and its origin, as the
+    // Agent's do (issue 25, rows 4 and 6).
+    assert!(obj["interval"].is_i64(), "interval: int64");
+    assert_eq!(
+        obj["metadata"],
+        serde_json::json!({"origin": {"origin_product": 10, "origin_sub_product": 10}}),
+        "origin: the Agent's DogStatsD"
+    );
+    assert!(obj.get("unit").is_none(), "the Agent sends no unit");
 }
 
 // ------------------------------------------------------------------ tests
@@ -430,7 +435,8 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
             "points": [{"timestamp": 1_700_000_000, "value": 0.3}],
             "tags": ["env:test", "route:/a", "team:core"],
             "resources": [{"name": "tagged-host", "type": "host"}],
-            "interval": 10
+            "interval": 10,
+            "metadata": {"origin": {"origin_product": 10, "origin_sub_product": 10}}
         }),
         "global tags appended once, the series' own host wins"
     );
@@ -441,9 +447,10 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
             "points": [{"timestamp": 1_700_000_000, "value": 12.5}],
             "tags": ["env:test", "team:core"],
             "resources": [{"name": "dyno-host", "type": "host"}],
-            "unit": "millisecond"
+            "interval": 10,
+            "metadata": {"origin": {"origin_product": 10, "origin_sub_product": 10}}
         }),
-        "gauges carry no interval; the configured host is the default"
+        "gauges carry the interval and no unit, as the Agent's; the configured host is the default"
     );
     assert_eq!(s[2]["type"], 1);
     assert_eq!(s[2]["interval"], 10);
@@ -457,6 +464,12 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
         assert_eq!(s.metric, "latency");
         assert_eq!(s.host, "dyno-host");
         assert_eq!(s.tags, ["route:/a", "env:test", "team:core"]);
+        let origin = s.metadata.as_ref().and_then(|m| m.origin.as_ref());
+        assert_eq!(
+            origin.map(|o| (o.origin_product, o.origin_category, o.origin_service)),
+            Some((10, 10, 0)),
+            "the Agent's DogStatsD origin"
+        );
         let d = &s.dogsketches[0];
         assert_eq!(
             (d.ts, d.cnt, d.min, d.max, d.sum),
@@ -873,6 +886,7 @@ fn retry_queue_overflow_drops_the_oldest_and_counts_them() {
     let deco = Decoration {
         global_tags: config(&intake.url, &[]).global_tags,
         hostname: None,
+        interval: None,
     };
     let sizes: Vec<usize> = flushes
         .iter()
@@ -1115,6 +1129,7 @@ fn console_shows_app_metrics_first_one_row_per_histogram_and_a_summary() {
     let deco = Decoration {
         global_tags: vec!["env:dev".to_owned()],
         hostname: None,
+        interval: None,
     };
     let stats = Stats::default();
     let flush = aggregated(
@@ -1171,6 +1186,7 @@ fn console_is_silent_when_nothing_arrived_and_says_what_went_wrong() {
     let deco = Decoration {
         global_tags: Vec::new(),
         hostname: None,
+        interval: None,
     };
     let stats = Stats::default();
     let mut c = plain_console();
@@ -1207,6 +1223,7 @@ fn console_distributions_are_one_row_and_a_user_gauge_named_max_is_not_folded() 
     let deco = Decoration {
         global_tags: Vec::new(),
         hostname: None,
+        interval: None,
     };
     let mut flush = aggregated(&["mine.max:5|g", "other.avg:2|g"], &Stats::default());
     flush.distributions.push(DistributionSketch {

@@ -34,10 +34,12 @@ pub(super) const ZERO_FILL_BYTES: usize = 100;
 /// entries are charged to it for as long as they are kept).
 ///
 /// The Agent's rule (pkg/aggregator/time_sampler.go): a bucket gets a 0 for
-/// every counter whose last sample time plus the expiry is after the bucket's
-/// start; others are forgotten. The Agent keeps the sample time to the
-/// nanosecond; we keep whole seconds and read "after" as "at or after", which
-/// is the same unless a sample arrives exactly on a whole second.
+/// every counter whose context is still tracked; the newest Agent keeps the
+/// last-seen time in whole seconds and forgets a counter when last seen +
+/// expiry < the time it is given (context_resolver.go `expireContexts`), so
+/// equality keeps it, as here. Which time that is (the Agent's sampler
+/// passes its flush time, we compare with the bucket's start) can differ by
+/// one 0 at the end of the expiry: see docs/DESIGN.md.
 pub(super) fn zero_fill(
     registry: &Mutex<ZeroFill>,
     states: &[State],

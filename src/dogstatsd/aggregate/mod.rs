@@ -118,12 +118,6 @@ const ALIAS_BYTES: usize = 64;
 const MEMBER_BYTES: usize = 64;
 /// Charged per event or service check, plus its strings.
 const EVENT_BYTES: usize = 256;
-/// `|T` points older than this (seconds before `now`) are discarded: the
-/// intake silently drops points more than 1 h in the past.
-pub const MAX_TIMESTAMP_PAST_SECS: i64 = 3_600;
-/// `|T` points further in the future than this are discarded: the intake
-/// silently drops points more than 10 min ahead.
-pub const MAX_TIMESTAMP_FUTURE_SECS: i64 = 600;
 
 /// Options from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -341,19 +335,13 @@ impl Aggregator {
         }
     }
 
-    /// Adds one metric line. `now` is unix seconds (for `|T` sanity only).
+    /// Adds one metric line. `now` is unix seconds. A `|T` point of any age
+    /// is kept, as the Agent forwards it: the intake decides.
     #[inline]
     pub fn insert(&mut self, metric: &Metric<'_>, now: i64) -> InsertOutcome {
         let Some(class) = Class::of(metric) else {
             return InsertOutcome::Discarded;
         };
-        if let Some(ts) = metric.timestamp {
-            if ts < now.saturating_sub(MAX_TIMESTAMP_PAST_SECS)
-                || ts > now.saturating_add(MAX_TIMESTAMP_FUTURE_SECS)
-            {
-                return InsertOutcome::Discarded;
-            }
-        }
         let fp = fingerprint(class, metric.name, metric.tags.raw());
         let hit = self
             .cur
