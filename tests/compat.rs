@@ -114,7 +114,7 @@ fn host_tags_become_the_host_of_events_and_checks_and_dogstatsd_tags_go_everywhe
     s.send(b"hits:1|c|#a:1,dd.internal.card:high");
     s.stop_ok(T);
 
-    let events = bodies(&intake, "/api/v1/events");
+    let events = intake.events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert_eq!(e["host"], "web9", "{e}");

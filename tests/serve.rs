@@ -525,15 +525,13 @@ fn events_service_checks_and_timestamped_metrics() {
     s.send(format!("old.gauge:7|g|T{}\nold.gauge:8|g|T{}", now - 60, now - 120).as_bytes());
     s.stop_ok(T);
     let reqs = intake.requests();
-    let event = reqs
-        .iter()
-        .find(|r| r.path == "/api/v1/events")
-        .expect("event forwarded")
-        .json();
-    assert_eq!(event["title"], "Deploy");
-    assert_eq!(event["text"], "line1\nline2");
+    let events = intake.events();
+    assert_eq!(events.len(), 1, "event forwarded once: {events:?}");
+    let event = &events[0];
+    assert_eq!(event["msg_title"], "Deploy");
+    assert_eq!(event["msg_text"], "line1\nline2");
     assert_eq!(event["alert_type"], "warning");
-    assert!(has_tags(&event, &["v:2", "env:test"]), "{event}");
+    assert!(has_tags(event, &["v:2", "env:test"]), "{event}");
     let checks = reqs
         .iter()
         .find(|r| r.path == "/api/v1/check_run")

@@ -204,10 +204,13 @@ pub struct Config {
     /// `DD_STATSD_METRIC_NAMESPACE_BLACKLIST`: prefixes never namespaced.
     /// Defaults to [`STANDARD_STATSD_PREFIXES`].
     pub namespace_exceptions: Vec<String>,
-    /// `DD_STATSD_METRIC_BLOCKLIST`: metric names dropped. Defaults to none.
+    /// `DD_METRIC_FILTERLIST` when it is set, else
+    /// `DD_STATSD_METRIC_BLOCKLIST`, as the Agent reads them: metric names
+    /// dropped, and histogram aggregates (`h.max`) not sent. Defaults to none.
     pub metric_blocklist: Vec<String>,
-    /// `DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX`: the blocklist holds
-    /// prefixes. Defaults to false.
+    /// `DD_METRIC_FILTERLIST_MATCH_PREFIX` with the filterlist, else
+    /// `DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX`: the list holds prefixes.
+    /// Defaults to false.
     pub blocklist_match_prefix: bool,
     /// Problems that did not stop the configuration: on a dyno, invalid
     /// settings replaced by their defaults; in both modes, skipped entries
@@ -537,17 +540,30 @@ impl Config {
                 },
                 words,
             );
-        let metric_blocklist = n
+        let mut metric_blocklist = n
             .or(r.string("DD_STATSD_METRIC_BLOCKLIST"), None, "none")?
             .map(words)
             .unwrap_or_default();
-        let blocklist_match_prefix = n
+        let mut blocklist_match_prefix = n
             .or(
                 r.bool("DD_STATSD_METRIC_BLOCKLIST_MATCH_PREFIX"),
                 None,
                 "false",
             )?
             .unwrap_or(false);
+        // The Agent's `metric_filterlist` (comp/filterlist): when it is not
+        // empty it replaces `statsd_metric_blocklist`, with its own prefix flag.
+        let filterlist = n
+            .or(r.string("DD_METRIC_FILTERLIST"), None, "none")?
+            .map(words)
+            .unwrap_or_default();
+        let filterlist_match_prefix = n
+            .or(r.bool("DD_METRIC_FILTERLIST_MATCH_PREFIX"), None, "false")?
+            .unwrap_or(false);
+        if !filterlist.is_empty() {
+            metric_blocklist = filterlist;
+            blocklist_match_prefix = filterlist_match_prefix;
+        }
         let flush_interval = Duration::from_secs(
             n.or(r.uint("DYNOSTAT_FLUSH_INTERVAL", 1, 3600), None, "10")?
                 .map_or(defaults::FLUSH_INTERVAL_SECS, |v| v as u64),

@@ -25,7 +25,13 @@
 //!   with zlib and sent as `Content-Encoding: deflate`, as the Agent's
 //!   serializer does with its zlib compressor (newer Agents default to zstd;
 //!   the intake takes both).
-//! - `POST /api/v1/events`: one `EventCreateRequest` per request.
+//! - `POST /intake/`: events, batched per flush as the Agent sends them
+//!   (pkg/serializer `SendEvents` → `SubmitV1Intake`; the JSON of
+//!   pkg/serializer/internal/metrics events.go): `{"apiKey":"","events":
+//!   {"<source type, or api>":[{msg_title, msg_text, timestamp, priority,
+//!   host, tags, alert_type, aggregation_key, source_type_name}]},
+//!   "internalHostname":"<host>"}`, compressed like the other JSON. One
+//!   payload holds one source type.
 //! - `POST /api/v1/check_run`: a JSON array of `{check, host_name, status,
 //!   timestamp, message, tags}` (`check`, `host_name`, `status`, `tags` required).
 
@@ -85,7 +91,7 @@ pub enum Endpoint {
     Series,
     /// `/api/beta/sketches` (protobuf)
     Sketches,
-    /// `/api/v1/events` (one event per request)
+    /// `/intake/` (events, batched per source type)
     Events,
     /// `/api/v1/check_run`
     Checks,
@@ -97,7 +103,7 @@ impl Endpoint {
         match self {
             Self::Series => "/api/v2/series",
             Self::Sketches => "/api/beta/sketches",
-            Self::Events => "/api/v1/events",
+            Self::Events => "/intake/",
             Self::Checks => "/api/v1/check_run",
         }
     }
@@ -107,7 +113,7 @@ impl Endpoint {
         match self {
             Self::Series => "series",
             Self::Sketches => "sketches",
-            Self::Events => "event",
+            Self::Events => "events",
             Self::Checks => "service checks",
         }
     }
@@ -153,11 +159,7 @@ impl Endpoint {
     }
 
     fn max_items(self, limits: &Limits) -> usize {
-        match self {
-            // The v1 events API takes one event per request.
-            Self::Events => 1,
-            _ => limits.max_items.max(1),
-        }
+        limits.max_items.max(1)
     }
 }
 
@@ -224,7 +226,8 @@ impl Payload {
                 serde_json::from_str(body.remove("series")?.get()).ok()?
             }
             Endpoint::Checks => serde_json::from_slice(&json).ok()?,
-            Endpoint::Sketches | Endpoint::Events => return None,
+            Endpoint::Events => return split_events(&json, limits, self.carry),
+            Endpoint::Sketches => return None,
         };
         if items.len() < 2 {
             return None;
@@ -249,6 +252,43 @@ impl Payload {
         }
         Some((first, encode_half(&items[half..])?))
     }
+}
+
+/// An events payload (one source type) split in two halves of its events,
+/// each framed as the whole was.
+fn split_events(
+    json: &[u8],
+    limits: &Limits,
+    carry: Carry,
+) -> Option<(Vec<Payload>, Vec<Payload>)> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        events: std::collections::BTreeMap<String, Vec<&'a serde_json::value::RawValue>>,
+        #[serde(rename = "internalHostname", default)]
+        host: String,
+    }
+    let body: Body<'_> = serde_json::from_slice(json).ok()?;
+    let (source, items) = body.events.into_iter().next()?;
+    if items.len() < 2 {
+        return None;
+    }
+    let half = items.len() / 2;
+    let encode_half = |part: &[&serde_json::value::RawValue]| -> Vec<Payload> {
+        let mut enc = Encoder::events(&source, &body.host, *limits);
+        for item in part {
+            let bytes = item.get().as_bytes();
+            if let Err(Oversize) = enc.push(bytes, 1) {
+                enc.force(bytes, 1);
+            }
+        }
+        enc.finish()
+    };
+    let mut first = encode_half(&items[..half]);
+    if let Some(p) = first.first_mut() {
+        p.carry = carry;
+    }
+    Some((first, encode_half(&items[half..])))
 }
 
 /// The points one encoded item carries (see [`Payload::points`]).
@@ -355,6 +395,8 @@ pub struct Oversize;
 struct Builder {
     endpoint: Endpoint,
     limits: Limits,
+    /// Closes the payload (the endpoint's, or an events payload's).
+    suffix: Vec<u8>,
     gz: Compressor,
     raw_len: usize,
     items: usize,
@@ -363,14 +405,14 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(endpoint: Endpoint, limits: Limits) -> Self {
+    fn new(endpoint: Endpoint, limits: Limits, prefix: &[u8], suffix: &[u8]) -> Self {
         let mut gz = Compressor::new(endpoint);
-        let prefix = endpoint.prefix();
         // Writing to a Vec cannot fail.
         let _ = gz.write_all(prefix);
         Self {
             endpoint,
             limits,
+            suffix: suffix.to_vec(),
             gz,
             raw_len: prefix.len(),
             items: 0,
@@ -387,7 +429,7 @@ impl Builder {
             0
         };
         let add = item.len() + sep;
-        let suffix = self.endpoint.suffix().len();
+        let suffix = self.suffix.len();
         let raw_ok = self.raw_len + add + suffix <= self.limits.max_uncompressed;
         let compressed_ok = self.gz.len() + deflate_bound(self.since_sync + add + suffix)
             <= self.limits.max_compressed;
@@ -419,8 +461,8 @@ impl Builder {
         if self.items == 0 {
             return None;
         }
-        let suffix = self.endpoint.suffix();
-        let _ = self.gz.write_all(suffix);
+        let suffix = std::mem::take(&mut self.suffix);
+        let _ = self.gz.write_all(&suffix);
         self.raw_len += suffix.len();
         let mut body = self.gz.finish().ok()?;
         // Payloads wait for each other and in the retry queue: keep only their bytes.
@@ -447,6 +489,10 @@ fn deflate_bound(n: usize) -> usize {
 pub struct Encoder {
     endpoint: Endpoint,
     limits: Limits,
+    /// What opens and closes each payload: the endpoint's, or an events
+    /// payload's envelope ([`Encoder::events`]).
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
     /// The open payload; made at the first item, so an endpoint with nothing
     /// to send costs no compressor (its tables and window are a few hundred
     /// KiB, and a flush has one encoder per endpoint).
@@ -460,9 +506,27 @@ impl Encoder {
         Self {
             endpoint,
             limits,
+            prefix: endpoint.prefix().to_vec(),
+            suffix: endpoint.suffix().to_vec(),
             current: None,
             done: Vec::new(),
         }
+    }
+
+    /// A new encoder for the events of one source type (`api` for none, as
+    /// the Agent groups them), in the Agent's `/intake/` envelope with
+    /// `internalHostname` set to `host`.
+    pub fn events(source: &str, host: &str, limits: Limits) -> Self {
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+        let mut enc = Self::new(Endpoint::Events, limits);
+        enc.prefix = format!("{{\"apiKey\":\"\",\"events\":{{{}:[", json(source)).into_bytes();
+        enc.suffix = format!("]}},\"internalHostname\":{}}}", json(host)).into_bytes();
+        enc
+    }
+
+    /// The bytes every payload adds around its items.
+    fn frame_len(&self) -> usize {
+        self.prefix.len() + self.suffix.len()
     }
 
     /// Adds one serialized item carrying `points` points. When it would push
@@ -490,8 +554,9 @@ impl Encoder {
     /// The open payload, made if there is none.
     fn open(&mut self) -> &mut Builder {
         let (endpoint, limits) = (self.endpoint, self.limits);
+        let (prefix, suffix) = (&self.prefix, &self.suffix);
         self.current
-            .get_or_insert_with(|| Builder::new(endpoint, limits))
+            .get_or_insert_with(|| Builder::new(endpoint, limits, prefix, suffix))
     }
 
     /// Closes the open payload if it holds an item; an empty one stays open.
@@ -506,7 +571,7 @@ impl Encoder {
     /// within the compressed limit once compressed (tried only when the
     /// worst-case bound says no).
     fn fits_alone(&self, item: &[u8]) -> bool {
-        let (prefix, suffix) = (self.endpoint.prefix(), self.endpoint.suffix());
+        let (prefix, suffix) = (&self.prefix, &self.suffix);
         let n = prefix.len() + item.len() + suffix.len();
         if n > self.limits.max_uncompressed {
             return false;
@@ -663,21 +728,22 @@ const DOGSTATSD_ORIGIN: SeriesMetadata = SeriesMetadata {
     },
 };
 
+/// One event as the Agent's events marshaler writes it (pkg/serializer
+/// internal/metrics events.go `writeEvent`), in its field order.
 #[derive(Serialize)]
-struct EventCreateRequest<'a> {
-    title: &'a str,
-    text: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    date_happened: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<&'a str>,
+struct IntakeEvent<'a> {
+    msg_title: &'a str,
+    msg_text: &'a str,
+    timestamp: i64,
+    priority: &'static str,
+    host: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<&'a str>,
+    alert_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     aggregation_key: Option<&'a str>,
-    priority: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_type_name: Option<&'a str>,
-    alert_type: &'static str,
-    tags: TagList<'a>,
 }
 
 #[derive(Serialize)]
@@ -743,18 +809,26 @@ impl Decoration {
         serde_json::to_writer(&mut *buf, &item).ok()
     }
 
-    /// One `EventCreateRequest` as JSON.
+    /// One event as the Agent's `/intake/` JSON. Without a `d:` field its
+    /// timestamp is now, as the Agent stamps an event when it parses it (a
+    /// flush interval later here, at most). The host is always written,
+    /// empty when unknown, as the Agent writes it.
     pub fn event_json(&self, e: &Event, buf: &mut Vec<u8>) -> Option<()> {
-        let item = EventCreateRequest {
-            title: &e.title,
-            text: &e.text,
-            date_happened: e.timestamp,
-            host: self.host(e.host.as_ref()),
-            aggregation_key: e.aggregation_key.as_deref(),
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        let item = IntakeEvent {
+            msg_title: &e.title,
+            msg_text: &e.text,
+            timestamp: e.timestamp.unwrap_or_else(now),
             priority: priority_name(e.priority),
-            source_type_name: e.source_type.as_deref(),
+            host: self.host(e.host.as_ref()).unwrap_or(""),
+            tags: TagList::new(&e.tags, &self.global_tags).iter().collect(),
             alert_type: alert_type_name(e.alert_type),
-            tags: TagList::new(&e.tags, &self.global_tags),
+            aggregation_key: e.aggregation_key.as_deref().filter(|k| !k.is_empty()),
+            source_type_name: e.source_type.as_deref().filter(|s| !s.is_empty()),
         };
         buf.clear();
         serde_json::to_writer(&mut *buf, &item).ok()
@@ -807,9 +881,9 @@ pub fn encode_flush(
 }
 
 /// The raw JSON bytes of one item that surely fit an empty payload under
-/// `limits` (the worst-case compressed bound holds for them).
-fn item_budget(endpoint: Endpoint, limits: &Limits) -> usize {
-    let frame = endpoint.prefix().len() + endpoint.suffix().len();
+/// `limits` (the worst-case compressed bound holds for them), when each
+/// payload adds `frame` bytes around its items.
+fn item_budget(frame: usize, limits: &Limits) -> usize {
     // The largest n with deflate_bound(n) <= max_compressed.
     let compressed = limits.max_compressed.saturating_sub(64) * 1024 / 1025;
     limits
@@ -836,7 +910,8 @@ pub struct FlushEncoder<'a> {
     limits: Limits,
     series: Encoder,
     sketches: Encoder,
-    events: Encoder,
+    /// One encoder per source type: the Agent's envelope groups events by it.
+    events: std::collections::BTreeMap<String, Encoder>,
     checks: Encoder,
     buf: Vec<u8>,
     out: Encoded,
@@ -850,7 +925,7 @@ impl<'a> FlushEncoder<'a> {
             limits,
             series: Encoder::new(Endpoint::Series, limits),
             sketches: Encoder::new(Endpoint::Sketches, limits),
-            events: Encoder::new(Endpoint::Events, limits),
+            events: std::collections::BTreeMap::new(),
             checks: Encoder::new(Endpoint::Checks, limits),
             buf: Vec::with_capacity(512),
             out: Encoded::default(),
@@ -907,25 +982,35 @@ impl<'a> FlushEncoder<'a> {
         }
     }
 
-    /// One event; its text is cut when the whole does not fit a payload.
+    /// One event, into its source type's payloads; its text is cut when
+    /// the whole does not fit a payload.
     fn push_event(&mut self, e: &Event) {
         if self.deco.event_json(e, &mut self.buf).is_none() {
             return;
         }
-        if self.events.push(&self.buf, 1).is_ok() {
+        let source = e
+            .source_type
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("api");
+        let (deco, limits) = (self.deco, self.limits);
+        let events = self.events.entry(source.to_owned()).or_insert_with(|| {
+            Encoder::events(source, deco.hostname.as_deref().unwrap_or(""), limits)
+        });
+        if events.push(&self.buf, 1).is_ok() {
             return;
         }
         let excess = self
             .buf
             .len()
-            .saturating_sub(item_budget(Endpoint::Events, &self.limits));
+            .saturating_sub(item_budget(events.frame_len(), &self.limits));
         let cut_event = Event {
             text: cut(&e.text, excess),
             ..e.clone()
         };
         let fits = cut_event.text.len() < e.text.len()
             && self.deco.event_json(&cut_event, &mut self.buf).is_some()
-            && self.events.push(&self.buf, 1).is_ok();
+            && events.push(&self.buf, 1).is_ok();
         if fits {
             self.out.truncated.push((Endpoint::Events, e.title.clone()));
         } else {
@@ -942,10 +1027,10 @@ impl<'a> FlushEncoder<'a> {
         if self.checks.push(&self.buf, 1).is_ok() {
             return;
         }
-        let excess = self
-            .buf
-            .len()
-            .saturating_sub(item_budget(Endpoint::Checks, &self.limits));
+        let excess = self.buf.len().saturating_sub(item_budget(
+            Endpoint::Checks.prefix().len() + Endpoint::Checks.suffix().len(),
+            &self.limits,
+        ));
         let message = c.message.as_deref().unwrap_or("");
         let cut_check = ServiceCheck {
             message: Some(cut(message, excess)),
@@ -968,7 +1053,9 @@ impl<'a> FlushEncoder<'a> {
         let mut out = self.out;
         out.payloads.extend(self.series.finish());
         out.payloads.extend(self.sketches.finish());
-        out.payloads.extend(self.events.finish());
+        for events in self.events.into_values() {
+            out.payloads.extend(events.finish());
+        }
         out.payloads.extend(self.checks.finish());
         out
     }
@@ -1005,6 +1092,19 @@ mod tests {
 
     fn items_of(p: &Payload) -> Vec<serde_json::Value> {
         match decode(p) {
+            serde_json::Value::Object(mut m) if m.contains_key("events") => {
+                // The Agent's envelope: one source type's list.
+                let events = m.remove("events").expect("events");
+                let groups = events.as_object().expect("events by source type");
+                assert_eq!(groups.len(), 1, "one source type per payload");
+                groups
+                    .values()
+                    .next()
+                    .expect("a group")
+                    .as_array()
+                    .expect("a list")
+                    .clone()
+            }
             serde_json::Value::Object(mut m) => match m.remove("series") {
                 Some(serde_json::Value::Array(a)) => a,
                 other => panic!("no series array: {other:?}"),
@@ -1241,12 +1341,31 @@ mod tests {
         all.extend(names(&b));
         assert_eq!(all, items_of(&p));
 
-        let mut enc = Encoder::new(Endpoint::Events, limits);
-        enc.push(br#"{"title":"a","text":"b"}"#, 1).expect("fits");
-        enc.push(br#"{"title":"c","text":"d"}"#, 1).expect("fits");
+        // Events are batched in the Agent's envelope, and split in it.
+        let mut enc = Encoder::events("my apps", "h1", limits);
+        for i in 0..5 {
+            enc.push(format!(r#"{{"msg_title":"e{i}"}}"#).as_bytes(), 1)
+                .expect("fits");
+        }
         let events = enc.finish();
-        assert_eq!(events.len(), 2, "one event per request");
-        assert!(events[0].split(&limits).is_none());
+        assert_eq!(events.len(), 1, "batched");
+        assert_eq!(
+            decode(&events[0]),
+            serde_json::json!({
+                "apiKey": "",
+                "events": {"my apps": [
+                    {"msg_title": "e0"}, {"msg_title": "e1"}, {"msg_title": "e2"},
+                    {"msg_title": "e3"}, {"msg_title": "e4"}
+                ]},
+                "internalHostname": "h1"
+            })
+        );
+        let (a, b) = events[0].split(&limits).expect("five events split");
+        assert_eq!((names(&a).len(), names(&b).len()), (2, 3));
+        assert_eq!(decode(&b[0])["internalHostname"], "h1");
+        let mut all = names(&a);
+        all.extend(names(&b));
+        assert_eq!(all, items_of(&events[0]));
     }
 
     #[test]
@@ -1398,10 +1517,10 @@ mod tests {
             );
             assert_eq!(p.points, 1);
         }
-        let e = decode(&out.payloads[0]);
-        assert_eq!(e["title"], "deploy");
+        let e = &items_of(&out.payloads[0])[0];
+        assert_eq!(e["msg_title"], "deploy");
         assert_eq!(e["tags"], serde_json::json!(["t:1"]));
-        let text = e["text"].as_str().expect("text");
+        let text = e["msg_text"].as_str().expect("text");
         assert!(
             text.len() > 1_000 && format!("é{noise}").starts_with(text),
             "{}",

@@ -391,7 +391,7 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
     let order = [
         "/api/v2/series",
         "/api/beta/sketches",
-        "/api/v1/events",
+        "/intake/",
         "/api/v1/check_run",
     ];
     let mut reqs = intake.requests();
@@ -402,7 +402,7 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
         [
             "/api/v2/series",
             "/api/beta/sketches",
-            "/api/v1/events",
+            "/intake/",
             "/api/v1/check_run"
         ]
     );
@@ -478,14 +478,20 @@ fn every_endpoint_gets_the_documented_json_compressed_with_the_key() {
         assert_eq!(d.n, [1, 1, 1]);
         assert_eq!(d.k.len(), 3);
     }
-    // One event per request.
+    // Events: the Agent's /intake/ envelope, grouped by source type, in
+    // its field names and order (issue 25, row 10).
     assert_eq!(
         reqs[2].json,
         serde_json::json!({
-            "title": "Deploy", "text": "v2\nshipped", "date_happened": 1_700_000_001,
-            "host": "dyno-host", "aggregation_key": "deploys", "priority": "low",
-            "source_type_name": "heroku", "alert_type": "success",
-            "tags": ["team:core", "env:test"]
+            "apiKey": "",
+            "events": {"heroku": [{
+                "msg_title": "Deploy", "msg_text": "v2\nshipped", "timestamp": 1_700_000_001,
+                "priority": "low", "host": "dyno-host",
+                "tags": ["team:core", "env:test"],
+                "alert_type": "success", "aggregation_key": "deploys",
+                "source_type_name": "heroku"
+            }]},
+            "internalHostname": "dyno-host"
         })
     );
     // Service checks: an array.

@@ -213,6 +213,26 @@ impl Intake {
             .collect()
     }
 
+    /// Every event in accepted `/intake/` payloads (the Agent's envelope:
+    /// `{"events": {"<source type>": [event, ...]}}`), in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| r.accepted() && r.path == "/intake/")
+            .flat_map(|r| {
+                r.json()["events"]
+                    .as_object()
+                    .map(|groups| {
+                        groups
+                            .values()
+                            .flat_map(|g| g.as_array().cloned().unwrap_or_default())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Accepted series named `metric`.
     pub fn series_named(&self, metric: &str) -> Vec<Value> {
         self.series()
@@ -652,6 +672,8 @@ pub struct SketchOut {
     pub host: String,
     pub tags: Vec<String>,
     pub dogsketches: Vec<DogsketchOut>,
+    /// `metadata.origin`: (product, category, service).
+    pub origin: (u64, u64, u64),
 }
 
 /// One `Dogsketch`.
@@ -732,7 +754,8 @@ fn zigzag32(v: u64) -> i32 {
 
 /// Decodes a `SketchPayload`: sketches = 1 (Sketch: metric 1, host 2, tags 4,
 /// dogsketches 7 (Dogsketch: ts 1, cnt 2, min 3, max 4, avg 5, sum 6,
-/// k 7 packed sint32, n 8 packed uint32)). Panics on malformed input.
+/// k 7 packed sint32, n 8 packed uint32), metadata 8 (origin 1: product 4,
+/// category 5, service 6)). Panics on malformed input.
 pub fn decode_sketch_payload(body: &[u8]) -> Vec<SketchOut> {
     let mut out = Vec::new();
     let mut w = Wire(body);
@@ -775,6 +798,24 @@ pub fn decode_sketch_payload(body: &[u8]) -> Vec<SketchOut> {
                         }
                     }
                     s.dogsketches.push(d);
+                }
+                (8, 2) => {
+                    // Metadata { origin = 1: Origin { product 4, category 5, service 6 } }
+                    let mut md = Wire(m.bytes());
+                    while let Some((field, wire)) = md.key() {
+                        if (field, wire) != (1, 2) {
+                            panic!("unexpected Metadata field {field} (wire type {wire})");
+                        }
+                        let mut o = Wire(md.bytes());
+                        while let Some((field, wire)) = o.key() {
+                            match (field, wire) {
+                                (4, 0) => s.origin.0 = o.varint(),
+                                (5, 0) => s.origin.1 = o.varint(),
+                                (6, 0) => s.origin.2 = o.varint(),
+                                (f, w) => panic!("unexpected Origin field {f} (wire type {w})"),
+                            }
+                        }
+                    }
                 }
                 (f, w) => panic!("unexpected Sketch field {f} (wire type {w})"),
             }

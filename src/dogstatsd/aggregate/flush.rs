@@ -365,26 +365,24 @@ pub(super) fn flush_histogram(
                 Some(interval),
             ),
         };
-        out.series.push(ctx.series(
-            joined(ctx.name, ".", agg.suffix()),
-            kind,
-            vec![(ts, value)],
-            series_interval,
-            unit,
-        ));
+        let name = joined(ctx.name, ".", agg.suffix());
+        if prepared.histogram_filter.blocks(&name) {
+            continue;
+        }
+        out.series
+            .push(ctx.series(name, kind, vec![(ts, value)], series_interval, unit));
     }
     for (p, suffix) in &prepared.percentiles {
         let target = percentile_target(*p, kept);
         let Some(v) = at_rank(&h.ones, &h.weighted, target) else {
             continue;
         };
-        out.series.push(ctx.series(
-            joined(ctx.name, "", suffix),
-            SeriesKind::Gauge,
-            vec![(ts, v)],
-            None,
-            unit,
-        ));
+        let name = joined(ctx.name, "", suffix);
+        if prepared.histogram_filter.blocks(&name) {
+            continue;
+        }
+        out.series
+            .push(ctx.series(name, SeriesKind::Gauge, vec![(ts, v)], None, unit));
     }
 }
 

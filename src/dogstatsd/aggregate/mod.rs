@@ -259,6 +259,60 @@ struct Prepared {
     counter_expiry_secs: i64,
     /// `DD_DOGSTATSD_TAGS`.
     dogstatsd_tags: Vec<String>,
+    /// The blocklist entries that can name a histogram's aggregate or
+    /// percentile series (see [`HistogramFilter`]).
+    histogram_filter: HistogramFilter,
+}
+
+/// The Agent's histogram filter list (comp/filterlist: `GetHistoFilterList`,
+/// applied by the time sampler): the flushed aggregates of a histogram or
+/// timer (`h.max`, `h.95percentile`) are dropped when the blocklist names
+/// them. Exact entries count only when they end in a configured aggregate
+/// or percentile suffix; with `..._MATCH_PREFIX`, every entry is a prefix
+/// that can match one. Empty (the default) costs nothing at the flush.
+#[derive(Debug, Default)]
+pub(super) struct HistogramFilter {
+    exact: rustc_hash::FxHashSet<String>,
+    prefixes: Vec<String>,
+}
+
+impl HistogramFilter {
+    fn new(opts: &AggregatorOptions, percentiles: &[(u64, String)]) -> Self {
+        let names = &opts.names;
+        if names.blocklist_match_prefix {
+            return Self {
+                exact: rustc_hash::FxHashSet::default(),
+                prefixes: names.blocklist.clone(),
+            };
+        }
+        let is_aggregate = |entry: &str| {
+            opts.histogram_aggregates.iter().any(|a| {
+                entry.len() > a.suffix().len() + 1 && entry.ends_with(&format!(".{}", a.suffix()))
+            }) || percentiles
+                .iter()
+                .any(|(_, suffix)| entry.len() > suffix.len() && entry.ends_with(suffix.as_str()))
+        };
+        Self {
+            exact: names
+                .blocklist
+                .iter()
+                .filter(|e| is_aggregate(e))
+                .cloned()
+                .collect(),
+            prefixes: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether the aggregate series `name` is filtered out.
+    pub(super) fn blocks(&self, name: &str) -> bool {
+        !self.is_empty()
+            && (self.exact.contains(name)
+                || self.prefixes.iter().any(|p| name.starts_with(p.as_str())))
+    }
 }
 
 /// The configured percentiles (fractions, e.g. 0.95) as the whole numbers
@@ -281,7 +335,12 @@ pub fn percentile_ranks(percentiles: &[f64]) -> Vec<u64> {
 impl Prepared {
     fn new(opts: &AggregatorOptions) -> Self {
         let pcts = percentile_ranks(&opts.histogram_percentiles);
+        let percentiles: Vec<(u64, String)> = pcts
+            .into_iter()
+            .map(|p| (p, format!(".{p}percentile")))
+            .collect();
         Self {
+            histogram_filter: HistogramFilter::new(opts, &percentiles),
             context_limit: opts.context_limit,
             cardinality_warn: opts.cardinality_warn,
             meter: Meter {
@@ -290,10 +349,7 @@ impl Prepared {
             },
             alias_limit: opts.context_limit.saturating_mul(2).saturating_add(1_024),
             aggregates: opts.histogram_aggregates.clone(),
-            percentiles: pcts
-                .into_iter()
-                .map(|p| (p, format!(".{p}percentile")))
-                .collect(),
+            percentiles,
             counter_expiry_secs: i64::try_from(opts.counter_expiry_secs).unwrap_or(i64::MAX),
             dogstatsd_tags: opts.dogstatsd_tags.clone(),
         }
