@@ -175,7 +175,10 @@ server_cmd() {
 		local intake=()
 		if [[ ${DYNOSTAT_OUTPUT} == intake ]]; then
 			# Not a real key: the intake is scripts/bench/intake.py on 127.0.0.1.
-			intake=(DD_API_KEY=bench-not-a-real-key "DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}")
+			# The self-telemetry is on for the cross-check's `dynostat.lines`
+			# (and so the figures compare with runs before it became opt-in).
+			intake=(DD_API_KEY=bench-not-a-real-key "DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}"
+				DD_DOGSTATSD_STATS_ENABLE=true)
 		fi
 		if [[ -n ${DYNOSTAT_MEMORY_LIMIT} ]]; then
 			intake+=("DYNOSTAT_MEMORY_LIMIT=${DYNOSTAT_MEMORY_LIMIT}")
