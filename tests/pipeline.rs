@@ -330,24 +330,23 @@ fn intake_down_60_s_points_delivered_plus_counted_as_dropped_equal_points_sent()
     assert_eq!(delivered + dropped, made);
 }
 
-/// Issue 22 item 5: after an outage long enough for the retry queue to
-/// evict telemetry payloads, under a context flood, the `dynostat.*` counts
-/// that reach the intake still add up: every line sent is in
-/// `dynostat.lines` unless the kernel dropped its datagram, and every line
-/// counted is accepted or counted as dropped at the context limit. The
-/// counts of an evicted telemetry payload travel on in a later one.
-#[test]
-fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
+/// A 20 s outage (the intake answers 503) under a flood of 2,000 new
+/// counter contexts a second, 500 a second past the context limit, with a
+/// 60 KB queue that soon evicts payloads, telemetry ones included; then the
+/// intake comes back, the queue drains and `serve` stops. Returns the lines
+/// sent, the kernel's dropped datagrams of 20 lines, and the process.
+fn outage_under_a_context_flood(intake: &Intake, stats: bool) -> (u64, u64, Serve) {
     const PER_DATAGRAM: u64 = 20;
-    let intake = Intake::start();
     intake.respond_always(503);
     let mut s = Serve::builder()
-        .intake(&intake)
+        .intake(intake)
         .env("DYNOSTAT_RETRY_QUEUE_BYTES", "60000")
         .env("DYNOSTAT_CONTEXT_LIMIT", "1500")
+        .env(
+            "DD_DOGSTATSD_STATS_ENABLE",
+            if stats { "true" } else { "false" },
+        )
         .start();
-    // 20 s of 2,000 new counter contexts a second: 500 a second past the
-    // context limit, and flushes that soon overflow the queue.
     let start = Instant::now();
     let mut lines = 0u64;
     let mut second = 0u64;
@@ -379,18 +378,44 @@ fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
         s.stderr()
     );
     intake.respond_normally();
-    // Up to one backoff step (32 s) to notice, then the queue drains.
+    // Up to one backoff step (32 s) for the sender to notice; then a few
+    // flushes, and the shutdown's drain delivers what is left, the last
+    // telemetry included.
     assert!(
-        intake.wait_until(Duration::from_secs(50), |i| {
-            i.series_named("dynostat.forwarder.queue_bytes")
-                .iter()
-                .any(|q| q["points"][0]["value"] == 0.0)
-        }),
-        "the queue never drained:\n{}",
+        intake.wait_until(Duration::from_secs(50), |i| i
+            .requests()
+            .iter()
+            .any(common::Request::accepted)),
+        "the intake was never reached again:\n{}",
         s.stderr()
     );
+    std::thread::sleep(Duration::from_secs(3));
     s.stop_ok(Duration::from_secs(15));
+    (lines, kernel_dropped * PER_DATAGRAM, s)
+}
 
+/// What the log counted as refused at the context limit, summed.
+fn logged_context_drops(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.contains("new contexts dropped"))
+        .filter_map(|l| {
+            let n = l.split("dropped=").nth(1)?;
+            n.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Issue 22 item 5: after an outage long enough for the retry queue to
+/// evict telemetry payloads, under a context flood, the `dynostat.*` counts
+/// that reach the intake still add up: every line sent is in
+/// `dynostat.lines` unless the kernel dropped its datagram, and every line
+/// counted is accepted or counted as dropped at the context limit. The
+/// counts of an evicted telemetry payload travel on in a later one.
+#[test]
+fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
+    let intake = Intake::start();
+    let (lines, kernel_lost, s) = outage_under_a_context_flood(&intake, true);
     let counted = intake.total("dynostat.lines", &[]).round() as u64;
     let accepted = intake.total("dynostat.metrics", &[]).round() as u64;
     let refused = intake.total("dynostat.contexts.dropped", &[]).round() as u64;
@@ -398,14 +423,14 @@ fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
         .total("dynostat.forwarder.queue_dropped", &[])
         .round() as u64;
     eprintln!(
-        "sent {lines} lines; the kernel dropped {kernel_dropped} datagrams; delivered counts: \
+        "sent {lines} lines; the kernel dropped {kernel_lost}; delivered counts: \
          lines {counted}, accepted {accepted}, refused at the context limit {refused}; \
          payloads evicted {evicted}"
     );
     assert!(evicted > 0, "the queue evicted payloads");
     assert!(refused > 0, "the context limit refused lines");
     assert_eq!(
-        counted + kernel_dropped * PER_DATAGRAM,
+        counted + kernel_lost,
         lines,
         "every line sent is counted, unless the kernel dropped it"
     );
@@ -414,6 +439,43 @@ fn telemetry_counts_survive_an_outage_that_overflows_the_queue() {
         counted,
         "every line counted is accounted for"
     );
+    assert_eq!(
+        refused,
+        logged_context_drops(&s.stderr()),
+        "the intake and the log agree"
+    );
+}
+
+/// The same with the default (no `dynostat.*` but `dynostat.dropped`): what
+/// the log counted as refused at the limit reaches the intake as
+/// `dynostat.dropped{reason:context_limit}`, though the payloads that first
+/// carried it were evicted; the loss of the evicted payloads themselves
+/// arrives as `reason:send_failed`.
+#[test]
+fn dynostat_dropped_survives_an_outage_that_overflows_the_queue() {
+    let intake = Intake::start();
+    let (_, _, s) = outage_under_a_context_flood(&intake, false);
+    let logged = logged_context_drops(&s.stderr());
+    let delivered = intake
+        .total("dynostat.dropped", &["reason:context_limit"])
+        .round() as u64;
+    let send_failed = intake.total("dynostat.dropped", &["reason:send_failed"]);
+    eprintln!(
+        "refused at the limit: logged {logged}, delivered {delivered}; send_failed {send_failed}"
+    );
+    assert!(logged > 0);
+    assert_eq!(
+        delivered, logged,
+        "every refused line is counted at the intake"
+    );
+    assert!(send_failed > 0.0, "the evicted payloads are counted too");
+    let own: Vec<String> = intake
+        .series()
+        .iter()
+        .filter_map(|x| x["metric"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("dynostat.") && m != "dynostat.dropped")
+        .collect();
+    assert!(own.is_empty(), "{own:?}");
 }
 
 #[test]
