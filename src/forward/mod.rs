@@ -2,7 +2,7 @@
 //!
 //! In: [`Flush`]es from the flush clock, whole or in chunks (encoded one by
 //! one, so a big flush is never held whole). Out: gzip-compressed `POST`s to
-//! `/api/v2/series`, `/api/beta/sketches` (protobuf), `/api/v1/events` and
+//! `/api/v2/series`, `/api/beta/sketches` (protobuf), `/intake/` (events) and
 //! `/api/v1/check_run`, split below the intake's limits ([`payload`]); and/or
 //! a table on stdout ([`console`]).
 //!

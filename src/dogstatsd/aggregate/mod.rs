@@ -217,7 +217,7 @@ pub struct Flush {
     pub series: Vec<Series>,
     /// Distribution sketches for `/api/beta/sketches`.
     pub distributions: Vec<DistributionSketch>,
-    /// Events for `/api/v1/events`.
+    /// Events, for the Agent's `/intake/` envelope.
     pub events: Vec<Event>,
     /// Service checks for `/api/v1/check_run`.
     pub service_checks: Vec<ServiceCheck>,
