@@ -221,8 +221,9 @@ pub struct Config {
     /// [`MIGRATION`] variables that are set, with what dynostat does instead.
     pub migration: Vec<ConfigError>,
     /// Where the official buildpack would look for `prerun.sh`:
-    /// `$DD_HEROKU_CONF_FOLDER/prerun.sh` (relative to the app's directory),
-    /// else [`PRERUN_SCRIPT`]. `serve` warns when the file exists.
+    /// `$DD_HEROKU_CONF_FOLDER/prerun.sh` (relative to the app's directory,
+    /// the listener's working directory); `serve` warns when the file
+    /// exists. Defaults to [`PRERUN_SCRIPT`].
     pub prerun_script: PathBuf,
     /// `DD_DOGSTATSD_STATS_ENABLE` (the Agent's name): send every `dynostat.*`
     /// counter to Datadog, each a custom metric on the user's bill. Without
