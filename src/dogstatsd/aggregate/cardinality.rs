@@ -55,44 +55,54 @@ impl NameCounts {
     }
 
     /// The names past the threshold this interval, read from the
-    /// interval's canonical keys (only when there is one: a flush without
-    /// such a name costs nothing).
+    /// interval's canonical keys in one pass (only when there is one: a
+    /// flush without such a name costs nothing).
     pub(super) fn wide_names(&self, keys: &Keys) -> Vec<WideName> {
         if self.wide.is_empty() {
             return Vec::new();
         }
-        let mut out: Vec<WideName> = Vec::new();
-        for &h in &self.wide {
-            let mut name = None;
-            let mut contexts = 0usize;
-            // tag key → its distinct values
-            let mut values: FxHashMap<&str, FxHashSet<&str>> = FxHashMap::default();
-            for id in 0..keys.len() {
-                let Some(key) = keys.get(id).and_then(ContextKey::parse) else {
-                    continue;
-                };
-                if name_hash(key.name) != h {
-                    continue;
-                }
-                name.get_or_insert(key.name);
-                contexts += 1;
-                for tag in key.tags.split(',').filter(|t| !t.is_empty()) {
-                    let (k, v) = tag.split_once(':').unwrap_or((tag, ""));
-                    values.entry(k).or_default().insert(v);
-                }
-            }
-            let Some(name) = name else { continue };
-            let top_tag = values
-                .iter()
-                .map(|(k, v)| (v.len(), *k))
-                .max()
-                .map(|(n, k)| (k.to_owned(), n));
-            out.push(WideName {
-                name: name.to_owned(),
-                contexts,
-                top_tag,
-            });
+        /// One wide name's contexts, and each tag key's distinct values.
+        #[derive(Default)]
+        struct Seen<'k> {
+            name: &'k str,
+            contexts: usize,
+            values: FxHashMap<&'k str, FxHashSet<&'k str>>,
         }
+        let mut seen: FxHashMap<u64, Seen<'_>> =
+            self.wide.iter().map(|&h| (h, Seen::default())).collect();
+        for id in 0..keys.len() {
+            let Some(key) = keys.get(id).and_then(ContextKey::parse) else {
+                continue;
+            };
+            let Some(s) = seen.get_mut(&name_hash(key.name)) else {
+                continue;
+            };
+            s.name = key.name;
+            s.contexts += 1;
+            for tag in key.tags.split(',').filter(|t| !t.is_empty()) {
+                let (k, v) = tag.split_once(':').unwrap_or((tag, ""));
+                s.values.entry(k).or_default().insert(v);
+            }
+        }
+        let mut out: Vec<WideName> = seen
+            .into_values()
+            .filter(|s| s.contexts > 0)
+            .map(|s| WideName {
+                name: s.name.to_owned(),
+                contexts: s.contexts,
+                top_tag: s
+                    .values
+                    .iter()
+                    .map(|(k, v)| (v.len(), *k))
+                    .max()
+                    .map(|(n, k)| (k.to_owned(), n)),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.contexts
+                .cmp(&a.contexts)
+                .then_with(|| a.name.cmp(&b.name))
+        });
         out
     }
 }
@@ -106,4 +116,70 @@ pub struct WideName {
     pub contexts: usize,
     /// The tag key with the most distinct values, and their number.
     pub top_tag: Option<(String, usize)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, WideName};
+    use crate::dogstatsd::protocol::{parse_str, Parsed};
+
+    fn insert(agg: &mut Aggregator, line: &str) {
+        let Ok(Parsed::Metric(m)) = parse_str(line) else {
+            panic!("not a metric line: {line}");
+        };
+        agg.insert(&m, 1_700_000_000);
+    }
+
+    /// Only new contexts count: repeats and other spellings of a context do
+    /// not; the name that reaches the threshold is reported with its widest
+    /// tag key; a name below it is not.
+    #[test]
+    fn a_name_past_the_threshold_is_reported_with_its_widest_tag_key() {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            cardinality_warn: 4,
+            ..AggregatorOptions::default()
+        });
+        for i in 0..6 {
+            insert(
+                &mut agg,
+                &format!("wide:1|c|#env:prod,user:{i},region:{}", i % 2),
+            );
+            insert(
+                &mut agg,
+                &format!("wide:1|c|#user:{i},region:{},env:prod", i % 2),
+            );
+        }
+        for _ in 0..10 {
+            insert(&mut agg, "narrow:1|c|#user:1");
+        }
+        for i in 0..3 {
+            insert(&mut agg, &format!("below:1|g|#user:{i}"));
+        }
+        let bucket = agg.take();
+        assert_eq!(
+            bucket.wide_names(),
+            [WideName {
+                name: "wide".to_owned(),
+                contexts: 6,
+                top_tag: Some(("user".to_owned(), 6)),
+            }]
+        );
+        // A new interval starts counting again.
+        let mut agg2 = agg;
+        insert(&mut agg2, "wide:1|c|#user:99");
+        assert!(agg2.take().wide_names().is_empty());
+    }
+
+    /// Off: nothing is counted.
+    #[test]
+    fn zero_turns_the_guard_off() {
+        let mut agg = Aggregator::new(AggregatorOptions {
+            cardinality_warn: 0,
+            ..AggregatorOptions::default()
+        });
+        for i in 0..50 {
+            insert(&mut agg, &format!("wide:1|c|#user:{i}"));
+        }
+        assert!(agg.take().wide_names().is_empty());
+    }
 }
