@@ -66,16 +66,7 @@ fn main() -> ExitCode {
             for ignored in &config.ignored {
                 tracing::warn!("{ignored}");
             }
-            for migration in &config.migration {
-                tracing::warn!("{migration}");
-            }
-            if config.prerun_script.is_file() {
-                tracing::warn!(
-                    script = %config.prerun_script.display(),
-                    "the official Datadog buildpack's prerun.sh is not run: dynostat reads only config vars; \
-                     set what it exported with `heroku config:set`, or export it from a .profile.d script"
-                );
-            }
+            dynostat::serve::migration::warn(&config);
             match dynostat::serve::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

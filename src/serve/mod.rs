@@ -42,6 +42,7 @@ use crate::forward::Forwarder;
 
 mod cardinality;
 mod memory;
+pub mod migration;
 
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
 /// per socket; larger batches gave no measurable gain in `scripts/bench.sh`.
