@@ -189,6 +189,8 @@ fn official_buildpack_settings_each_get_a_warning() {
         ("DD_LOGS_ENABLED", "true", "log drain"),
         ("DD_AGENT_MAJOR_VERSION", "7", "one binary"),
         ("DD_PYTHON_VERSION", "3", "no Python checks"),
+        // As the official buildpack's users set it: relative to the app.
+        ("DD_HEROKU_CONF_FOLDER", "/datadog", "configuration files"),
     ];
     let mut b = Serve::builder().current_dir(app.path());
     for (k, v, _) in vars {
@@ -206,7 +208,10 @@ fn official_buildpack_settings_each_get_a_warning() {
         assert!(lines[0].contains("WARN"), "{}", lines[0]);
         assert!(lines[0].contains(instead), "{}", lines[0]);
     }
-    let prerun: Vec<&str> = err.lines().filter(|l| l.contains("prerun.sh")).collect();
+    let prerun: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("prerun.sh is not run"))
+        .collect();
     assert_eq!(prerun.len(), 1, "{err}");
     assert!(prerun[0].contains("datadog/prerun.sh") && prerun[0].contains("config vars"));
     // Unset, and without the script: not a word.
