@@ -689,6 +689,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     // Events and service checks past the per-interval cap were counted as
     // received by the receive loop; count them as discarded too.
     Stats::add(&stats.samples_discarded, bucket.overflowed());
+    Stats::add(&stats.rates_clamped, bucket.clamped());
     let built = Cell::new(started.elapsed());
     // series, distributions, events, service checks
     let counts = Cell::new([0usize; 4]);
