@@ -69,11 +69,7 @@ fn distribution_count_and_mean_are_the_agents() {
         .intake(&intake)
         .env("DYNOSTAT_FLUSH_INTERVAL", "2")
         .start();
-    s.send(b"m:1|d
-m:2|d
-m:3|d|@0.3
-over:4|d|@2
-over:4|d|@0");
+    s.send(b"m:1|d\nm:2|d\nm:3|d|@0.3\nover:4|d|@2\nover:4|d|@0");
     s.stop_ok(T);
     let m = &intake.sketches_named("m")[0].dogsketches[0];
     assert_eq!(m.cnt, 5, "{m:?}");
@@ -93,15 +89,15 @@ fn sample_rates_above_one_weigh_as_the_agents() {
         .env("DYNOSTAT_FLUSH_INTERVAL", "2")
         .env("DD_DOGSTATSD_STATS_ENABLE", "true")
         .start();
-    s.send(b"c2:10|c|@2
-c2:10|c|@0
-c2:10|c|@-1
-c2:10|c|@nan
-h2:10|h|@2");
+    s.send(b"c2:10|c|@2\nc2:10|c|@0\nc2:10|c|@-1\nc2:10|c|@nan\nh2:10|h|@2");
     s.stop_ok(T);
     // 5 + 10 + 10 + 10, and 0.5 (`total` gives counts, not rates).
     let c2 = intake.total("c2", &[]);
-    assert!(close(c2, 35.0, 1e-9), "{c2} {:?}", intake.series_named("c2"));
+    assert!(
+        close(c2, 35.0, 1e-9),
+        "{c2} {:?}",
+        intake.series_named("c2")
+    );
     assert!(close(intake.total("h2.count", &[]), 0.5, 1e-9));
     assert_eq!(intake.total("dynostat.parse_errors", &[]), 0.0);
 }
