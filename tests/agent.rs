@@ -298,6 +298,7 @@ fn a_stalled_listener_is_restarted_and_metrics_flow_again_within_three_intervals
         stalled.elapsed(),
         p.stderr()
     );
+    eprintln!("metrics flow again {:?} after the stall", stalled.elapsed());
     let now = children_of(p.pid());
     assert!(
         now.len() == 1 && now[0] != first[0],
