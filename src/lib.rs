@@ -22,13 +22,15 @@
 //! One folder per part, each importing only the ones listed before it:
 //! [`config`] (read the environment; the only module that does),
 //! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`dynometrics`]
-//! (the dyno's own memory, load and CPU), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! (the dyno's own memory, load and CPU), [`progress`] (loops that must keep
+//! moving, watched for the agent; imports nothing), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
 
 pub mod config;
 pub mod dogstatsd;
 pub mod dynometrics;
 pub mod forward;
+pub mod progress;
 pub mod serve;
 
 pub mod dyno;

@@ -258,3 +258,65 @@ fn an_invalid_optional_setting_is_logged_once_and_the_default_used() {
         p.stderr()
     );
 }
+
+/// The watchdog (issue 22): a listener whose receive loop stops (the
+/// test-only stall line makes it spin forever, holding the aggregator, so
+/// the flush clock stops too) is killed and restarted, with one line that
+/// says what was seen, and metrics flow again within 3 intervals.
+#[test]
+fn a_stalled_listener_is_restarted_and_metrics_flow_again_within_three_intervals() {
+    let port = harness::free_udp_port();
+    let intake = Intake::start();
+    let interval = Duration::from_secs(2);
+    let mut p = Proc::spawn(
+        agent(port, &intake)
+            .env("DYNOSTAT_FLUSH_INTERVAL", "2")
+            .env("DYNOSTAT_TEST_STALL", "1"),
+    );
+    p.expect_stderr("listening", T);
+    assert!(send_until_seen(
+        port,
+        &intake,
+        b"wd.before:1|c",
+        "wd.before"
+    ));
+    let first = children_of(p.pid());
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"dynostat-test-stall", ("127.0.0.1", port))
+        .unwrap();
+    let stalled = std::time::Instant::now();
+    let flowing = wait(3 * interval, || {
+        sock.send_to(b"wd.after:1|c", ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        !intake.series_named("wd.after").is_empty()
+    });
+    assert!(
+        flowing,
+        "no metric within 3 intervals of the stall ({:?})\n{}",
+        stalled.elapsed(),
+        p.stderr()
+    );
+    eprintln!("metrics flow again {:?} after the stall", stalled.elapsed());
+    let now = children_of(p.pid());
+    assert!(
+        now.len() == 1 && now[0] != first[0],
+        "not a new listener: {first:?} -> {now:?}"
+    );
+    let stderr = p.stderr();
+    let seen: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("stopped making progress"))
+        .collect();
+    assert_eq!(seen.len(), 1, "one line:\n{stderr}");
+    assert!(seen[0].contains("receive loop"), "{}", seen[0]);
+    assert!(
+        !stderr.contains("the listener died"),
+        "no second line for the same restart:\n{stderr}"
+    );
+
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 0);
+    assert!(!udp_bound(port), "the listener outlived the agent");
+}

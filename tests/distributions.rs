@@ -37,7 +37,8 @@ fn sample_rates_weigh_one_over_rate_as_floats() {
         1e-9
     ));
 
-    // 3 values at @0.3 count 3/0.3 = 10 (the Agent's uint(1/rate) gives 9).
+    // 3 values at @0.3 count trunc(1/0.3) = 3 each, 9 in all, as the
+    // Agent's uint(1/rate); the sum keeps the float weight: 3 × 5 / 0.3.
     let d = intake.sketches_named("d");
     let cnt: i64 = d.iter().flat_map(|s| &s.dogsketches).map(|x| x.cnt).sum();
     let n: u32 = d
@@ -46,15 +47,59 @@ fn sample_rates_weigh_one_over_rate_as_floats() {
         .flat_map(|x| &x.n)
         .sum();
     let sum: f64 = d.iter().flat_map(|s| &s.dogsketches).map(|x| x.sum).sum();
-    assert_eq!(cnt, 10, "{d:?}");
-    assert_eq!(n, 10, "bins add up to the count: {d:?}");
+    assert_eq!(cnt, 9, "{d:?}");
+    assert_eq!(n, 9, "bins add up to the count: {d:?}");
     assert!(close(sum, 50.0, 1e-9), "{d:?}");
     assert!(close(d[0].dogsketches[0].avg, 5.0, 1e-9), "{d:?}");
-    // One value at @0.3: 3.33, sent as the nearest integer count, 3, with
-    // the exact float sum.
+    // One value at @0.3: 3.33, counted 3 (truncated), with the exact float
+    // sum.
     let one = &intake.sketches_named("one")[0].dogsketches[0];
     assert_eq!((one.cnt, one.n.as_slice()), (3, &[3][..]));
     assert!(close(one.sum, 2.0 / 0.3, 1e-9), "{one:?}");
+}
+
+/// The Agent's mean (pkg/quantile summary.go): incremental, weighted by the
+/// truncated counts. 1 and 2 unsampled, then 3 at @0.3 (counted 3): 1.5,
+/// then 1.5 + (3 - 1.5) × 3/5 = 2.4 (the float weights' 13/5.33 would be
+/// 2.4375). And `@2` on a distribution weighs 1, as there.
+#[test]
+fn distribution_count_and_mean_are_the_agents() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNOSTAT_FLUSH_INTERVAL", "2")
+        .start();
+    s.send(b"m:1|d\nm:2|d\nm:3|d|@0.3\nover:4|d|@2\nover:4|d|@0");
+    s.stop_ok(T);
+    let m = &intake.sketches_named("m")[0].dogsketches[0];
+    assert_eq!(m.cnt, 5, "{m:?}");
+    assert!(close(m.sum, 13.0, 1e-9), "{m:?}");
+    assert!(close(m.avg, 2.4, 1e-12), "{m:?}");
+    let over = &intake.sketches_named("over")[0].dogsketches[0];
+    assert_eq!((over.cnt, over.sum, over.avg), (2, 8.0, 4.0), "{over:?}");
+}
+
+/// A rate outside (0, 1] is the Agent's: `@2` weighs 0.5 on a counter and a
+/// histogram; 0, negatives and NaN weigh 1. The line is not an error.
+#[test]
+fn sample_rates_above_one_weigh_as_the_agents() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNOSTAT_FLUSH_INTERVAL", "2")
+        .env("DD_DOGSTATSD_STATS_ENABLE", "true")
+        .start();
+    s.send(b"c2:10|c|@2\nc2:10|c|@0\nc2:10|c|@-1\nc2:10|c|@nan\nh2:10|h|@2");
+    s.stop_ok(T);
+    // 5 + 10 + 10 + 10, and 0.5 (`total` gives counts, not rates).
+    let c2 = intake.total("c2", &[]);
+    assert!(
+        close(c2, 35.0, 1e-9),
+        "{c2} {:?}",
+        intake.series_named("c2")
+    );
+    assert!(close(intake.total("h2.count", &[]), 0.5, 1e-9));
+    assert_eq!(intake.total("dynostat.parse_errors", &[]), 0.0);
 }
 
 /// Sends `values` as `name:v1:v2:…|d` datagrams of at most 8 KB, paced by

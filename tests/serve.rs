@@ -363,7 +363,7 @@ fn random_bytes_keep_the_process_alive_and_counting() {
                 "m{}:{}|{}|#{}",
                 next() % 7,
                 next() % 3,
-                ["c", "x", "", "ms|@2"][i % 4],
+                ["c", "x", "", "ms|@2x"][i % 4],
                 next()
             )
             .into_bytes();

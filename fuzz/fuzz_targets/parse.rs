@@ -3,7 +3,7 @@
 //! results.
 //!
 //! In: arbitrary datagram bytes. Out: nothing; fails on a panic or a broken
-//! invariant of an accepted line (non-empty name, rate in (0, 1], values and
+//! invariant of an accepted line (non-empty name, values and
 //! tags readable, event title non-empty, lines non-empty and free of `\n`).
 #![no_main]
 
@@ -27,7 +27,6 @@ fuzz_target!(|data: &[u8]| {
             Ok(Parsed::Metric(m)) => {
                 assert!(line.len() <= MAX_LINE_LEN);
                 assert!(!m.name.is_empty());
-                assert!(m.sample_rate > 0.0 && m.sample_rate <= 1.0);
                 assert!(m.timestamp.map_or(true, |t| t > 0));
                 let _ = m.values().count();
                 let _ = m.set_value();

@@ -246,6 +246,11 @@ pub mod vars {
     pub const NO_COLOR: &str = "NO_COLOR";
     /// The pid the agent leaves with; set by the exec.d helper.
     pub const DYNOSTAT_WATCH_PID: &str = "DYNOSTAT_WATCH_PID";
+    /// The write end of the agent's progress pipe, inherited by `serve`;
+    /// set by the agent (`crate::progress`).
+    pub const DYNOSTAT_PROGRESS_FD: &str = "DYNOSTAT_PROGRESS_FD";
+    /// Tests only: `serve` stalls on purpose on the line `dynostat-test-stall`.
+    pub const DYNOSTAT_TEST_STALL: &str = "DYNOSTAT_TEST_STALL";
 }
 
 /// Typed reads with the variable name in every error.

@@ -265,6 +265,13 @@ pub struct Config {
     pub console_tty: Option<bool>,
     /// `NO_COLOR`: any non-empty value makes the console plain ASCII.
     pub no_color: bool,
+    /// `DYNOSTAT_PROGRESS_FD`: where the watchdog tells the agent that every
+    /// loop moves (`crate::progress`); set by the agent only.
+    pub progress_fd: Option<i32>,
+    /// `DYNOSTAT_TEST_STALL` (hidden, for tests): the line
+    /// `dynostat-test-stall` makes its receive thread spin forever, holding
+    /// the aggregator, so the watchdog and the shutdown deadline can be tested.
+    pub test_stall: bool,
     /// `DYNO`, when on a dyno (or under `dynostat start`).
     pub dyno: Option<String>,
     /// `DYNOSTAT_DYNO_METRICS`: report the dyno's memory, load and CPU as
@@ -612,6 +619,16 @@ impl Config {
         let no_color = n
             .or(r.string(vars::NO_COLOR), None, "unset")?
             .is_some_and(|v| !v.is_empty());
+        let progress_fd = n
+            .or(
+                r.uint(vars::DYNOSTAT_PROGRESS_FD, 3, 65_535),
+                None,
+                "no watchdog",
+            )?
+            .and_then(|fd| i32::try_from(fd).ok());
+        let test_stall = n
+            .or(r.bool(vars::DYNOSTAT_TEST_STALL), None, "false")?
+            .unwrap_or(false);
         let dyno_metrics = n
             .or(
                 r.bool("DYNOSTAT_DYNO_METRICS"),
@@ -670,6 +687,8 @@ impl Config {
             console,
             console_tty,
             no_color,
+            progress_fd,
+            test_stall,
             dyno,
             dyno_metrics,
             proxy,

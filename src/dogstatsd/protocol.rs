@@ -23,9 +23,46 @@
 //! values and rates are read exactly as Go's `strconv.ParseFloat` reads them
 //! ([`parse_value`]: hex floats, `_` between digits, `inf`/`nan` spellings,
 //! out-of-range literals rejected).
-//! Deliberate differences: a rate outside (0, 1] is an error; a service check
+//! A rate outside (0, 1] parses, as in the Agent; [`sample_weight`] says
+//! what it weighs. Deliberate differences: a service check
 //! needs the prefix `_sc|` (the Agent's bare `_sc` also captures metrics such
 //! as `_scale:1|c`); event lengths must land on `|` or the end of the line.
+
+/// The most one value weighs: a rate below `1 / MAX_WEIGHT` (1e-6) weighs
+/// this much, so no number from the wire sets a count past it (docs/DESIGN.md,
+/// "Sample rates").
+pub const MAX_WEIGHT: f64 = 1e6;
+
+/// What one value of a `kind` line sent at `rate` weighs (the Agent's
+/// `1/rate`, bounded), and whether [`MAX_WEIGHT`] bounded it. Gauges and
+/// sets ignore it. Called only for a rate other than 1, off the hot path.
+///
+/// - a rate in (0, 1]: `1/rate`, at most [`MAX_WEIGHT`] (the Agent has no
+///   bound: `@5e-324` weighs +Inf on a counter, and a distribution's
+///   `uint(1/rate)` count at `@1e-20` is out of range);
+/// - above 1 (finite): `1/rate` for counters, histograms and timers (the
+///   Agent's `Counter.addSample`, `Histogram.addSample`: `@2` weighs 0.5),
+///   1 for distributions (the Agent's `quantile.Agent.Insert` falls back to
+///   unsampled for a rate outside (0, 1]);
+/// - 0, negative, NaN or infinite: 1 (the Agent's histograms take 0 as 1 and
+///   its distributions all of these; its counters would sum an infinite,
+///   negative or NaN weight).
+#[cold]
+#[inline(never)]
+pub fn sample_weight(kind: MetricType, rate: f64) -> (f64, bool) {
+    if !(rate.is_finite() && rate > 0.0) {
+        return (1.0, false);
+    }
+    if rate > 1.0 && kind == MetricType::Distribution {
+        return (1.0, false);
+    }
+    let w = 1.0 / rate;
+    if w > MAX_WEIGHT {
+        (MAX_WEIGHT, true)
+    } else {
+        (w, false)
+    }
+}
 
 /// The DogStatsD metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +98,9 @@ pub struct Metric<'a> {
     pub value: Option<f64>,
     /// The type.
     pub kind: MetricType,
-    /// The sample rate in (0, 1]; 1.0 when absent.
+    /// The sample rate as sent (any float Go's `ParseFloat` reads, NaN and
+    /// infinities included); 1.0 when absent. What it weighs is
+    /// [`sample_weight`]'s.
     pub sample_rate: f64,
     /// The raw tag field without the leading `#` (e.g. `a:b,c`); empty when absent.
     pub tags: Tags<'a>,
@@ -346,8 +385,8 @@ pub enum ParseError {
     /// An unknown type letter.
     #[error("unknown metric type (expected one of c g h ms s d)")]
     UnknownType,
-    /// A sample rate that does not parse or is outside (0, 1].
-    #[error("sample rate must be a number in (0, 1], e.g. |@0.5")]
+    /// A sample rate that does not parse as a number.
+    #[error("sample rate must be a number, e.g. |@0.5")]
     BadSampleRate,
     /// A `|T` timestamp that does not parse.
     #[error("bad timestamp (|T takes positive integer unix seconds, e.g. |T1700000000)")]
@@ -875,12 +914,10 @@ pub(super) fn apply_field<'a>(metric: &mut Metric<'a>, field: &'a str) -> Result
     match field.as_bytes().first() {
         Some(b'#') => metric.tags = Tags(body('#')),
         Some(b'@') => {
-            let rate = parse_value(body('@')).ok_or(ParseError::BadSampleRate)?;
-            // NaN fails both comparisons.
-            if !(rate > 0.0 && rate <= 1.0) {
-                return Err(ParseError::BadSampleRate);
-            }
-            metric.sample_rate = rate;
+            // Any number Go's ParseFloat reads, as the Agent takes it (0,
+            // negatives, above 1, NaN, infinities); the weight it gives is
+            // [`sample_weight`]'s, bounded, at the aggregator.
+            metric.sample_rate = parse_value(body('@')).ok_or(ParseError::BadSampleRate)?;
         }
         Some(b'T') => {
             let ts = body('T')
@@ -1378,7 +1415,6 @@ mod tests {
             (b"name:1e400|c", BadValue),
             (b"name:-nan|g", BadValue),
             (b"name:1__0|g", BadValue),
-            (b"name:1|c|@0x1p1", BadSampleRate),
             (b"name:1-|c", BadValue),
             (b"name:--1|c", BadValue),
             (b"name:1..2|c", BadValue),
@@ -1387,11 +1423,6 @@ mod tests {
             (b"a:b:1|c", BadValue),
             (b"name:1|c|@", BadSampleRate),
             (b"name:1|c|@abc", BadSampleRate),
-            (b"name:1|c|@0", BadSampleRate),
-            (b"name:1|c|@1.5", BadSampleRate),
-            (b"name:1|c|@-0.5", BadSampleRate),
-            (b"name:1|c|@nan", BadSampleRate),
-            (b"name:1|c|@inf", BadSampleRate),
             (b"name:1|c|@0.5 ", BadSampleRate),
             (b"name:1|c|T", BadTimestamp),
             (b"name:1|c|Tabc", BadTimestamp),
@@ -1768,6 +1799,6 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(BadSampleRate.to_string().contains("(0, 1]"));
+        assert!(BadSampleRate.to_string().contains("|@0.5"));
     }
 }

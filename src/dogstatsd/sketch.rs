@@ -1,11 +1,13 @@
 //! Distribution sketches: the Datadog Agent's DDSketch variant (pkg/quantile).
 //!
 //! In: finite values with a float weight (`1/rate`). Out: a bounded sketch
-//! (at most [`BIN_LIMIT`] bins of int16 keys) with exact count, min, max and
-//! sum, turned into the intake's integer bins by [`Sketch::bins`].
+//! (at most [`BIN_LIMIT`] bins of int16 keys, at most [`MAX_COUNT`] values)
+//! with the Agent's count, min, max, sum and mean, turned into the intake's
+//! integer bins by [`Sketch::bins`].
 //!
-//! Must never: grow past [`BIN_LIMIT`] bins whatever it is sent, or allocate
-//! without asking the caller's budget first ([`Sketch::insert`]).
+//! Must never: grow past [`BIN_LIMIT`] bins or [`MAX_COUNT`] values whatever
+//! it is sent, or allocate without asking the caller's budget first
+//! ([`Sketch::insert`]).
 //!
 //! # The mapping, as the Agent's `Config.key`
 //!
@@ -22,12 +24,19 @@
 //!
 //! # Weights
 //!
-//! Each bin holds a float weight, so a value sent at `@0.3` weighs
-//! `1/0.3 = 3.33`. The intake's bins and count are integers: [`Sketch::bins`]
-//! rounds the cumulative weight, so the bin counts add up to exactly
-//! `round(total weight)`, and each bin is within 1 of its weight. The Agent
-//! truncates `1/rate` per value instead (`uint(1/rate)` per bin, `int64` for
-//! the count) while its sum uses the float weight; see docs/DESIGN.md.
+//! As the Agent's `quantile.Agent.Insert` and `summary.InsertN` (pkg/quantile):
+//! a value of weight `w` (`1/rate`) counts `trunc(w)` in its bin and in the
+//! count (`uint(n)`, `int64(n)`), adds `w * v` to the sum (the float weight),
+//! and moves the mean incrementally, `avg += (v - avg) * trunc(w) / count`.
+//! So 1, 2 and 3@0.3 count 5, sum 13 and average 2.4, not 13/5.33. A
+//! weight below 1 counts nothing and changes nothing, as there.
+//!
+//! # Count limit
+//!
+//! A sketch holds at most [`MAX_COUNT`] values in one interval
+//! ([`Sketch::has_room`]; the caller drops and counts the rest), so its wire
+//! form is at most [`BIN_LIMIT`] bins plus one per 65,535 values: 70 k bins,
+//! about 400 KB raw, inside one payload. The Agent has no such limit.
 //!
 //! # Bin limit
 //!
@@ -52,8 +61,11 @@ pub const MAX_KEY: i16 = i16::MAX - 1;
 pub const INF_KEY: i16 = i16::MAX;
 /// Most a wire bin holds: the Agent's bins are uint16.
 pub const MAX_BIN_COUNT: u32 = u16::MAX as u32;
-/// Heap bytes one bin costs (key and weight, padded).
-pub const BIN_BYTES: usize = std::mem::size_of::<(i16, f64)>();
+/// Heap bytes one bin costs (key and count, padded).
+pub const BIN_BYTES: usize = std::mem::size_of::<(i16, u64)>();
+/// Most values one sketch holds in an interval (`u32::MAX`): its wire bins
+/// are then at most [`BIN_LIMIT`] + 65,538.
+pub const MAX_COUNT: u64 = u32::MAX as u64;
 
 struct Mapping {
     ln_gamma: f64,
@@ -119,12 +131,14 @@ pub fn value_of(k: i16) -> f64 {
 /// One context's distribution over one interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sketch {
-    /// `(key, weight)`, sorted by key, at most [`BIN_LIMIT`] of them.
-    bins: Vec<(i16, f64)>,
-    /// Total weight.
-    count: f64,
+    /// `(key, count)`, sorted by key, at most [`BIN_LIMIT`] of them.
+    bins: Vec<(i16, u64)>,
+    /// Values counted (each `trunc(weight)`), at most [`MAX_COUNT`].
+    count: u64,
     /// Sum of `value * weight`.
     sum: f64,
+    /// The Agent's incremental mean.
+    avg: f64,
     min: f64,
     max: f64,
 }
@@ -140,8 +154,9 @@ impl Sketch {
     pub const fn new() -> Self {
         Self {
             bins: Vec::new(),
-            count: 0.0,
+            count: 0,
             sum: 0.0,
+            avg: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
         }
@@ -156,14 +171,31 @@ impl Sketch {
         s
     }
 
-    /// Adds `v` (finite) with weight `w` (> 0). When a new bin needs more
-    /// heap, `grow(bytes)` is asked first; if it says no, nothing is added
-    /// and this returns `false`. A value whose bin exists never allocates.
+    /// Whether a value of weight `w` fits under [`MAX_COUNT`].
+    #[inline]
+    pub fn has_room(&self, w: f64) -> bool {
+        // `w` is at most `protocol::MAX_WEIGHT`: the cast is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let n = w as u64;
+        n <= MAX_COUNT - self.count
+    }
+
+    /// Adds `v` (finite) with weight `w` (>= 0, and [`Sketch::has_room`]
+    /// for it, else it counts up to [`MAX_COUNT`] only). When a new bin
+    /// needs more heap, `grow(bytes)` is asked first; if it says no, nothing
+    /// is added and this returns `false`. A value whose bin exists never
+    /// allocates. A weight below 1 adds nothing (the Agent's `uint(n)` = 0).
     #[inline]
     pub fn insert(&mut self, v: f64, w: f64, grow: impl FnOnce(usize) -> bool) -> bool {
+        // Truncated, as the Agent's uint(n); saturating for any float.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let n = (w as u64).min(MAX_COUNT - self.count);
+        if n == 0 {
+            return true;
+        }
         let k = key(v);
         match self.bins.binary_search_by_key(&k, |b| b.0) {
-            Ok(i) => self.bins[i].1 += w,
+            Ok(i) => self.bins[i].1 += n,
             Err(i) => {
                 if self.bins.len() == self.bins.capacity() {
                     let cap = self.bins.capacity();
@@ -173,7 +205,7 @@ impl Sketch {
                     }
                     self.bins.reserve_exact(want - cap);
                 }
-                self.bins.insert(i, (k, w));
+                self.bins.insert(i, (k, n));
                 if self.bins.len() > BIN_LIMIT {
                     // The Agent's trimLeft: the lowest bin's weight moves up.
                     let (_, low) = self.bins.remove(0);
@@ -181,8 +213,15 @@ impl Sketch {
                 }
             }
         }
-        self.count += w;
+        self.count += n;
         self.sum += v * w;
+        // The Agent's summary Merge: the first value sets the mean.
+        #[allow(clippy::cast_precision_loss)] // counts below 2^32
+        if self.count == n {
+            self.avg = v;
+        } else {
+            self.avg += (v - self.avg) * n as f64 / self.count as f64;
+        }
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         true
@@ -203,15 +242,16 @@ impl Sketch {
         self.bins.len()
     }
 
-    /// The total weight (the count, for unsampled values).
+    /// The count (each value's truncated weight, summed), as a float.
+    #[allow(clippy::cast_precision_loss)] // at most 2^32
     pub fn count(&self) -> f64 {
-        self.count
+        self.count as f64
     }
 
-    /// The count as the intake takes it: the total weight, rounded.
-    #[allow(clippy::cast_possible_truncation)] // a count far below 2^63
+    /// The count as the intake takes it (at most [`MAX_COUNT`]).
+    #[allow(clippy::cast_possible_wrap)] // at most 2^32
     pub fn count_rounded(&self) -> i64 {
-        self.count.round() as i64
+        self.count as i64
     }
 
     /// Sum of `value * weight`.
@@ -219,13 +259,9 @@ impl Sketch {
         self.sum
     }
 
-    /// Weighted mean.
+    /// The Agent's incremental mean (see the module docs); 0 when empty.
     pub fn avg(&self) -> f64 {
-        if self.count > 0.0 {
-            self.sum / self.count
-        } else {
-            0.0
-        }
+        self.avg
     }
 
     /// Smallest value inserted (0 when empty).
@@ -246,21 +282,13 @@ impl Sketch {
         }
     }
 
-    /// The bins as the intake takes them: `(key, count)` in key order, the
-    /// counts from the rounded cumulative weight (they add up to
-    /// [`Sketch::count_rounded`]), bins rounded to 0 left out, and counts
-    /// above [`MAX_BIN_COUNT`] spread over several bins of the same key
-    /// (the remainder first, then full bins, as the Agent does).
+    /// The bins as the intake takes them: `(key, count)` in key order (they
+    /// add up to [`Sketch::count_rounded`]), and counts above
+    /// [`MAX_BIN_COUNT`] spread over several bins of the same key (the
+    /// remainder first, then full bins, as the Agent does): at most
+    /// [`BIN_LIMIT`] + 65,538 of them, by [`MAX_COUNT`].
     pub fn bins(&self) -> impl Iterator<Item = (i16, u32)> + '_ {
-        let mut cum = 0.0f64;
-        let mut emitted = 0u64;
-        self.bins.iter().flat_map(move |&(k, w)| {
-            cum += w;
-            // Weights are positive and far below 2^63.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let upto = cum.round() as u64;
-            let n = upto.saturating_sub(emitted);
-            emitted = upto.max(emitted);
+        self.bins.iter().flat_map(move |&(k, n)| {
             let full = n / u64::from(MAX_BIN_COUNT);
             // Both below 2^32 by construction.
             #[allow(clippy::cast_possible_truncation)]
@@ -287,10 +315,13 @@ impl Sketch {
         if q >= 1.0 {
             return Some(self.max);
         }
-        let rank = (q * (self.count - 1.0)).round_ties_even();
+        #[allow(clippy::cast_precision_loss)] // at most 2^32
+        let rank = (q * (self.count as f64 - 1.0)).round_ties_even();
         let mut cum = 0.0;
-        for &(k, w) in &self.bins {
-            cum += w;
+        for &(k, n) in &self.bins {
+            #[allow(clippy::cast_precision_loss)] // at most 2^32
+            let n = n as f64;
+            cum += n;
             if cum > rank {
                 return Some(value_of(k).clamp(self.min, self.max));
             }
@@ -413,20 +444,41 @@ mod tests {
     }
 
     #[test]
-    fn summary_is_exact_and_weights_are_floats() {
+    fn counts_truncate_per_value_and_the_mean_is_the_agents() {
+        // The Agent (pkg/quantile agent.go Insert, summary.go InsertN and
+        // Merge): 1 and 2 unsampled, then 3 at @0.3 (weight 3.33, counted 3).
         let mut s = Sketch::new();
-        for v in [1.0, 2.0, 3.0] {
-            s.insert(v, 1.0 / 0.3, always);
-        }
-        assert!((s.count() - 10.0).abs() < 1e-9);
-        assert_eq!(s.count_rounded(), 10);
-        assert!((s.sum() - 20.0).abs() < 1e-9);
-        assert!((s.avg() - 2.0).abs() < 1e-12);
+        assert!(s.insert(1.0, 1.0, always));
+        assert!(s.insert(2.0, 1.0, always));
+        assert!(s.insert(3.0, 1.0 / 0.3, always));
+        assert_eq!(s.count_rounded(), 5);
+        // The sum keeps the float weight: 1 + 2 + 3 * 3.33.
+        assert!((s.sum() - 13.0).abs() < 1e-9);
+        // 1.5 + (3 - 1.5) * 3 / 5, not 13 / 5.33 = 2.4375.
+        assert!((s.avg() - 2.4).abs() < 1e-12, "{}", s.avg());
         assert_eq!((s.min(), s.max()), (1.0, 3.0));
         let bins: Vec<(i16, u32)> = s.bins().collect();
-        // 3.33, 6.67, 10 cumulative → 3, 4, 3.
-        assert_eq!(bins, vec![(key(1.0), 3), (key(2.0), 4), (key(3.0), 3)]);
-        assert_eq!(bins.iter().map(|b| u64::from(b.1)).sum::<u64>(), 10);
+        assert_eq!(bins, vec![(key(1.0), 1), (key(2.0), 1), (key(3.0), 3)]);
+        // A weight below 1 counts nothing (uint(0.5) = 0).
+        assert!(s.insert(9.0, 0.5, always));
+        assert_eq!((s.count_rounded(), s.max()), (5, 3.0));
+    }
+
+    #[test]
+    fn the_count_stops_at_its_limit_and_the_wire_bins_stay_bounded() {
+        let mut s = Sketch::new();
+        let mut n = 0u64;
+        while s.has_room(1e6) {
+            assert!(s.insert(7.0, 1e6, always));
+            n += 1;
+        }
+        assert_eq!(n, MAX_COUNT / 1_000_000);
+        assert!(!s.has_room(1e6));
+        // An insert past the room counts only up to the limit.
+        assert!(s.insert(8.0, 1e6, always));
+        assert_eq!(s.count_rounded(), i64::try_from(MAX_COUNT).unwrap());
+        assert!(s.bins().count() <= BIN_LIMIT + 65_538);
+        assert_eq!(s.bins().map(|b| u64::from(b.1)).sum::<u64>(), MAX_COUNT);
     }
 
     #[test]

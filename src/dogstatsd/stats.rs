@@ -113,6 +113,9 @@ counters! {
     /// distribution values needing a new bin, and histogram samples left out
     /// of median and percentiles (still in count, sum, avg, min, max).
     samples_dropped => "dynostat.samples.dropped", Rate;
+    /// Lines whose sample rate was below `1 / protocol::MAX_WEIGHT` and
+    /// weighed `MAX_WEIGHT` (docs/DESIGN.md, "Sample rates").
+    rates_clamped => "dynostat.samples.rate_clamped", Rate;
     /// Approximate bytes the aggregation held at the last flush (the live
     /// interval and buckets still being flushed), against its share of
     /// `DYNOSTAT_MEMORY_LIMIT`.

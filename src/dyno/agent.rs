@@ -24,10 +24,20 @@
 //! which gets [`SHUTDOWN_WAIT`] to make its final flush, inside Heroku's
 //! 30 s window.
 //!
+//! Watchdog: the listener inherits the write end of a pipe
+//! (`DYNOSTAT_PROGRESS_FD`) on which its watchdog thread writes a line every
+//! 250 ms (`crate::progress`): `ok` while its receive loops and flush clock
+//! move, else `stalled <what>`. On a stalled line, or after [`SILENCE`]
+//! without a line, the listener is killed and restarted as after a crash,
+//! with one log line that says what was seen. Nothing touches the disk.
+//!
 //! Must never: read stdin (fd 0 becomes /dev/null), hold the terminal, print
 //! in a one-off dyno unless something is wrong, or outlive the app.
 
+use std::io::Read as _;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -46,6 +56,10 @@ const PARENT_POLL: Duration = Duration::from_millis(500);
 
 /// Main-loop tick.
 const TICK: Duration = Duration::from_millis(100);
+
+/// How long the listener may go without a line from its watchdog thread
+/// (which writes every 250 ms) before it is taken for frozen and restarted.
+pub const SILENCE: Duration = Duration::from_secs(20);
 
 /// Runs `dynostat agent`; returns the exit code.
 pub fn main() -> i32 {
@@ -169,6 +183,7 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
     let mut last_parent_check = Instant::now();
     let mut backoff = Backoff::default();
     let mut child: Option<Job> = None;
+    let mut heart: Option<Heart> = None;
     let mut next_start = Some(Instant::now());
 
     let signal = loop {
@@ -184,19 +199,35 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
                 break Signal::SIGTERM;
             }
         }
+        if let (Some(job), Some(h)) = (child.as_mut(), heart.as_mut()) {
+            if let Some(seen) = h.check() {
+                // Once: the exit below restarts it, without a second line.
+                tracing::warn!(
+                    pid = job.pid(),
+                    "the listener stopped making progress ({seen}); killing and restarting it"
+                );
+                job.signal(Signal::SIGKILL);
+                h.killed = true;
+            }
+        }
         if let Some(job) = child.as_mut() {
             if let Some(exit) = job.try_wait() {
                 let ran = job.started().elapsed();
                 // Whatever the listener left in its group goes with it.
                 job.signal(Signal::SIGKILL);
                 child = None;
+                let killed = heart.take().is_some_and(|h| h.killed);
                 let retry = backoff.on_exit(Instant::now(), ran, fastrand::f64());
-                tracing::warn!(
-                    status = %exit,
-                    ran_ms = u64::try_from(ran.as_millis()).unwrap_or(u64::MAX),
-                    restart_in_ms = u64::try_from(retry.delay.as_millis()).unwrap_or(u64::MAX),
-                    "the listener died; restarting it"
-                );
+                if killed {
+                    tracing::debug!(status = %exit, "the stalled listener is gone");
+                } else {
+                    tracing::warn!(
+                        status = %exit,
+                        ran_ms = u64::try_from(ran.as_millis()).unwrap_or(u64::MAX),
+                        restart_in_ms = u64::try_from(retry.delay.as_millis()).unwrap_or(u64::MAX),
+                        "the listener died; restarting it"
+                    );
+                }
                 if retry.entered_slow_mode {
                     tracing::warn!(
                         crashes = retry.recent_crashes,
@@ -210,9 +241,10 @@ fn supervise(config: &AgentConfig, level: LogLevel) -> i32 {
         }
         if child.is_none() && next_start.is_some_and(|t| Instant::now() >= t) {
             match start_serve(config, level) {
-                Ok(job) => {
+                Ok((job, h)) => {
                     tracing::debug!(pid = job.pid(), "listener started");
                     child = Some(job);
+                    heart = h;
                     next_start = None;
                 }
                 Err(e) => {
@@ -290,8 +322,10 @@ fn is_zombie(pid: i32) -> bool {
     })
 }
 
-/// Spawns `dynostat serve` with our stdout and stderr, stdin from /dev/null.
-fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
+/// Spawns `dynostat serve` with our stdout and stderr, stdin from /dev/null,
+/// and the write end of a progress pipe (none if the pipe cannot be made:
+/// the listener then runs unwatched, as before the watchdog).
+fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<(Job, Option<Heart>)> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     // On a dyno a typo in an optional setting must not cost every metric:
@@ -300,5 +334,101 @@ fn start_serve(config: &AgentConfig, level: LogLevel) -> std::io::Result<Job> {
     if level != config.log_level {
         cmd.env(vars::DD_LOG_LEVEL, "warn");
     }
-    Job::start(&mut cmd)
+    let pipe = progress_pipe()
+        .map_err(|e| tracing::warn!(error = %e, "cannot make the progress pipe; the listener runs without the watchdog"))
+        .ok();
+    if let Some((_, write)) = &pipe {
+        let fd = write.as_raw_fd();
+        cmd.env(vars::DYNOSTAT_PROGRESS_FD, fd.to_string());
+        // SAFETY: fcntl on a descriptor we own, in the child between fork
+        // and exec; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let job = Job::start(&mut cmd)?;
+    // Our copy of the write end closes here: the child holds its own.
+    Ok((job, pipe.map(|(read, _)| Heart::new(read))))
+}
+
+/// A pipe whose read end is non-blocking, both ends close-on-exec.
+fn progress_pipe() -> std::io::Result<(std::fs::File, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and ours alone. The write end is
+    // non-blocking too: the listener's watchdog skips a line rather than
+    // wait on a full pipe.
+    unsafe {
+        Ok((
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        ))
+    }
+}
+
+/// The agent's end of one listener's progress pipe.
+struct Heart {
+    pipe: std::fs::File,
+    /// Bytes read since the last newline.
+    partial: Vec<u8>,
+    /// When the last line came (or the listener started).
+    last: Instant,
+    /// The watchdog killed this listener.
+    killed: bool,
+}
+
+impl Heart {
+    fn new(pipe: std::fs::File) -> Self {
+        Self {
+            pipe,
+            partial: Vec::new(),
+            last: Instant::now(),
+            killed: false,
+        }
+    }
+
+    /// Reads what the listener wrote; says what was seen if it stalled or
+    /// went silent (once: `None` after a kill).
+    fn check(&mut self) -> Option<String> {
+        if self.killed {
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        let mut stalled = None;
+        // Non-blocking: ends at WouldBlock, or 0 when the listener closed it.
+        while let Ok(n @ 1..) = self.pipe.read(&mut buf) {
+            self.partial.extend_from_slice(&buf[..n]);
+            while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.partial.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                self.last = Instant::now();
+                if let Some(what) = line.strip_prefix(crate::progress::STALLED_PREFIX) {
+                    stalled.get_or_insert_with(|| what.to_owned());
+                }
+            }
+            // A listener never writes long lines: keep the buffer bounded.
+            if self.partial.len() > 4096 {
+                self.partial.clear();
+            }
+        }
+        if stalled.is_some() {
+            return stalled;
+        }
+        let quiet = self.last.elapsed();
+        (quiet > SILENCE).then(|| {
+            format!(
+                "no word from its watchdog thread for {:.1} s",
+                quiet.as_secs_f64()
+            )
+        })
+    }
 }

@@ -16,14 +16,19 @@
 //! Must never: do HTTP or heavy flush work on the receive threads, wait on
 //! the network on the clock (a slow intake must not merge or skip buckets),
 //! log per packet, exit on SIGTERM before the open buckets are flushed, or
-//! run past `DYNOSTAT_SHUTDOWN_GRACE + DYNOSTAT_SHUTDOWN_TIMEOUT` after it.
+//! run past `DYNOSTAT_SHUTDOWN_GRACE + DYNOSTAT_SHUTDOWN_TIMEOUT` after it,
+//! even with a thread that does not return ([`deadline`]).
+//!
+//! Progress: each receive loop and the flush clock beat a
+//! [`crate::progress::Progress`]; with `DYNOSTAT_PROGRESS_FD` (set by the
+//! agent), the watchdog thread tells the agent whether they all move.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,8 +44,10 @@ use crate::dogstatsd::scan;
 use crate::dogstatsd::stats::Stats;
 use crate::dynometrics::DynoMetrics;
 use crate::forward::Forwarder;
+use crate::progress::{Monitor, Progress};
 
 mod cardinality;
+mod deadline;
 mod memory;
 pub mod migration;
 
@@ -81,6 +88,12 @@ struct Shared {
     dyno: Option<DynoMetrics>,
     /// The cardinality guard's log (read at each flush).
     cardinality: Mutex<cardinality::CardinalityLog>,
+    /// The loops that must keep moving (`crate::progress`).
+    monitor: Arc<Monitor>,
+    /// Where shutdown is ([`deadline::Phase`]), for the deadline's last line.
+    phase: AtomicU8,
+    /// `DYNOSTAT_TEST_STALL`: the stall line is honoured (tests only).
+    test_stall: bool,
 }
 
 impl Shared {
@@ -132,7 +145,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.cardinality_warn,
             config.console,
         )),
+        monitor: Arc::new(Monitor::new()),
+        phase: AtomicU8::new(deadline::Phase::Running as u8),
+        test_stall: config.test_stall,
     });
+    // SIGTERM ends the process by its deadline whatever a thread is doing.
+    deadline::arm(&config, Arc::clone(&shared))?;
+    if let Some(fd) = config.progress_fd {
+        crate::progress::watch(Arc::clone(&shared.monitor), fd)
+            .context("could not start the watchdog thread")?;
+    }
 
     let mut receivers: Vec<JoinHandle<()>> = Vec::new();
     let mut bound = Vec::new();
@@ -280,7 +302,21 @@ fn spawn_receiver<S: AsRawFd + Send + 'static>(
         .spawn(move || {
             let mut batch = Batch::new(buffer_size);
             let mut sampler = BadLineSampler::new(name);
-            receive_loop(socket.as_raw_fd(), &mut batch, &mut sampler, &shared);
+            let progress = shared.monitor.register(
+                if name == "udp" {
+                    "the UDP receive loop"
+                } else {
+                    "the Unix socket receive loop"
+                },
+                RECEIVE_ALLOWANCE,
+            );
+            receive_loop(
+                socket.as_raw_fd(),
+                &mut batch,
+                &mut sampler,
+                &shared,
+                &progress,
+            );
         })
         .context("could not start a receive thread")
 }
@@ -372,9 +408,17 @@ impl Batch {
     }
 }
 
-fn receive_loop(fd: RawFd, batch: &mut Batch, sampler: &mut BadLineSampler, shared: &Shared) {
+fn receive_loop(
+    fd: RawFd,
+    batch: &mut Batch,
+    sampler: &mut BadLineSampler,
+    shared: &Shared,
+    progress: &Progress,
+) {
     let mut last_error_log: Option<Instant> = None;
     while !shared.stop.load(Ordering::Relaxed) {
+        // Once per call (at most 32 datagrams, or the 100 ms idle wake-up).
+        progress.beat();
         let n = match batch.recv(fd) {
             Ok(0) => continue,
             Ok(n) => n,
@@ -443,6 +487,9 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
                     }
                     Err(e) => {
                         c.parse_errors += 1;
+                        if shared.test_stall && line == STALL_LINE {
+                            stall();
+                        }
                         sampler.record(line, e);
                     }
                 }
@@ -450,6 +497,26 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
         }
     }
     c.publish(&shared.stats);
+}
+
+/// The line that stalls a receive thread when `DYNOSTAT_TEST_STALL` is set
+/// (it has no `:`, so it reaches only the parse-error path).
+const STALL_LINE: &[u8] = b"dynostat-test-stall";
+
+/// How long a receive loop may go without a `recvmmsg` call before the
+/// watchdog says it stalled: it wakes every 100 ms when idle, and a batch of
+/// 32 datagrams takes milliseconds.
+const RECEIVE_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// Tests only: spins forever, holding the aggregator, as a thread stuck in
+/// work set by a number from the wire would (issue 22).
+#[cold]
+#[inline(never)]
+fn stall() -> ! {
+    tracing::warn!("DYNOSTAT_TEST_STALL: this receive thread now spins forever, as asked");
+    loop {
+        std::hint::spin_loop();
+    }
 }
 
 /// Per-batch counters, published with one atomic add each.
@@ -620,11 +687,18 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
     // The clock: nothing in this loop waits on the network. Flushing encodes
     // and hands the payloads to the sender thread, which sends them.
     let mut clock = Clock::new(interval);
+    // No flush for two intervals and a bit: the clock (or what it waits on,
+    // such as the aggregator's lock) stopped.
+    let progress = shared.monitor.register(
+        "the flush clock",
+        Duration::from_secs(2 * interval) + Duration::from_secs(2),
+    );
     let signal_name = loop {
         tokio::select! {
             () = clock.tick() => {
                 let bucket_start = clock.advance();
                 flush(shared, &mut forwarder, bucket_start, interval).await;
+                progress.beat();
                 trimmer.trim();
             }
             _ = sigterm.recv() => break "SIGTERM",
@@ -633,6 +707,9 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
     };
     let signalled = Instant::now();
     let deadline = signalled + config.shutdown_grace + config.shutdown_timeout;
+    shared.monitor.stopping();
+    drop(progress);
+    deadline::enter(shared, deadline::Phase::Grace);
 
     // A second Ctrl-C (SIGINT) exits at once, with the conventional 128 + 2.
     // Repeated SIGTERMs do not: Heroku sends SIGTERM to every process in the
@@ -665,8 +742,11 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
+    deadline::enter(shared, deadline::Phase::FinalFlush);
     flush(shared, &mut forwarder, clock.open_bucket(), interval).await;
+    deadline::enter(shared, deadline::Phase::Draining);
     forwarder.drain(deadline).await;
+    deadline::enter(shared, deadline::Phase::Done);
     tracing::info!(
         after_ms = u64::try_from(signalled.elapsed().as_millis()).unwrap_or(u64::MAX),
         "stopped"
@@ -703,6 +783,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
     // Events and service checks past the per-interval cap were counted as
     // received by the receive loop; count them as discarded too.
     Stats::add(&stats.samples_discarded, bucket.overflowed());
+    Stats::add(&stats.rates_clamped, bucket.clamped());
     let built = Cell::new(started.elapsed());
     // series, distributions, events, service checks
     let counts = Cell::new([0usize; 4]);

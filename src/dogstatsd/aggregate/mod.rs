@@ -79,7 +79,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::HistogramAggregate;
 use crate::dogstatsd::mapper::{NameRules, Named, Names};
-use crate::dogstatsd::protocol::{Event, Metric, MetricType, ServiceCheck};
+use crate::dogstatsd::protocol::{sample_weight, Event, Metric, MetricType, ServiceCheck};
 use crate::dogstatsd::sketch::Sketch;
 
 mod budget;
@@ -615,6 +615,12 @@ impl Bucket {
     /// Reads the bucket's keys only when some name passed it.
     pub fn wide_names(&self) -> Vec<WideName> {
         self.interval.names.wide_names(&self.interval.keys)
+    }
+
+    /// Lines in this interval whose sample rate weighed more than
+    /// [`crate::dogstatsd::protocol::MAX_WEIGHT`] and were bounded to it.
+    pub fn clamped(&self) -> u64 {
+        self.interval.clamped
     }
 
     /// Contexts in this bucket.

@@ -634,6 +634,8 @@ pub(super) struct Interval {
     pub(super) overflowed: u64,
     /// Values, members, points and bins refused at the memory budget.
     pub(super) dropped: u64,
+    /// Lines whose rate weighed more than `protocol::MAX_WEIGHT`, bounded to it.
+    pub(super) clamped: u64,
     /// Approximate heap bytes charged by this interval (see the module docs).
     pub(super) bytes: usize,
     /// Unsampled histogram samples, until the flush gives them to their
@@ -697,13 +699,15 @@ impl Interval {
         }
         // Gauges and sets ignore the rate; counters, histograms and
         // distributions weigh each sample by the float 1/rate, as the Agent's
-        // Counter.addSample and Histogram.addSample do. A rate outside (0, 1]
-        // cannot come from the parser; treat it as 1 like the Agent treats 0.
-        let inv = if m.sample_rate < 1.0 && m.sample_rate > 0.0 {
-            1.0 / m.sample_rate
-        } else {
+        // Counter.addSample and Histogram.addSample do, bounded by
+        // `protocol::sample_weight` (a rate outside (0, 1] included).
+        let inv = if m.sample_rate == 1.0 {
             // Unsampled (the common case, no division).
             1.0
+        } else {
+            let (w, clamped) = sample_weight(m.kind, m.sample_rate);
+            self.clamped += u64::from(clamped);
+            w
         };
         // The common lines, one finite value into a counter, a gauge or a
         // histogram: the closure's arms below, written out because the
@@ -756,6 +760,10 @@ impl Interval {
                     }
                 }
                 State::Distribution(sketch) => {
+                    if !sketch.has_room(inv) {
+                        // Past `sketch::MAX_COUNT` values this interval.
+                        return Some(InsertOutcome::Discarded);
+                    }
                     let grown = sketch.insert(v, inv, |extra| {
                         let ok = meter.fits(*bytes, extra);
                         if ok {

@@ -461,11 +461,12 @@ fn distribution_is_a_sketch_with_float_weights() {
     let mut agg = Aggregator::new(opts());
     agg.insert(&metric("d", "1:2", MetricType::Distribution, "b,a"), NOW);
     agg.insert(&rated("d2", "5", MetricType::Distribution, 0.25), NOW);
-    // 3 values at @0.3 weigh 1/0.3 each: 10 in all.
+    // 3 values at @0.3 weigh 1/0.3 each in the sum, and count
+    // trunc(3.33) = 3 each, as the Agent's uint(1/rate): 9 in all.
     for _ in 0..3 {
         agg.insert(&rated("d3", "9", MetricType::Distribution, 0.3), NOW);
     }
-    // A tiny rate no longer caps the repeat: the weight is 100,000.
+    // A small rate: the weight is 100,000 (below `MAX_WEIGHT`).
     agg.insert(&rated("d4", "9", MetricType::Distribution, 0.000_01), NOW);
     let f = flush(&mut agg);
     assert!(f.series.is_empty(), "{:?}", f.series);
@@ -481,11 +482,13 @@ fn distribution_is_a_sketch_with_float_weights() {
     assert_eq!(f.distributions[1].sketch.count(), 4.0);
     assert_eq!(f.distributions[1].sketch.sum(), 20.0);
     let d3 = &f.distributions[2].sketch;
-    assert!(close(d3.count(), 10.0));
-    assert_eq!(d3.count_rounded(), 10);
+    assert!(close(d3.count(), 9.0));
+    assert_eq!(d3.count_rounded(), 9);
     assert!(close(d3.sum(), 90.0));
-    assert_eq!(d3.bins().map(|b| b.1).sum::<u32>(), 10);
-    assert!(close(f.distributions[3].sketch.count(), 100_000.0));
+    assert_eq!(d3.bins().map(|b| b.1).sum::<u32>(), 9);
+    // 1/0.00001 is 99,999.99999999999 in floats, truncated as the Agent's
+    // uint(n) does.
+    assert_eq!(f.distributions[3].sketch.count_rounded(), 99_999);
 }
 
 #[test]
@@ -1145,15 +1148,37 @@ fn alias_cache_is_bounded_but_lookups_stay_correct() {
 }
 
 #[test]
-fn impossible_sample_rates_count_as_one() {
+fn sample_rates_outside_0_1_weigh_as_the_agents_and_tiny_ones_are_bounded() {
     let mut agg = Aggregator::new(opts());
-    for rate in [0.0, -1.0, 2.0, f64::NAN] {
+    // 0, negative, NaN and infinite weigh 1; 2 weighs 0.5 on a counter or a
+    // histogram (the Agent's 1/rate) and 1 on a distribution (the Agent's
+    // sketch falls back to unsampled outside (0, 1]).
+    for rate in [0.0, -1.0, 2.0, f64::NAN, f64::INFINITY] {
         agg.insert(&rated("c", "10", MetricType::Counter, rate), NOW);
         agg.insert(&rated("h", "10", MetricType::Histogram, rate), NOW);
+        agg.insert(&rated("d", "10", MetricType::Distribution, rate), NOW);
     }
-    let f = agg.take().into_flush(TS, 1);
-    assert_eq!(value(&f, "c"), 40.0);
-    assert_eq!(value(&f, "h.count"), 4.0);
+    // Below 1e-6, one value weighs 1e6, and the line is counted.
+    for rate in [1e-20, 1e-300, 5e-324] {
+        agg.insert(&rated("tiny", "1", MetricType::Counter, rate), NOW);
+        agg.insert(&rated("tinyd", "1", MetricType::Distribution, rate), NOW);
+    }
+    let bucket = agg.take();
+    assert_eq!(bucket.clamped(), 6);
+    let f = bucket.into_flush(TS, 1);
+    assert_eq!(value(&f, "c"), 45.0);
+    assert_eq!(value(&f, "h.count"), 4.5);
+    assert_eq!(value(&f, "tiny"), 3e6);
+    let d = |name: &str| {
+        f.distributions
+            .iter()
+            .find(|d| d.metric == name)
+            .expect(name)
+            .sketch
+            .count_rounded()
+    };
+    assert_eq!(d("d"), 5);
+    assert_eq!(d("tinyd"), 3_000_000);
 }
 
 /// One counter sample at `at` (unix seconds), in an aggregator with `expiry`.
