@@ -12,6 +12,7 @@
 //! nothing can work stop it ([`FATAL`]).
 
 use super::mapper::{parse_mapper_profiles, MapperProfile};
+use super::trace::TraceConfig;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -219,6 +220,8 @@ pub struct Config {
     /// The proxies for the intake, read as the Agent reads them (see
     /// [`Proxy`]). Defaults to none.
     pub proxy: Proxy,
+    /// The trace relay (`DD_APM_*`; see [`TraceConfig`]).
+    pub trace: TraceConfig,
 }
 
 impl Config {
@@ -549,6 +552,7 @@ impl Config {
             )?
             .unwrap_or(dyno.is_some());
         let proxy = n.or(Proxy::from_reader(&r), Proxy::default(), "no proxy")?;
+        let trace = TraceConfig::read(&r, &mut n, &site)?;
 
         Ok(Self {
             api_key,
@@ -584,6 +588,7 @@ impl Config {
             dyno,
             dyno_metrics,
             proxy,
+            trace,
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()
@@ -601,7 +606,7 @@ impl Config {
 }
 
 /// Collects what did not stop the configuration (see [`Config::notes`]).
-struct Notes {
+pub(super) struct Notes {
     on_dyno: bool,
     notes: Vec<ConfigError>,
 }
@@ -609,7 +614,7 @@ struct Notes {
 impl Notes {
     /// An optional setting's value; on a dyno, an invalid one becomes its
     /// `default` (shown as `shown`) and a note.
-    fn or<T>(
+    pub(super) fn or<T>(
         &mut self,
         result: Result<T, ConfigError>,
         default: T,
