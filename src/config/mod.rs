@@ -238,6 +238,8 @@ pub mod vars {
     /// The trace relay's port, as tracers read it; exported beside
     /// `DD_DOGSTATSD_PORT`.
     pub const DD_TRACE_AGENT_PORT: &str = "DD_TRACE_AGENT_PORT";
+    /// A tracer's full agent URL; when set, tracers ignore the port.
+    pub const DD_TRACE_AGENT_URL: &str = "DD_TRACE_AGENT_URL";
     /// The log level; set to `warn` for quiet children.
     pub const DD_LOG_LEVEL: &str = "DD_LOG_LEVEL";
     /// Console output of `serve`; `start` turns it on unless it is set.
