@@ -387,7 +387,11 @@ mod tests {
         let c = config(&[("DYNO", "worker-12a34b56d-e78f9")]);
         let p = plan(&c, Facts::default());
         assert_eq!(p.start, Start::No);
-        assert_eq!(p.env.len(), 3, "the DogStatsD and trace ports, and the host");
+        assert_eq!(
+            p.env.len(),
+            3,
+            "the DogStatsD and trace ports, and the host"
+        );
         let notice = p.notice.expect("a hint");
         assert!(notice.contains("heroku config:set DD_API_KEY="), "{notice}");
     }
@@ -401,7 +405,11 @@ mod tests {
         ]);
         let p = plan(&c, Facts::default());
         assert_eq!(p.start, Start::No);
-        assert_eq!(p.env.len(), 3, "the DogStatsD and trace ports, and the host");
+        assert_eq!(
+            p.env.len(),
+            3,
+            "the DogStatsD and trace ports, and the host"
+        );
         let notice = p.notice.expect("a notice");
         assert!(notice.contains("worker-12a34b56d-e78f9"), "{notice}");
         assert!(notice.contains("worker"), "{notice}");
