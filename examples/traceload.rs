@@ -35,7 +35,10 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("floor") => floor(arg(&args, "--port", 18300), arg(&args, "--seconds", 3600)),
+        Some("floor") => floor(
+            u16::try_from(arg(&args, "--port", 18300)).unwrap_or(18300),
+            arg(&args, "--seconds", 3600),
+        ),
         Some("send") => send(&args),
         _ => {
             eprintln!("usage: traceload floor --port P --seconds S | send --port P --rate R --seconds S --server-pid PID");
@@ -278,7 +281,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn send(args: &[String]) {
-    let port = arg(args, "--port", 18301) as u16;
+    let port = u16::try_from(arg(args, "--port", 18301)).unwrap_or(18301);
     let rate = arg(args, "--rate", 10_000);
     let seconds = arg(args, "--seconds", 20);
     let pid = arg(args, "--server-pid", 0) as u32;

@@ -341,7 +341,10 @@ fn an_intake_outage_loses_nothing_that_fits_the_queue() {
 #[test]
 fn proxies_add_the_key_and_dogstatsd_proxy_feeds_the_aggregator() {
     let intake = Intake::start();
-    let mut s = Serve::builder().intake(&intake).start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DD_EVP_PROXY_CONFIG_DD_URL", &intake.url())
+        .start();
     let (status, _) = request(
         s.apm_port,
         "POST",
@@ -364,7 +367,49 @@ fn proxies_add_the_key_and_dogstatsd_proxy_feeds_the_aggregator() {
     assert_eq!(status, 200);
     let (status, _) = request(s.apm_port, "POST", "/evp_proxy/v2/api/v2/foo", &[], b"{}");
     assert_eq!(status, 400, "no subdomain header");
+    let (status, _) = request(
+        s.apm_port,
+        "POST",
+        "/evp_proxy/v4/api/v2/citestcycle?x=1",
+        &[
+            ("X-Datadog-EVP-Subdomain", "citestcycle-intake"),
+            ("Content-Type", "application/msgpack"),
+        ],
+        b"\x80",
+    );
+    assert_eq!(status, 202);
+    let (status, _) = request(
+        s.apm_port,
+        "POST",
+        "/profiling/v1/input",
+        &[("Content-Type", "multipart/form-data; boundary=b")],
+        b"--b--\r\n",
+    );
+    assert_eq!(status, 202);
     s.stop_ok(Duration::from_secs(10));
+    let evp = intake
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/api/v2/citestcycle"))
+        .expect("evp proxied");
+    assert_eq!(
+        evp.path, "/api/v2/citestcycle",
+        "the subdomain's path (the intake drops queries)"
+    );
+    assert_eq!(evp.header("dd-api-key"), Some("test-key-0123456789abcdef"));
+    let profile = intake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v2/profile")
+        .expect("profile proxied");
+    assert_eq!(
+        profile.header("dd-api-key"),
+        Some("test-key-0123456789abcdef")
+    );
+    assert_eq!(
+        profile.header("content-type"),
+        Some("multipart/form-data; boundary=b")
+    );
     let t = intake
         .requests()
         .into_iter()
@@ -435,4 +480,78 @@ fn v05_payloads_are_decoded_with_their_dictionary() {
         ("svc", "op", "res")
     );
     assert_eq!(sp.meta.get("env").map(String::as_str), Some("qa"));
+}
+
+#[test]
+fn tracer_computed_stats_are_forwarded_and_bad_ones_refused() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DD_ENV", "prod")
+        .start();
+    let client = pb::ClientStatsPayload {
+        lang: "python".to_owned(),
+        stats: vec![pb::ClientStatsBucket {
+            start: 1_700_000_000_000_000_000,
+            duration: 10_000_000_000,
+            stats: vec![pb::ClientGroupedStats {
+                service: "shop".to_owned(),
+                name: "web.request".to_owned(),
+                resource: "GET /".to_owned(),
+                hits: 7,
+                errors: 1,
+                top_level_hits: 7,
+                ..Default::default()
+            }],
+            agent_time_shift: 0,
+        }],
+        ..Default::default()
+    };
+    let body = rmp_serde::to_vec_named(&client).unwrap();
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], &body).0,
+        200
+    );
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], b"\xc1garbage").0,
+        400
+    );
+    s.stop_ok(Duration::from_secs(10));
+    let stats = intake.trace_stats();
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].client_computed);
+    assert_eq!(stats[0].stats[0].env, "prod", "filled from DD_ENV");
+    assert_eq!(intake.stats_hits("shop", "web.request"), (7, 1, 7));
+    assert_eq!(total(&intake, "dynostat.traces.stats_errors"), 1.0);
+}
+
+#[test]
+fn dyno_tags_and_the_host_are_those_of_the_metrics() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DYNO", "web.1")
+        .env("HEROKU_APP_NAME", "shop-app")
+        .env("DD_TAGS", "team:checkout,region:eu")
+        .env("DD_DYNO_HOST", "true")
+        .start();
+    let mut trace = web_trace(5, Some(1.0), false);
+    trace[0]
+        .meta
+        .insert("team".to_owned(), "tracer-wins".to_owned());
+    assert_eq!(put_traces(s.apm_port, &[trace]).0, 200);
+    s.stop_ok(Duration::from_secs(10));
+    let payloads = intake.agent_payloads();
+    assert_eq!(payloads[0].host_name, "shop-app.web.1");
+    let root = &payloads[0].tracer_payloads[0].chunks[0].spans[0];
+    for (k, v) in [
+        ("dyno", "web.1"),
+        ("dynotype", "web"),
+        ("appname", "shop-app"),
+        ("region", "eu"),
+        ("team", "tracer-wins"),
+    ] {
+        assert_eq!(root.meta.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(intake.trace_stats()[0].agent_hostname, "shop-app.web.1");
 }

@@ -342,7 +342,7 @@ fn split_sketches(raw: &[u8], limits: &Limits) -> Option<(Vec<Payload>, Vec<Payl
 /// long-line load still zero-filled); level 1 spends several times less on
 /// the same bytes, and its payloads stay far under the intake's limits,
 /// which the payload splitter enforces on the compressed size anyway.
-const LEVEL: u32 = 1;
+pub const LEVEL: u32 = 1;
 
 /// The compressor of one payload: gzip for JSON, zlib for sketches.
 enum Compressor {
