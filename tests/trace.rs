@@ -10,8 +10,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{wait, Intake, Serve};
+use common::{wait, Intake, Serve, ServeBuilder};
 use libdd_trace_protobuf::pb;
+
+/// A `serve` whose `dynostat.*` counters reach the intake: the tests read
+/// the `dynostat.traces.*` drop counts there (self-telemetry is opt-in once
+/// `DD_DOGSTATSD_STATS_ENABLE` is, issue 22).
+fn relay() -> ServeBuilder {
+    Serve::builder().env("DD_DOGSTATSD_STATS_ENABLE", "true")
+}
 
 /// One HTTP/1.1 request on a fresh connection; (status, body).
 fn request(
@@ -115,7 +122,7 @@ fn total(intake: &Intake, metric: &str) -> f64 {
 #[test]
 fn endpoints_answer_as_the_trace_agent() {
     let intake = Intake::start();
-    let s = Serve::builder().intake(&intake).start();
+    let s = relay().intake(&intake).start();
     let (status, info) = request(s.apm_port, "GET", "/info", &[], b"");
     assert_eq!(status, 200);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
@@ -153,7 +160,7 @@ fn endpoints_answer_as_the_trace_agent() {
 #[test]
 fn kept_dropped_and_counted_as_the_agent_samples_and_the_last_traces_arrive_on_sigterm() {
     let intake = Intake::start();
-    let mut s = Serve::builder()
+    let mut s = relay()
         .intake(&intake)
         .env("DD_ENV", "staging")
         .env("DYNOSTAT_FLUSH_INTERVAL", "30")
@@ -217,7 +224,7 @@ fn kept_dropped_and_counted_as_the_agent_samples_and_the_last_traces_arrive_on_s
 #[test]
 fn malformed_payloads_get_400_and_the_relay_lives() {
     let intake = Intake::start();
-    let mut s = Serve::builder().intake(&intake).start();
+    let mut s = relay().intake(&intake).start();
     let mut deep = vec![0x91, 0x91, 0x81, 0xa1, b'x'];
     deep.extend(std::iter::repeat_n(0x91u8, 200_000));
     deep.push(0x01);
@@ -257,7 +264,7 @@ fn malformed_payloads_get_400_and_the_relay_lives() {
 fn a_body_over_the_limit_is_refused_before_it_is_read_and_the_ceiling_answers_429() {
     let intake = Intake::start();
     // 4 MiB in all: the relay's share is 512 KiB.
-    let s = Serve::builder()
+    let s = relay()
         .intake(&intake)
         .env("DYNOSTAT_MEMORY_LIMIT", "4MiB")
         .start();
@@ -310,7 +317,7 @@ fn a_body_over_the_limit_is_refused_before_it_is_read_and_the_ceiling_answers_42
 fn an_intake_outage_loses_nothing_that_fits_the_queue() {
     let intake = Intake::start();
     intake.respond_always(503);
-    let mut s = Serve::builder().intake(&intake).start();
+    let mut s = relay().intake(&intake).start();
     for batch in 0..5u64 {
         let traces: Vec<Vec<pb::Span>> = (0..20u64)
             .map(|i| web_trace(1000 + batch * 20 + i, Some(1.0), false))
@@ -341,7 +348,7 @@ fn an_intake_outage_loses_nothing_that_fits_the_queue() {
 #[test]
 fn proxies_add_the_key_and_dogstatsd_proxy_feeds_the_aggregator() {
     let intake = Intake::start();
-    let mut s = Serve::builder()
+    let mut s = relay()
         .intake(&intake)
         .env("DD_EVP_PROXY_CONFIG_DD_URL", &intake.url())
         .start();
@@ -423,7 +430,7 @@ fn proxies_add_the_key_and_dogstatsd_proxy_feeds_the_aggregator() {
 
 #[test]
 fn without_a_key_the_console_prints_a_trace_summary() {
-    let mut s = Serve::builder().env("DYNOSTAT_CONSOLE", "true").start();
+    let mut s = relay().env("DYNOSTAT_CONSOLE", "true").start();
     let traces: Vec<Vec<pb::Span>> = (1..=6).map(|i| web_trace(i, Some(1.0), i == 6)).collect();
     assert_eq!(put_traces(s.apm_port, &traces).0, 200);
     s.stop_ok(Duration::from_secs(10));
@@ -443,7 +450,7 @@ fn without_a_key_the_console_prints_a_trace_summary() {
 
 #[test]
 fn apm_disabled_listens_on_nothing() {
-    let mut s = Serve::builder().env("DD_APM_ENABLED", "false").start();
+    let mut s = relay().env("DD_APM_ENABLED", "false").start();
     assert!(TcpStream::connect(("127.0.0.1", s.apm_port)).is_err());
     s.stop_ok(Duration::from_secs(10));
 }
@@ -451,7 +458,7 @@ fn apm_disabled_listens_on_nothing() {
 #[test]
 fn v05_payloads_are_decoded_with_their_dictionary() {
     let intake = Intake::start();
-    let mut s = Serve::builder().intake(&intake).start();
+    let mut s = relay().intake(&intake).start();
     // [dict, [[span]]]: service "svc", name "op", resource "res", meta {env: qa}
     let mut b = vec![0x92, 0x96];
     for w in ["", "svc", "op", "res", "env", "qa"] {
@@ -485,10 +492,7 @@ fn v05_payloads_are_decoded_with_their_dictionary() {
 #[test]
 fn tracer_computed_stats_are_forwarded_and_bad_ones_refused() {
     let intake = Intake::start();
-    let mut s = Serve::builder()
-        .intake(&intake)
-        .env("DD_ENV", "prod")
-        .start();
+    let mut s = relay().intake(&intake).env("DD_ENV", "prod").start();
     let client = pb::ClientStatsPayload {
         lang: "python".to_owned(),
         stats: vec![pb::ClientStatsBucket {
@@ -528,7 +532,7 @@ fn tracer_computed_stats_are_forwarded_and_bad_ones_refused() {
 #[test]
 fn dyno_tags_and_the_host_are_those_of_the_metrics() {
     let intake = Intake::start();
-    let mut s = Serve::builder()
+    let mut s = relay()
         .intake(&intake)
         .env("DYNO", "web.1")
         .env("HEROKU_APP_NAME", "shop-app")
