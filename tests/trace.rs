@@ -559,3 +559,60 @@ fn dyno_tags_and_the_host_are_those_of_the_metrics() {
     }
     assert_eq!(intake.trace_stats()[0].agent_hostname, "shop-app.web.1");
 }
+
+#[test]
+fn client_computed_stats_and_top_level_are_left_to_the_tracer() {
+    let intake = Intake::start();
+    let mut s = relay().intake(&intake).start();
+    let traces: Vec<Vec<pb::Span>> = (1..=3).map(|i| web_trace(i, Some(1.0), false)).collect();
+    let (status, _) = request(
+        s.apm_port,
+        "PUT",
+        "/v0.4/traces",
+        &[
+            ("Datadog-Client-Computed-Stats", "yes"),
+            ("Datadog-Client-Computed-Top-Level", "yes"),
+        ],
+        &v04(&traces),
+    );
+    assert_eq!(status, 200);
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(intake.trace_chunks().len(), 3, "kept and sent");
+    assert!(intake.trace_stats().is_empty(), "no stats of ours");
+    for c in intake.trace_chunks() {
+        assert!(c
+            .spans
+            .iter()
+            .all(|s| !s.metrics.contains_key("_top_level")));
+    }
+}
+
+#[test]
+fn the_unix_socket_answers_as_the_port_does() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apm.socket");
+    let intake = Intake::start();
+    let mut s = relay()
+        .intake(&intake)
+        .env("DD_APM_RECEIVER_SOCKET", path.to_str().unwrap())
+        .start();
+    let body = v04(&[web_trace(9, Some(1.0), false)]);
+    let mut c = UnixStream::connect(&path).expect("the socket listens");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "PUT /v0.4/traces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.write_all(&body).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("rate_by_service"), "{out}");
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(intake.trace_chunks().len(), 1);
+}
