@@ -383,9 +383,16 @@ async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
     if req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    match read_body(req, 8 * 1024 * 1024).await {
+    // Bounded by the relay's share too: the body is held while it is parsed.
+    let limit = (8 * 1024 * 1024).min(core.meter.available());
+    match read_body(req, limit).await {
         Ok(body) => {
+            let n = body.len();
+            if !core.meter.try_charge(n) {
+                return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+            }
             (core.dogstatsd)(&body);
+            core.meter.release(n);
             text(StatusCode::OK, "")
         }
         Err(a) => a,
