@@ -616,3 +616,37 @@ fn the_unix_socket_answers_as_the_port_does() {
     s.stop_ok(Duration::from_secs(10));
     assert_eq!(intake.trace_chunks().len(), 1);
 }
+
+#[test]
+fn a_failing_proxy_answers_502_and_never_logs_the_key() {
+    let dead = common::free_tcp_port();
+    let mut s = relay()
+        .env("DD_API_KEY", "secret-key-0123456789abcdef")
+        .env("DD_DD_URL", &format!("http://127.0.0.1:{dead}"))
+        .env("DD_APM_DD_URL", &format!("http://127.0.0.1:{dead}"))
+        .env(
+            "DD_APM_TELEMETRY_DD_URL",
+            &format!("http://secret-key-0123456789abcdef@127.0.0.1:{dead}"),
+        )
+        .env("DD_LOG_LEVEL", "debug")
+        .start();
+    let (status, body) = request(
+        s.apm_port,
+        "POST",
+        "/telemetry/proxy/api/v2/apmtelemetry",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.contains("secret-key"), "{body}");
+    assert_eq!(
+        put_traces(s.apm_port, &[web_trace(3, Some(1.0), false)]).0,
+        200
+    );
+    s.stop_ok(Duration::from_secs(15));
+    assert!(
+        !s.stderr().contains("secret-key-0123456789abcdef"),
+        "{}",
+        s.stderr()
+    );
+}
