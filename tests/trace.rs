@@ -615,6 +615,7 @@ fn the_unix_socket_answers_as_the_port_does() {
     assert!(out.contains("rate_by_service"), "{out}");
     s.stop_ok(Duration::from_secs(10));
     assert_eq!(intake.trace_chunks().len(), 1);
+    assert!(!path.exists(), "the socket file is removed at exit");
 }
 
 #[test]

@@ -512,6 +512,8 @@ pub struct Relay {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Where it listens, for the start-up line.
     pub bound: Vec<String>,
+    /// The Unix socket's path, removed when the relay stops.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Relay {
@@ -545,6 +547,14 @@ impl Relay {
         };
         let unix = match &t.socket {
             Some(path) => {
+                // A stale file from an earlier run is replaced; a socket
+                // someone still answers on is not.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    anyhow::bail!(
+                        "DD_APM_RECEIVER_SOCKET={}: another process is listening on it; stop it or choose another path",
+                        path.display()
+                    );
+                }
                 let _ = std::fs::remove_file(path);
                 let l = std::os::unix::net::UnixListener::bind(path).with_context(|| {
                     format!("DD_APM_RECEIVER_SOCKET={}: could not bind", path.display())
@@ -584,6 +594,7 @@ impl Relay {
             done: Some(done),
             thread: Some(thread),
             bound,
+            socket: t.socket.clone(),
         }))
     }
 
@@ -601,6 +612,9 @@ impl Relay {
             } else {
                 tracing::error!("the trace relay did not finish its last flush by the deadline");
             }
+        }
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
