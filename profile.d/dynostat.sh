@@ -7,7 +7,9 @@
 # command in the same shell. It:
 #
 #   - exports DD_DOGSTATSD_PORT (8125) and DD_AGENT_HOST (127.0.0.1) unless
-#     they are set, so DogStatsD clients find the listener, and puts
+#     they are set, so DogStatsD clients find the listener, and
+#     DD_TRACE_AGENT_PORT (DD_APM_RECEIVER_PORT, 8126) unless set or
+#     DD_APM_ENABLED=false, so tracers find the trace relay; and puts
 #     $HOME/.dynostat/bin on the PATH;
 #   - starts `dynostat agent` in the background, stdin from /dev/null, and
 #     returns at once. The agent checks the same settings again, supervises
@@ -58,6 +60,10 @@ __dynostat_boot() {
 
 	export DD_DOGSTATSD_PORT="${DD_DOGSTATSD_PORT:-8125}"
 	export DD_AGENT_HOST="${DD_AGENT_HOST:-127.0.0.1}"
+	case "${DD_APM_ENABLED:-true}" in
+	false | FALSE | False | 0 | no | off) ;;
+	*) export DD_TRACE_AGENT_PORT="${DD_TRACE_AGENT_PORT:-${DD_APM_RECEIVER_PORT:-8126}}" ;;
+	esac
 
 	# DYNOSTAT_DYNO_TYPES: types separated by commas or spaces; all (the
 	# default, or an empty list) means every type.

@@ -12,6 +12,7 @@
 # every process it started, by pid), or loops without a bound.
 #
 # Usage: scripts/bench.sh > report.md
+#        scripts/bench.sh traces > traces.md   (the trace relay: scripts/bench/traces.sh)
 # Knobs (environment): BENCH_OUT, BENCH_ROUNDS (3), BENCH_CPU_RATE (1000000),
 # BENCH_CPU_LINES (5000000) for the mixed load, BENCH_LONG_RATE (200000),
 # BENCH_LONG_LINES (1000000) for the long lines, BENCH_COUNTERS_RATE
@@ -23,6 +24,13 @@
 # about 65,000 contexts, fewer than BENCH_CTX; empty for dynostat's default),
 # DYNOSTAT_BIN (skip the cargo build and use this binary), CARGO_TARGET_DIR.
 set -euo pipefail
+
+# `scripts/bench.sh traces`: the trace relay's benchmark instead (CPU per
+# span against an HTTP floor, peak RSS at 10k spans/s, idle RSS with the
+# relay on, binary size): scripts/bench/traces.sh, with its own knobs.
+if [[ ${1:-} == traces ]]; then
+	exec "$(dirname "${BASH_SOURCE[0]}")/bench/traces.sh"
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${BENCH_OUT:-${ROOT}/bench-out}

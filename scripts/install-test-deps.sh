@@ -84,3 +84,44 @@ else
 		exit 1
 	fi
 fi
+
+# Real tracers for the trace relay's tests (tests/trace.rs), each in its own
+# directory under target/tracers/ (never installed globally): Python ddtrace,
+# the newest 4.x and an older major (2.x), in separate virtualenvs; Node
+# dd-trace 6 and 5 through npm. Skipped (with a note) when python3 or npm is
+# missing; each is installed only once. DYNOSTAT_SKIP_TRACERS=1 skips them.
+tracers="${repo}/target/tracers"
+if [[ -n "${DYNOSTAT_SKIP_TRACERS:-}" ]]; then
+	output::step "Skipping the tracers (DYNOSTAT_SKIP_TRACERS is set)"
+else
+	output::step "Installing tracers for the trace relay tests into ${tracers}"
+	mkdir -p "${tracers}"
+	if command -v python3 >/dev/null 2>&1; then
+		for spec in "py4:ddtrace>=4,<5" "py2:ddtrace>=2.21,<3"; do
+			dir="${tracers}/${spec%%:*}"
+			if [[ -x "${dir}/bin/python" ]] && "${dir}/bin/python" -c 'import ddtrace' 2>/dev/null; then
+				output::info "${spec#*:}: present ($("${dir}/bin/python" -c 'import ddtrace; print(ddtrace.__version__)'))"
+				continue
+			fi
+			python3 -m venv "${dir}"
+			"${dir}/bin/pip" install -q --disable-pip-version-check "${spec#*:}" 2>&1 | output::indent
+			output::info "${spec#*:}: $("${dir}/bin/python" -c 'import ddtrace; print(ddtrace.__version__)')"
+		done
+	else
+		output::info "python3 not found: the ddtrace tests will be skipped"
+	fi
+	if command -v npm >/dev/null 2>&1; then
+		for major in 6 5; do
+			dir="${tracers}/node${major}"
+			if [[ -f "${dir}/node_modules/dd-trace/package.json" ]]; then
+				output::info "dd-trace@${major}: present"
+				continue
+			fi
+			mkdir -p "${dir}"
+			(cd "${dir}" && npm install --silent --no-audit --no-fund "dd-trace@${major}" 2>&1) | output::indent
+			output::info "dd-trace@${major}: installed"
+		done
+	else
+		output::info "npm not found: the dd-trace (Node) tests will be skipped"
+	fi
+fi

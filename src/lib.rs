@@ -7,6 +7,8 @@
 //! serve (UDP / Unix sockets, flush clock, shutdown)
 //!   → dogstatsd::protocol (parse) → dogstatsd::aggregate (buckets)
 //!   → forward (Datadog HTTP API, retry queue) or console table
+//! trace (tracers' HTTP on 127.0.0.1:8126: decode, process, stats, sample)
+//!   → forward (the same sender and queue), or a console summary
 //! dynometrics (the dyno's memory, load, CPU; sampled every 5 s)
 //!   → appended to each of serve's flushes
 //! ```
@@ -21,7 +23,8 @@
 //!
 //! One folder per part, each importing only the ones listed before it:
 //! [`config`] (read the environment; the only module that does),
-//! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`dynometrics`]
+//! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`trace`] (the
+//! APM trace relay, a sibling input to `dogstatsd`), [`dynometrics`]
 //! (the dyno's own memory, load and CPU), [`progress`] (loops that must keep
 //! moving, watched for the agent; imports nothing), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
@@ -32,6 +35,7 @@ pub mod dynometrics;
 pub mod forward;
 pub mod progress;
 pub mod serve;
+pub mod trace;
 
 pub mod dyno;
 pub mod process;

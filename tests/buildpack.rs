@@ -686,6 +686,8 @@ fn dyno_env(intake: &Intake, statsd_port: u16) -> Vec<(String, String)> {
         ("DD_API_KEY".into(), API_KEY.into()),
         ("DD_DD_URL".into(), intake.url()),
         ("DD_DOGSTATSD_PORT".into(), statsd_port.to_string()),
+        // Never the default 8126: tests run side by side.
+        ("DD_APM_RECEIVER_PORT".into(), free_tcp_port().to_string()),
         ("DYNOSTAT_FLUSH_INTERVAL".into(), "1".into()),
     ]
 }

@@ -418,9 +418,19 @@ fn fir_env(intake: &Intake, statsd_port: u16) -> Vec<(&'static str, String)> {
         ("DD_API_KEY", API_KEY.to_owned()),
         ("DD_DD_URL", intake.url()),
         ("DD_DOGSTATSD_PORT", statsd_port.to_string()),
+        // Never the default 8126: tests run side by side.
+        ("DD_APM_RECEIVER_PORT", common::free_tcp_port().to_string()),
         ("DYNOSTAT_FLUSH_INTERVAL", "1".to_owned()),
         ("HOME", "/nonexistent".to_owned()),
     ]
+}
+
+/// The trace relay's port in a [`fir_env`].
+fn apm_port(env: &[(&str, String)]) -> String {
+    env.iter()
+        .find(|(k, _)| *k == "DD_APM_RECEIVER_PORT")
+        .map(|(_, v)| v.clone())
+        .expect("fir_env sets it")
 }
 
 /// An app that records its environment in `file`, then sleeps in the same
@@ -677,7 +687,8 @@ fn exec_d_exports_the_port_and_leaves_a_detached_agent_running() {
     let env_file = cnb.root.path().join("app.env");
     let app = env_recording_app(&env_file);
     let app: Vec<&str> = app.iter().map(String::as_str).collect();
-    let mut launched = cnb.launch(&fir_env(&intake, port), &app);
+    let env = fir_env(&intake, port);
+    let mut launched = cnb.launch(&env, &app);
 
     // The launcher read fd 3 to end-of-file and saw exec.d exit 0, at once.
     let run = launched.exec_d_run();
@@ -695,7 +706,11 @@ fn exec_d_exports_the_port_and_leaves_a_detached_agent_running() {
     );
     assert_eq!(
         run["env"],
-        serde_json::json!({"DD_DOGSTATSD_PORT": port.to_string(), "DD_AGENT_HOST": "127.0.0.1"}),
+        serde_json::json!({
+            "DD_DOGSTATSD_PORT": port.to_string(),
+            "DD_TRACE_AGENT_PORT": apm_port(&env),
+            "DD_AGENT_HOST": "127.0.0.1"
+        }),
         "TOML on fd 3: {}",
         run["toml"]
     );
@@ -835,7 +850,7 @@ fn exec_d_honours_disable_and_a_missing_key_and_the_app_still_starts() {
     let run = launched.exec_d_run();
     assert_eq!(
         run["env"],
-        serde_json::json!({"DD_DOGSTATSD_PORT": port.to_string()}),
+        serde_json::json!({"DD_DOGSTATSD_PORT": port.to_string(), "DD_TRACE_AGENT_PORT": apm_port(&env)}),
         "{run}"
     );
     let app_env = wait_for_file(&env_file, Duration::from_secs(10));

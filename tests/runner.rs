@@ -485,6 +485,50 @@ fn the_listener_runs_beside_the_app_as_statsd() {
     );
 }
 
+/// A ddtrace app under `dynostat start` with no API key: the tracer finds
+/// the relay through `DD_TRACE_AGENT_PORT`, and its traces are summed up on
+/// the console. Skipped when ddtrace is not installed under target/tracers.
+#[test]
+fn start_exports_the_trace_port_and_prints_a_trace_summary() {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tracers/py4/bin/python");
+    if !python.exists() {
+        eprintln!("skipped: ddtrace is not installed (run scripts/install-test-deps.sh)");
+        return;
+    }
+    let app_py =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tracers/app.py");
+    let procfile = format!(
+        "web: echo port=$DD_TRACE_AGENT_PORT && {} {} 12 && sleep 30\n",
+        python.display(),
+        app_py.display()
+    );
+    let apm = harness::free_tcp_port();
+    let dir = app(&procfile, None);
+    let mut p = Proc::spawn(
+        dynostat(dir.path(), &["start", "--no-timestamp"])
+            .env("DD_DOGSTATSD_PORT", harness::free_udp_port().to_string())
+            .env("DD_APM_RECEIVER_PORT", apm.to_string())
+            .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
+    );
+    p.expect_stdout(&format!("web.1  | port={apm}"), T);
+    p.expect_stdout("web.1  | traced 12", T);
+    // The summary comes with the 10 s stats flush, or at the latest on stop.
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.code(T), 143);
+    let out = p.stdout();
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("statsd | shop ") && l.contains("GET /items"))
+        .unwrap_or_else(|| panic!("no trace summary row:\n{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[cells.len() - 4..cells.len() - 2],
+        ["12", "3"],
+        "{row}"
+    );
+}
+
 #[test]
 fn a_taken_statsd_port_is_reported_and_the_app_still_runs() {
     let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

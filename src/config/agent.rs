@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub has_api_key: bool,
     /// `DD_DOGSTATSD_PORT`, to check whether a listener already owns it.
     pub port: u16,
+    /// The trace relay's port (`DD_APM_RECEIVER_PORT`), exported to apps as
+    /// `DD_TRACE_AGENT_PORT`; none with `DD_APM_ENABLED=false` or port 0.
+    pub trace_port: Option<u16>,
     /// The bind address, as for `serve`.
     pub bind_host: IpAddr,
     /// `DD_LOG_LEVEL`, for the agent's own logging.
@@ -113,6 +116,7 @@ impl AgentConfig {
             dyno: full.dyno,
             has_api_key: full.api_key.is_some(),
             port: full.port,
+            trace_port: (full.trace.enabled && full.trace.port != 0).then_some(full.trace.port),
             bind_host: full.bind_host,
             log_level: full.log_level,
             watch_pid: match r

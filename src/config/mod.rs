@@ -19,12 +19,14 @@ mod mapper;
 mod proxy;
 mod runner;
 mod serve;
+mod trace;
 
 pub use agent::{AgentConfig, DynoTypes};
 pub use mapper::{parse_mapper_profiles, MapperProfile, MapperRule};
 pub use proxy::{redact_url, Proxy};
 pub use runner::RunnerEnv;
 pub use serve::{Config, HistogramAggregate};
+pub use trace::TraceConfig;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -236,6 +238,11 @@ pub mod vars {
     pub const DD_AGENT_HOST: &str = "DD_AGENT_HOST";
     /// The DogStatsD port; exported by the exec.d helper.
     pub const DD_DOGSTATSD_PORT: &str = "DD_DOGSTATSD_PORT";
+    /// The trace relay's port, as tracers read it; exported beside
+    /// `DD_DOGSTATSD_PORT`.
+    pub const DD_TRACE_AGENT_PORT: &str = "DD_TRACE_AGENT_PORT";
+    /// A tracer's full agent URL; when set, tracers ignore the port.
+    pub const DD_TRACE_AGENT_URL: &str = "DD_TRACE_AGENT_URL";
     /// The log level; set to `warn` for quiet children.
     pub const DD_LOG_LEVEL: &str = "DD_LOG_LEVEL";
     /// Console output of `serve`; `start` turns it on unless it is set.

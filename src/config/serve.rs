@@ -12,6 +12,7 @@
 //! nothing can work stop it ([`FATAL`]).
 
 use super::mapper::{parse_mapper_profiles, MapperProfile};
+use super::trace::TraceConfig;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -280,6 +281,8 @@ pub struct Config {
     /// The proxies for the intake, read as the Agent reads them (see
     /// [`Proxy`]). Defaults to none.
     pub proxy: Proxy,
+    /// The trace relay (`DD_APM_*`; see [`TraceConfig`]).
+    pub trace: TraceConfig,
 }
 
 impl Config {
@@ -655,6 +658,7 @@ impl Config {
             Some(folder) => PathBuf::from(folder).join("prerun.sh"),
             None => PathBuf::from(PRERUN_SCRIPT),
         };
+        let trace = TraceConfig::read(&r, &mut n, &site)?;
 
         Ok(Self {
             api_key,
@@ -706,6 +710,7 @@ impl Config {
                     ))
                 })
                 .collect(),
+            trace,
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()
@@ -723,7 +728,7 @@ impl Config {
 }
 
 /// Collects what did not stop the configuration (see [`Config::notes`]).
-struct Notes {
+pub(super) struct Notes {
     on_dyno: bool,
     notes: Vec<ConfigError>,
 }
@@ -731,7 +736,7 @@ struct Notes {
 impl Notes {
     /// An optional setting's value; on a dyno, an invalid one becomes its
     /// `default` (shown as `shown`) and a note.
-    fn or<T>(
+    pub(super) fn or<T>(
         &mut self,
         result: Result<T, ConfigError>,
         default: T,

@@ -147,6 +147,35 @@ counters! {
     truncated => "dynostat.forwarder.items_truncated", Rate;
     /// Milliseconds the last flush took to build.
     flush_ms => "dynostat.flush.duration_ms", Gauge;
+    // The trace relay (src/trace/): what arrived, and every drop by reason.
+    /// Trace chunks received from tracers.
+    traces_received => "dynostat.traces.received", Rate;
+    /// Spans received from tracers.
+    spans_received => "dynostat.traces.spans", Rate;
+    /// Trace chunks kept and handed to the forwarder.
+    traces_kept => "dynostat.traces.kept", Rate;
+    /// Trace chunks dropped with priority < 0 (`manual.drop`, user rules).
+    traces_user_reject => "dynostat.traces.dropped.user_reject", Rate;
+    /// Trace chunks dropped with priority 0 and not kept by the error sampler.
+    traces_auto_reject => "dynostat.traces.dropped.auto_reject", Rate;
+    /// Trace chunks without priority dropped by the score sampler.
+    traces_no_priority => "dynostat.traces.dropped.no_priority", Rate;
+    /// Trace chunks dropped by normalization (empty, foreign spans).
+    traces_invalid => "dynostat.traces.dropped.invalid", Rate;
+    /// Trace chunks refused at the relay's memory share or body limit (as
+    /// the tracer's `X-Datadog-Trace-Count` says).
+    traces_memory => "dynostat.traces.dropped.memory", Rate;
+    /// Trace chunks received while nothing is forwarded (no API key).
+    traces_unforwarded => "dynostat.traces.dropped.not_forwarded", Rate;
+    /// Trace requests answered 400: malformed msgpack, zero ids.
+    trace_payload_errors => "dynostat.traces.payload_errors", Rate;
+    /// Proxied requests (telemetry, profiles, EVP) that got no answer.
+    trace_proxy_errors => "dynostat.traces.proxy_errors", Rate;
+    /// Tracer-computed stats payloads that could not be decoded.
+    trace_stats_errors => "dynostat.traces.stats_errors", Rate;
+    /// Bytes the trace relay held at the last flush, against its share of
+    /// `DYNOSTAT_MEMORY_LIMIT`.
+    trace_memory_bytes => "dynostat.memory.trace_bytes", Gauge;
 }
 
 /// Each kind of loss, as `dynostat.dropped` tags it, and the counter that

@@ -110,7 +110,8 @@ pub struct Plan {
 /// Decides what to do, exactly as `profile.d/dynostat.sh` does on a classic dyno:
 ///
 /// 1. `DISABLE_DATADOG_AGENT` set: nothing at all, not even the exports;
-/// 2. otherwise `DD_DOGSTATSD_PORT`, and `DD_AGENT_HOST` if unset, are exported;
+/// 2. otherwise `DD_DOGSTATSD_PORT`, `DD_TRACE_AGENT_PORT` (unless the relay
+///    is off), and `DD_AGENT_HOST` if unset, are exported;
 /// 3. a dyno type that `DYNOSTAT_DYNO_TYPES` excludes, or no `DD_API_KEY`:
 ///    one line, and no agent;
 /// 4. otherwise the agent starts.
@@ -129,6 +130,9 @@ pub fn plan(config: &AgentConfig, facts: Facts) -> Plan {
     }
 
     let mut env = vec![(vars::DD_DOGSTATSD_PORT, config.port.to_string())];
+    if let Some(port) = config.trace_port {
+        env.push((vars::DD_TRACE_AGENT_PORT, port.to_string()));
+    }
     if !facts.agent_host_set {
         env.push((vars::DD_AGENT_HOST, client_host(config)));
     }
@@ -327,6 +331,7 @@ mod tests {
             p.env,
             vec![
                 ("DD_DOGSTATSD_PORT", "8125".to_owned()),
+                ("DD_TRACE_AGENT_PORT", "8126".to_owned()),
                 ("DD_AGENT_HOST", "127.0.0.1".to_owned())
             ]
         );
@@ -335,7 +340,12 @@ mod tests {
 
     #[test]
     fn configured_port_is_exported_and_a_set_agent_host_is_left_alone() {
-        let c = config(&[KEY, ("DD_DOGSTATSD_PORT", "9125"), ("DD_AGENT_HOST", "x")]);
+        let c = config(&[
+            KEY,
+            ("DD_DOGSTATSD_PORT", "9125"),
+            ("DD_APM_RECEIVER_PORT", "9126"),
+            ("DD_AGENT_HOST", "x"),
+        ]);
         let facts = Facts {
             agent_host_set: true,
             log_level_set: false,
@@ -346,7 +356,18 @@ mod tests {
             "config notes that DD_AGENT_HOST is set"
         );
         let p = plan(&c, facts);
-        assert_eq!(p.env, vec![("DD_DOGSTATSD_PORT", "9125".to_owned())]);
+        assert_eq!(
+            p.env,
+            vec![
+                ("DD_DOGSTATSD_PORT", "9125".to_owned()),
+                ("DD_TRACE_AGENT_PORT", "9126".to_owned())
+            ]
+        );
+        let off = config(&[KEY, ("DD_APM_ENABLED", "false")]);
+        assert!(!plan(&off, Facts::default())
+            .env
+            .iter()
+            .any(|(k, _)| *k == "DD_TRACE_AGENT_PORT"));
     }
 
     #[test]
@@ -366,7 +387,11 @@ mod tests {
         let c = config(&[("DYNO", "worker-12a34b56d-e78f9")]);
         let p = plan(&c, Facts::default());
         assert_eq!(p.start, Start::No);
-        assert_eq!(p.env.len(), 2);
+        assert_eq!(
+            p.env.len(),
+            3,
+            "the DogStatsD and trace ports, and the host"
+        );
         let notice = p.notice.expect("a hint");
         assert!(notice.contains("heroku config:set DD_API_KEY="), "{notice}");
     }
@@ -380,7 +405,11 @@ mod tests {
         ]);
         let p = plan(&c, Facts::default());
         assert_eq!(p.start, Start::No);
-        assert_eq!(p.env.len(), 2);
+        assert_eq!(
+            p.env.len(),
+            3,
+            "the DogStatsD and trace ports, and the host"
+        );
         let notice = p.notice.expect("a notice");
         assert!(notice.contains("worker-12a34b56d-e78f9"), "{notice}");
         assert!(notice.contains("worker"), "{notice}");

@@ -146,6 +146,8 @@ pub struct Http {
     client: reqwest::Client,
     /// The intake base URL, no trailing slash.
     pub base_url: String,
+    /// The trace intake's base URL (`DD_APM_DD_URL`), no trailing slash.
+    pub trace_url: String,
     /// `DD_SITE`, for the 403 explanation.
     pub site: String,
     key_header: HeaderValue,
@@ -200,6 +202,7 @@ impl Http {
         Ok(Self {
             client,
             base_url: config.intake_url.trim_end_matches('/').to_owned(),
+            trace_url: config.trace.intake_url.trim_end_matches('/').to_owned(),
             site: config.site.clone(),
             key_header,
             key: key.clone(),
@@ -209,7 +212,47 @@ impl Http {
 
     /// The full URL of `endpoint`.
     pub fn url(&self, endpoint: Endpoint) -> String {
-        format!("{}{}", self.base_url, endpoint.path())
+        let base = if endpoint.is_trace() {
+            &self.trace_url
+        } else {
+            &self.base_url
+        };
+        format!("{base}{}", endpoint.path())
+    }
+
+    /// One proxied request for the trace relay (telemetry, profiles, EVP):
+    /// `body` to `url` with the caller's `headers` and the API key, the
+    /// answer's status, content type and at most `max_answer` bytes of body
+    /// back. Not queued or retried: the tracer waits for the answer and
+    /// retries itself, as it does with the Agent. Errors are scrubbed.
+    pub async fn relay(
+        &self,
+        url: &str,
+        headers: Vec<(reqwest::header::HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+        timeout: Duration,
+        max_answer: usize,
+    ) -> Result<(u16, Option<HeaderValue>, Vec<u8>), String> {
+        let mut request = self.client.post(url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let mut response = request
+            .header("DD-API-KEY", self.key_header.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.scrub(&error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let mut answer = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if answer.len() + chunk.len() > max_answer {
+                break;
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok((status, content_type, answer))
     }
 
     /// Removes the API key and proxy URLs from text that came from outside

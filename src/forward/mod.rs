@@ -87,6 +87,35 @@ struct SenderHandle {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Another source's way into the sender (see [`Forwarder::sink`]). Its
+/// payloads share the queue's byte bound, the backoff and the shutdown
+/// drain with the metrics'.
+#[derive(Debug, Clone)]
+pub struct PayloadSink {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+}
+
+impl PayloadSink {
+    /// Hands `payloads` to the sender; waits only while the channel is full
+    /// (the sender empties it at once). What the sender can no longer take
+    /// is counted as dropped.
+    pub async fn send(&self, payloads: Vec<Payload>) {
+        if payloads.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(Command::Payloads(lost))) =
+            self.tx.send(Command::Payloads(payloads)).await
+        {
+            Stats::add(&self.stats.failures, lost.len() as u64);
+            Stats::add(
+                &self.stats.points_dropped,
+                lost.iter().map(|p| p.points as u64).sum(),
+            );
+        }
+    }
+}
+
 /// One log line per kind of trouble per [`LOG_EVERY`], with a count of what
 /// happened in between.
 #[derive(Debug)]
@@ -207,6 +236,16 @@ impl Forwarder {
                 truncated: Throttle::new(),
             },
             stats_enabled: config.stats_enabled,
+        })
+    }
+
+    /// A handle through which another source (the trace relay) hands its
+    /// payloads to the same sender, queue and memory bound. `None` when
+    /// nothing is forwarded (no API key).
+    pub fn sink(&self) -> Option<PayloadSink> {
+        self.sender.as_ref().map(|s| PayloadSink {
+            tx: s.tx.clone(),
+            stats: Arc::clone(&self.stats),
         })
     }
 

@@ -95,6 +95,11 @@ pub enum Endpoint {
     Events,
     /// `/api/v1/check_run`
     Checks,
+    /// `/api/v0.2/traces` on the trace intake (`AgentPayload` protobuf,
+    /// from [`crate::trace`]).
+    Traces,
+    /// `/api/v0.2/stats` on the trace intake (`StatsPayload` msgpack).
+    TraceStats,
 }
 
 impl Endpoint {
@@ -105,6 +110,8 @@ impl Endpoint {
             Self::Sketches => "/api/beta/sketches",
             Self::Events => "/intake/",
             Self::Checks => "/api/v1/check_run",
+            Self::Traces => "/api/v0.2/traces",
+            Self::TraceStats => "/api/v0.2/stats",
         }
     }
 
@@ -115,15 +122,24 @@ impl Endpoint {
             Self::Sketches => "sketches",
             Self::Events => "events",
             Self::Checks => "service checks",
+            Self::Traces => "traces",
+            Self::TraceStats => "APM stats",
         }
     }
 
     /// The `Content-Type` header.
     pub fn content_type(self) -> &'static str {
         match self {
-            Self::Sketches => "application/x-protobuf",
+            Self::Sketches | Self::Traces => "application/x-protobuf",
+            Self::TraceStats => "application/msgpack",
             _ => "application/json",
         }
+    }
+
+    /// Whether it goes to the trace intake (`DD_APM_DD_URL`) rather than
+    /// the metrics intake.
+    pub fn is_trace(self) -> bool {
+        matches!(self, Self::Traces | Self::TraceStats)
     }
 
     /// The `Content-Encoding` header: how [`Payload::body`] is compressed.
@@ -137,7 +153,7 @@ impl Endpoint {
     fn prefix(self) -> &'static [u8] {
         match self {
             Self::Series => b"{\"series\":[",
-            Self::Events | Self::Sketches => b"",
+            Self::Events | Self::Sketches | Self::Traces | Self::TraceStats => b"",
             Self::Checks => b"[",
         }
     }
@@ -145,7 +161,7 @@ impl Endpoint {
     fn suffix(self) -> &'static [u8] {
         match self {
             Self::Series => b"]}",
-            Self::Events | Self::Sketches => b"",
+            Self::Events | Self::Sketches | Self::Traces | Self::TraceStats => b"",
             Self::Checks => b"]",
         }
     }
@@ -160,6 +176,22 @@ impl Endpoint {
 
     fn max_items(self, limits: &Limits) -> usize {
         limits.max_items.max(1)
+    }
+}
+
+/// A payload whose body is `raw`, gzipped at the level every payload uses
+/// (the trace relay builds its bodies whole, below the intake's limits).
+pub fn gzip_payload(endpoint: Endpoint, raw: &[u8], items: usize, points: usize) -> Payload {
+    let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::new(LEVEL));
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(raw);
+    Payload {
+        endpoint,
+        body: enc.finish().unwrap_or_default(),
+        raw_len: raw.len(),
+        items,
+        points,
+        carry: Carry::default(),
     }
 }
 
@@ -227,7 +259,9 @@ impl Payload {
             }
             Endpoint::Checks => serde_json::from_slice(&json).ok()?,
             Endpoint::Events => return split_events(&json, limits, self.carry),
-            Endpoint::Sketches => return None,
+            // A trace or stats payload is one request's worth, built below
+            // the intake's limit; the Agent drops a 413 too.
+            Endpoint::Sketches | Endpoint::Traces | Endpoint::TraceStats => return None,
         };
         if items.len() < 2 {
             return None;
@@ -338,7 +372,7 @@ fn split_sketches(raw: &[u8], limits: &Limits) -> Option<(Vec<Payload>, Vec<Payl
 /// long-line load still zero-filled); level 1 spends several times less on
 /// the same bytes, and its payloads stay far under the intake's limits,
 /// which the payload splitter enforces on the compressed size anyway.
-const LEVEL: u32 = 1;
+pub const LEVEL: u32 = 1;
 
 /// The compressor of one payload: gzip for JSON, zlib for sketches.
 enum Compressor {

@@ -459,6 +459,20 @@ fn file_vars(
         .collect())
 }
 
+/// `DD_TRACE_AGENT_PORT` for the app's tracer, pointing at the trace relay
+/// the listener runs, unless the environment already says where traces go
+/// (`DD_TRACE_AGENT_PORT` or `DD_TRACE_AGENT_URL`) or the relay is off.
+fn tracer_env(effective: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
+    if effective.contains_key(vars::DD_TRACE_AGENT_PORT)
+        || effective.contains_key(vars::DD_TRACE_AGENT_URL)
+    {
+        return None;
+    }
+    let config = Config::from_lookup(effective).ok()?;
+    (config.trace.enabled && config.trace.port != 0)
+        .then(|| (vars::DD_TRACE_AGENT_PORT, config.trace.port.to_string()))
+}
+
 /// Checks whether the listener's UDP port is free. `Ok(None)`: free (or no
 /// UDP); `Ok(Some(msg))`: taken or unusable, say so and run without it.
 fn statsd_port_check(effective: &BTreeMap<String, String>) -> Result<Option<String>, String> {
@@ -858,6 +872,9 @@ impl Session {
             .env(vars::DYNO, &release.name)
             .current_dir(&plan.root)
             .stdin(Stdio::null());
+        if !plan.no_statsd {
+            cmd.envs(tracer_env(&plan.effective));
+        }
         let color = Some(plan.instances.len());
         let job = match spawn_piped(cmd, &release.name, color, &self.out, &self.tx) {
             Ok(job) => job,
@@ -922,6 +939,9 @@ impl Session {
                 .env(vars::DYNO, &inst.name)
                 .current_dir(&plan.root)
                 .stdin(Stdio::null());
+            if !plan.no_statsd {
+                cmd.envs(tracer_env(&plan.effective));
+            }
             match spawn_piped(cmd, &inst.name, Some(i), &self.out, &self.tx) {
                 Ok(job) => {
                     self.readers += 1;
@@ -1223,6 +1243,9 @@ pub fn run(args: &RunArgs) -> i32 {
 
     let mut cmd = Command::new(program);
     cmd.args(rest).envs(&from_files);
+    if !args.no_statsd {
+        cmd.envs(tracer_env(&effective));
+    }
     let foreground = supervise::owns_terminal();
     let mut job = match Job::start_with(&mut cmd, StartOptions { foreground }) {
         Ok(j) => j,

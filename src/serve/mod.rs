@@ -189,11 +189,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("nothing to listen on: DD_DOGSTATSD_PORT=0 and DD_DOGSTATSD_SOCKET is not set; set one of them");
     }
 
+    // `/dogstatsd/v2/proxy` of the trace relay goes into the aggregator.
+    let dogstatsd: crate::trace::DogstatsdHook = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move |body: &[u8]| ingest_body(body, &shared))
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("could not start the flush runtime")?;
-    let result = runtime.block_on(flush_loop(&config, &shared, &bound));
+    let result = runtime.block_on(flush_loop(&config, &shared, &bound, dogstatsd));
 
     shared.stop.store(true, Ordering::Relaxed);
     for r in receivers {
@@ -519,6 +524,43 @@ fn stall() -> ! {
     }
 }
 
+/// DogStatsD lines that came another way than a socket (the trace relay's
+/// `/dogstatsd/v2/proxy`), parsed and aggregated as one datagram.
+fn ingest_body(data: &[u8], shared: &Shared) {
+    let now = unix_now();
+    let mut c = BatchCounts::default();
+    let mut sampler = BadLineSampler::new("dogstatsd/v2/proxy");
+    {
+        let mut agg = shared.lock();
+        let text = simdutf8::basic::from_utf8(data).ok();
+        for (line, parsed) in scan::datagram(data, text) {
+            c.lines += 1;
+            match parsed {
+                Ok(Parsed::Metric(ref m)) => match agg.insert(m, now) {
+                    InsertOutcome::Accepted => c.metrics += 1,
+                    InsertOutcome::ContextLimit => c.contexts_dropped += 1,
+                    InsertOutcome::Discarded => c.discarded += 1,
+                    InsertOutcome::Filtered => c.filtered += 1,
+                    InsertOutcome::MemoryLimit => {}
+                },
+                Ok(Parsed::Event(e)) => {
+                    c.events += 1;
+                    agg.insert_event(*e);
+                }
+                Ok(Parsed::ServiceCheck(sc)) => {
+                    c.checks += 1;
+                    agg.insert_service_check(*sc);
+                }
+                Err(e) => {
+                    c.parse_errors += 1;
+                    sampler.record(line, e);
+                }
+            }
+        }
+    }
+    c.publish(&shared.stats);
+}
+
 /// Per-batch counters, published with one atomic add each.
 #[derive(Default)]
 struct BatchCounts {
@@ -659,7 +701,12 @@ impl Clock {
     }
 }
 
-async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyhow::Result<()> {
+async fn flush_loop(
+    config: &Config,
+    shared: &Shared,
+    bound: &[String],
+    dogstatsd: crate::trace::DogstatsdHook,
+) -> anyhow::Result<()> {
     // Between flushes, keep only what the idle threads touch resident: trim
     // after each flush, and again on the sender thread once it has delivered
     // the flush (its requests touch code and buffers the first trim freed).
@@ -674,6 +721,24 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
     let mut sigint =
         signal(SignalKind::interrupt()).context("could not install the SIGINT handler")?;
     let interval = config.flush_interval.as_secs().max(1);
+    // The trace relay, beside the sockets: its payloads go to the same
+    // sender. A port it cannot bind costs the traces, never the metrics.
+    let relay = match crate::trace::Relay::start(
+        config,
+        forwarder.sink(),
+        Arc::clone(&shared.stats),
+        dogstatsd,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e:#}; traces are not received");
+            None
+        }
+    };
+    let mut bound = bound.to_vec();
+    if let Some(r) = &relay {
+        bound.extend(r.bound.iter().cloned());
+    }
 
     tracing::info!(
         on = %bound.join(", "),
@@ -743,6 +808,11 @@ async fn flush_loop(config: &Config, shared: &Shared, bound: &[String]) -> anyho
     }
     shared.stop.store(true, Ordering::Relaxed);
     deadline::enter(shared, deadline::Phase::FinalFlush);
+    // The relay hands over its kept traces and open stats buckets first, so
+    // the drain below delivers them with the metrics.
+    if let Some(relay) = relay {
+        relay.stop(deadline).await;
+    }
     flush(shared, &mut forwarder, clock.open_bucket(), interval).await;
     deadline::enter(shared, deadline::Phase::Draining);
     forwarder.drain(deadline).await;

@@ -204,6 +204,62 @@ impl Intake {
         self.state.lock().unwrap().arrivals.clone()
     }
 
+    /// Every `AgentPayload` in accepted `/api/v0.2/traces` requests, decoded
+    /// with the same prost types the relay encodes with.
+    pub fn agent_payloads(&self) -> Vec<libdd_trace_protobuf::pb::AgentPayload> {
+        use prost::Message as _;
+        self.requests()
+            .iter()
+            .filter(|r| r.accepted() && r.path == "/api/v0.2/traces")
+            .map(|r| {
+                assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+                libdd_trace_protobuf::pb::AgentPayload::decode(r.body.as_slice())
+                    .expect("an AgentPayload")
+            })
+            .collect()
+    }
+
+    /// Every trace chunk delivered, in arrival order.
+    pub fn trace_chunks(&self) -> Vec<libdd_trace_protobuf::pb::TraceChunk> {
+        self.agent_payloads()
+            .into_iter()
+            .flat_map(|a| a.tracer_payloads)
+            .flat_map(|t| t.chunks)
+            .collect()
+    }
+
+    /// Every `StatsPayload` in accepted `/api/v0.2/stats` requests (msgpack).
+    pub fn trace_stats(&self) -> Vec<libdd_trace_protobuf::pb::StatsPayload> {
+        self.requests()
+            .iter()
+            .filter(|r| r.accepted() && r.path == "/api/v0.2/stats")
+            .map(|r| {
+                assert_eq!(r.header("content-type"), Some("application/msgpack"));
+                rmp_serde::from_slice(&r.body).expect("a StatsPayload")
+            })
+            .collect()
+    }
+
+    /// The grouped stats delivered for `service` and operation `name`:
+    /// (hits, errors, top-level hits), summed over buckets.
+    pub fn stats_hits(&self, service: &str, name: &str) -> (u64, u64, u64) {
+        let mut out = (0, 0, 0);
+        for p in self.trace_stats() {
+            for c in p.stats {
+                for b in c.stats {
+                    for g in b.stats {
+                        if g.service == service && g.name == name {
+                            out.0 += g.hits;
+                            out.1 += g.errors;
+                            out.2 += g.top_level_hits;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every series object in accepted `/api/v2/series` payloads.
     pub fn series(&self) -> Vec<Value> {
         self.requests()
@@ -909,6 +965,7 @@ pub struct ServeBuilder {
     envs: Vec<(String, String)>,
     port: u16,
     dir: Option<std::path::PathBuf>,
+    apm_port: u16,
 }
 
 impl ServeBuilder {
@@ -924,9 +981,16 @@ impl ServeBuilder {
         self
     }
 
-    /// Forwards to `intake` with a test key.
+    /// Forwards to `intake` with a test key (metrics, traces, and the
+    /// trace relay's telemetry and profiling proxies).
     pub fn intake(self, intake: &Intake) -> Self {
         self.env("DD_DD_URL", &intake.url())
+            .env("DD_APM_DD_URL", &intake.url())
+            .env("DD_APM_TELEMETRY_DD_URL", &intake.url())
+            .env(
+                "DD_APM_PROFILING_DD_URL",
+                &format!("{}/api/v2/profile", intake.url()),
+            )
             .env("DD_API_KEY", "test-key-0123456789abcdef")
     }
 
@@ -951,6 +1015,8 @@ impl ServeBuilder {
         // the default (nothing but `dynostat.dropped`) sets it to false.
         cmd.env("DD_DOGSTATSD_PORT", self.port.to_string())
             .env("DD_DOGSTATSD_STATS_ENABLE", "true")
+            // Never the default 8126: tests run side by side.
+            .env("DD_APM_RECEIVER_PORT", self.apm_port.to_string())
             .env("DYNOSTAT_FLUSH_INTERVAL", "1")
             .env("DYNOSTAT_SHUTDOWN_GRACE", "0.3");
         for (k, v) in &self.envs {
@@ -960,7 +1026,9 @@ impl ServeBuilder {
             cmd.current_dir(dir);
         }
         let child = cmd.spawn().expect("spawn dynostat serve");
-        Serve::attach(child, self.port)
+        let mut serve = Serve::attach(child, self.port);
+        serve.apm_port = self.apm_port;
+        serve
     }
 }
 
@@ -970,6 +1038,8 @@ pub struct Serve {
     pub child: Child,
     /// Its UDP port.
     pub port: u16,
+    /// Its trace relay's TCP port (from the builder; 0 otherwise).
+    pub apm_port: u16,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     sender: UdpSocket,
@@ -982,6 +1052,7 @@ impl Serve {
             envs: Vec::new(),
             port: free_udp_port(),
             dir: None,
+            apm_port: free_tcp_port(),
         }
     }
 
@@ -1000,6 +1071,7 @@ impl Serve {
         let s = Self {
             child,
             port,
+            apm_port: 0,
             stdout,
             stderr,
             sender: UdpSocket::bind("127.0.0.1:0").unwrap(),

@@ -1,0 +1,290 @@
+//! Process: one decoded trace chunk made ready, as the trace-agent's
+//! `Process` does it (pkg/trace/agent/agent.go): normalize (invalid traces
+//! are dropped), truncate, obfuscate with the Agent's defaults, mark
+//! top-level spans unless the tracer did, and fill env and version.
+//!
+//! In: the spans of one chunk and the request's [`Tracer`] headers. Out: a
+//! [`Chunk`] (spans, priority, root, env), or the reason it was dropped.
+//! Must never: log a span (normalization errors quote them; only the
+//! reason is kept), or keep a string longer than the Agent's limits.
+
+use libdd_trace_obfuscation::obfuscate::obfuscate_pb_span;
+use libdd_trace_obfuscation::obfuscation_config::ObfuscationConfig;
+use libdd_trace_protobuf::pb;
+
+use crate::config::TraceConfig;
+
+/// The Agent's truncation limits (pkg/trace/traceutil/truncate.go).
+const MAX_RESOURCE_LEN: usize = 5_000;
+const MAX_META_KEY_LEN: usize = 200;
+const MAX_META_VALUE_LEN: usize = 25_000;
+const MAX_METRICS_KEY_LEN: usize = 200;
+
+/// The metric tracers put their sampling decision in.
+pub const PRIORITY_KEY: &str = "_sampling_priority_v1";
+/// No priority was sent (the Agent's `PriorityNone`).
+pub const PRIORITY_NONE: i32 = i8::MIN as i32;
+
+/// What the request's headers say about the tracer (the Agent's
+/// `TracerHeaderTags`).
+#[derive(Debug, Clone, Default)]
+pub struct Tracer {
+    /// `Datadog-Meta-Lang`
+    pub lang: String,
+    /// `Datadog-Meta-Lang-Version`
+    pub lang_version: String,
+    /// `Datadog-Meta-Tracer-Version`
+    pub tracer_version: String,
+    /// `Datadog-Container-ID`
+    pub container_id: String,
+    /// `Datadog-Client-Computed-Top-Level`: the tracer marked top-level spans.
+    pub computed_top_level: bool,
+    /// `Datadog-Client-Computed-Stats`: the tracer computes stats itself.
+    pub computed_stats: bool,
+}
+
+/// A chunk ready for stats and sampling.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Its spans, normalized and obfuscated.
+    pub spans: Vec<pb::Span>,
+    /// Index of the root span in `spans`.
+    pub root: usize,
+    /// The sampling priority, or [`PRIORITY_NONE`].
+    pub priority: i32,
+    /// `_dd.origin` of the root.
+    pub origin: String,
+    /// The root's env (filled from `DD_ENV` when it had none).
+    pub env: String,
+    /// The root's version (filled from `DD_VERSION` when it had none).
+    pub version: String,
+    /// Whether any span is an error.
+    pub has_error: bool,
+}
+
+impl Chunk {
+    /// The root span.
+    pub fn root(&self) -> &pb::Span {
+        &self.spans[self.root]
+    }
+}
+
+/// The processing step, with its obfuscation settings built once.
+pub struct Processor {
+    obfuscation: ObfuscationConfig,
+    env: Option<String>,
+    service: Option<String>,
+    version: Option<String>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor").finish_non_exhaustive()
+    }
+}
+
+impl Processor {
+    /// The Agent's default obfuscation: SQL and Cassandra resources, Redis
+    /// and Valkey commands, memcached commands removed, credit card numbers
+    /// in tags; `http.url` goes through the URL obfuscator with the Agent's
+    /// defaults (`remove_query_string` and `remove_paths_with_digits` off).
+    pub fn new(config: &TraceConfig) -> Self {
+        Self {
+            obfuscation: ObfuscationConfig::default(),
+            env: config.env.clone(),
+            service: config.service.clone(),
+            version: config.version.clone(),
+        }
+    }
+
+    /// Makes one chunk ready, or says why it is dropped (normalization
+    /// refused it: foreign spans, an empty trace).
+    pub fn chunk(&self, mut spans: Vec<pb::Span>, tracer: &Tracer) -> Result<Chunk, &'static str> {
+        if spans.is_empty() {
+            return Err("empty trace");
+        }
+        if libdd_trace_normalization::normalizer::normalize_trace(&mut spans).is_err() {
+            // The error text quotes a span; only the reason is kept.
+            return Err("invalid trace (normalization)");
+        }
+        let root = libdd_trace_utils::trace_utils::get_root_span_index(&spans).unwrap_or(0);
+        let mut priority = PRIORITY_NONE;
+        if let Some(p) = spans[root].metrics.get(PRIORITY_KEY) {
+            priority = *p as i32;
+        } else if let Some(p) = spans.iter().find_map(|s| s.metrics.get(PRIORITY_KEY)) {
+            priority = *p as i32;
+        }
+        for span in &mut spans {
+            truncate(span);
+            obfuscate_pb_span(span, &self.obfuscation);
+        }
+        if !tracer.computed_top_level {
+            libdd_trace_utils::trace_utils::compute_top_level_span(&mut spans);
+        }
+        let root_span = &mut spans[root];
+        let env = match root_span.meta.get("env").filter(|e| !e.is_empty()) {
+            Some(e) => e.clone(),
+            None => match &self.env {
+                Some(e) => {
+                    root_span.meta.insert("env".to_owned(), e.clone());
+                    e.clone()
+                }
+                None => String::new(),
+            },
+        };
+        let version = match root_span.meta.get("version").filter(|v| !v.is_empty()) {
+            Some(v) => v.clone(),
+            None => match (&self.version, &self.service) {
+                (Some(v), Some(s)) if *s == root_span.service => {
+                    root_span.meta.insert("version".to_owned(), v.clone());
+                    v.clone()
+                }
+                (Some(v), None) => {
+                    root_span.meta.insert("version".to_owned(), v.clone());
+                    v.clone()
+                }
+                _ => String::new(),
+            },
+        };
+        let origin = root_span
+            .meta
+            .get("_dd.origin")
+            .cloned()
+            .unwrap_or_default();
+        let has_error = spans.iter().any(|s| s.error != 0);
+        Ok(Chunk {
+            spans,
+            root,
+            priority,
+            origin,
+            env,
+            version,
+            has_error,
+        })
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// The Agent's `Truncate`: resource, meta keys and values, metrics keys.
+fn truncate(span: &mut pb::Span) {
+    cut(&mut span.resource, MAX_RESOURCE_LEN);
+    let long_meta = span
+        .meta
+        .iter()
+        .any(|(k, v)| k.len() > MAX_META_KEY_LEN || v.len() > MAX_META_VALUE_LEN);
+    if long_meta {
+        span.meta = std::mem::take(&mut span.meta)
+            .into_iter()
+            .map(|(mut k, mut v)| {
+                if k.len() > MAX_META_KEY_LEN {
+                    cut(&mut k, MAX_META_KEY_LEN);
+                    k.push_str("...");
+                }
+                if v.len() > MAX_META_VALUE_LEN {
+                    cut(&mut v, MAX_META_VALUE_LEN);
+                    v.push_str("...");
+                }
+                (k, v)
+            })
+            .collect();
+    }
+    if span.metrics.keys().any(|k| k.len() > MAX_METRICS_KEY_LEN) {
+        span.metrics = std::mem::take(&mut span.metrics)
+            .into_iter()
+            .map(|(mut k, v)| {
+                if k.len() > MAX_METRICS_KEY_LEN {
+                    cut(&mut k, MAX_METRICS_KEY_LEN);
+                    k.push_str("...");
+                }
+                (k, v)
+            })
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn span(id: u64, parent: u64, service: &str) -> pb::Span {
+        pb::Span {
+            service: service.to_owned(),
+            name: "op".to_owned(),
+            resource: "r".to_owned(),
+            trace_id: 1,
+            span_id: id,
+            parent_id: parent,
+            start: 1_700_000_000_000_000_000,
+            duration: 1000,
+            ..Default::default()
+        }
+    }
+
+    fn processor(env: Option<&str>, version: Option<&str>) -> Processor {
+        Processor {
+            obfuscation: ObfuscationConfig::default(),
+            env: env.map(str::to_owned),
+            service: Some("web".to_owned()),
+            version: version.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn sql_loses_its_literals_and_top_level_is_computed() {
+        let mut db = span(2, 1, "db");
+        db.r#type = "sql".to_owned();
+        db.resource = "SELECT * FROM users WHERE id = 42 AND name = 'bob'".to_owned();
+        let mut root = span(1, 0, "web");
+        root.metrics = HashMap::from([(PRIORITY_KEY.to_owned(), 2.0)]);
+        let c = processor(Some("prod"), Some("1.2"))
+            .chunk(vec![db, root], &Tracer::default())
+            .expect("valid");
+        assert_eq!(c.root, 1);
+        assert_eq!(c.priority, 2);
+        assert_eq!(
+            c.spans[0].resource,
+            "SELECT * FROM users WHERE id = ? AND name = ?"
+        );
+        assert_eq!(
+            c.spans[0].metrics.get("_top_level"),
+            Some(&1.0),
+            "another service"
+        );
+        assert_eq!(c.spans[1].metrics.get("_top_level"), Some(&1.0), "the root");
+        assert_eq!((c.env.as_str(), c.version.as_str()), ("prod", "1.2"));
+        assert_eq!(c.spans[1].meta.get("env").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn a_trace_with_a_foreign_span_is_invalid() {
+        let mut other = span(2, 1, "web");
+        other.trace_id = 99;
+        assert!(processor(None, None)
+            .chunk(vec![span(1, 0, "web"), other], &Tracer::default())
+            .is_err());
+        assert!(processor(None, None)
+            .chunk(vec![], &Tracer::default())
+            .is_err());
+    }
+
+    #[test]
+    fn long_values_are_truncated_on_char_boundaries() {
+        let mut s = span(1, 0, "web");
+        s.resource = "é".repeat(4000);
+        s.meta.insert("k".repeat(300), "v".to_owned());
+        truncate(&mut s);
+        assert!(s.resource.len() <= MAX_RESOURCE_LEN);
+        assert!(s.meta.keys().all(|k| k.len() <= MAX_META_KEY_LEN + 3));
+    }
+}

@@ -1,0 +1,451 @@
+//! Receive: the trace-agent's HTTP API on 127.0.0.1:`DD_APM_RECEIVER_PORT`
+//! (and `DD_APM_RECEIVER_SOCKET`), answered as pkg/trace/api answers it.
+//!
+//! | path | what happens |
+//! |---|---|
+//! | `/v0.3/traces`, `/v0.4/traces`, `/v0.5/traces` (PUT, POST) | decode, process, sample; answer `rate_by_service` (v0.3: `OK`) |
+//! | `/v0.6/stats` (PUT, POST) | the tracer's own stats, forwarded |
+//! | `/info` | what is served here, and nothing else |
+//! | `/telemetry/proxy/…` | proxied to `DD_APM_TELEMETRY_DD_URL`, key added |
+//! | `/profiling/v1/input` | proxied to `DD_APM_PROFILING_DD_URL`, key added |
+//! | `/evp_proxy/v2/…` to `/v4/…` | proxied to `<X-Datadog-EVP-Subdomain>.$DD_SITE`, key added |
+//! | `/dogstatsd/v2/proxy` | DogStatsD lines into the aggregator |
+//! | anything else, `/v0.7/config` included | 404 at once |
+//!
+//! Statuses as the Agent's: 400 for a body that does not decode, 413 for
+//! one over the limit (refused from its `Content-Length`, before it is
+//! read), 429 at the memory ceiling when the tracer sent
+//! `Datadog-Send-Real-Http-Status` (otherwise 200 with the rates, the drop
+//! counted), 405 for other methods.
+//!
+//! Must never: read a body past the limit, hold a request's body beyond its
+//! handling, or answer a proxy with the API key in it.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::process::Tracer;
+use super::{Core, Refused};
+use crate::config::Config;
+use crate::dogstatsd::stats::Stats;
+
+/// Longest wait for a proxied request's answer.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answer bytes passed back from a proxied request.
+const MAX_PROXY_ANSWER: usize = 64 * 1024;
+/// Headers a proxied request keeps (the rest, cookies included, stay here).
+const PROXY_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "dd-telemetry-api-version",
+    "dd-telemetry-request-type",
+    "dd-telemetry-debug-enabled",
+    "dd-client-library-language",
+    "dd-client-library-version",
+    "dd-evp-origin",
+    "dd-evp-origin-version",
+    "dd-request-id",
+    "x-datadog-additional-tags",
+];
+
+/// The endpoints `/info` lists: exactly what [`route`] serves.
+const ENDPOINTS: &[&str] = &[
+    "/v0.3/traces",
+    "/v0.4/traces",
+    "/v0.5/traces",
+    "/v0.6/stats",
+    "/telemetry/proxy/",
+    "/profiling/v1/input",
+    "/evp_proxy/v2/",
+    "/evp_proxy/v3/",
+    "/evp_proxy/v4/",
+    "/dogstatsd/v2/proxy",
+    "/info",
+];
+
+type Answer = Response<Full<Bytes>>;
+
+/// The `/info` body.
+pub fn info_json(config: &Config) -> String {
+    serde_json::json!({
+        "version": concat!("dynostat-", env!("CARGO_PKG_VERSION")),
+        "endpoints": ENDPOINTS,
+        // We take /v0.6/stats, so tracers computing stats may drop P0s.
+        "client_drop_p0s": true,
+        "span_meta_structs": true,
+        "long_running_spans": false,
+        "evp_proxy_allowed_headers": PROXY_HEADERS,
+        "config": {
+            "default_env": config.trace.env.clone().unwrap_or_default(),
+            "target_tps": config.trace.max_tps,
+            "max_eps": 0,
+            "receiver_port": config.trace.port,
+            "receiver_socket": config.trace.socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "connection_limit": 0,
+            "receiver_timeout": 0,
+            "max_request_bytes": super::MAX_BODY_BYTES,
+            "statsd_port": config.port,
+            "max_memory": 0,
+            "max_cpu": 0,
+            "analyzed_spans_by_service": {},
+            "obfuscation": {
+                "elastic_search": true, "mongo": true, "sql_exec_plan": false,
+                "sql_exec_plan_normalize": false,
+                "http": {"remove_query_string": false, "remove_path_digits": false},
+                "remove_stack_traces": false,
+                "redis": {"Enabled": true, "RemoveAllArgs": false},
+                "memcached": {"Enabled": true, "KeepCommand": false}
+            }
+        },
+        "peer_tags": []
+    })
+    .to_string()
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) as a task on the relay's runtime.
+pub fn serve_connection<S>(core: Arc<Core>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let core = Arc::clone(&core);
+            async move {
+                core.active.fetch_add(1, Ordering::AcqRel);
+                let answer = route(&core, req).await;
+                core.active.fetch_sub(1, Ordering::AcqRel);
+                Ok::<_, Infallible>(answer)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Answer {
+    answer(status, "text/plain; charset=utf-8", body)
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A header the Agent reads as a flag: set, and not `false` or `0`.
+fn flag(req: &Request<Incoming>, name: &str) -> bool {
+    let v = header(req, name).trim();
+    !v.is_empty() && !v.eq_ignore_ascii_case("false") && v != "0"
+}
+
+async fn route(core: &Core, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/v0.3/traces" | "/v0.4/traces" | "/v0.5/traces" => traces(core, req, &path).await,
+        "/v0.6/stats" => client_stats(core, req).await,
+        "/info" => answer(StatusCode::OK, "application/json", core.info.clone()),
+        "/profiling/v1/input" => {
+            let url = core.config.profiling_url.clone();
+            proxy(core, req, url).await
+        }
+        "/dogstatsd/v2/proxy" => dogstatsd(core, req).await,
+        p if p.starts_with("/telemetry/proxy/") => {
+            let rest = &p["/telemetry/proxy".len()..];
+            let url = format!("{}{rest}{}", core.config.telemetry_url, query(&req));
+            proxy(core, req, url).await
+        }
+        p if p.starts_with("/evp_proxy/v2/")
+            || p.starts_with("/evp_proxy/v3/")
+            || p.starts_with("/evp_proxy/v4/") =>
+        {
+            let rest = &p["/evp_proxy/v2".len()..];
+            let sub = header(&req, "x-datadog-evp-subdomain");
+            if sub.is_empty()
+                || !sub
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing or invalid X-Datadog-EVP-Subdomain header\n",
+                );
+            }
+            let base = match &core.config.evp_url {
+                Some(u) => u.clone(),
+                None => format!("https://{sub}.{}", core.config.site),
+            };
+            let url = format!("{base}{rest}{}", query(&req));
+            proxy(core, req, url).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> String {
+    req.uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default()
+}
+
+/// Reads a body of at most `limit` bytes; `Err(answer)` when it is larger
+/// (from its `Content-Length`, before reading it) or the connection fails.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Answer> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        )),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    }
+}
+
+fn declared_len(req: &Request<Incoming>) -> Option<usize> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
+async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
+    if req.method() != Method::PUT && req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let s = &core.stats;
+    let v05 = path == "/v0.5/traces";
+    let v03 = path == "/v0.3/traces";
+    let real_status = flag(&req, "datadog-send-real-http-status");
+    let count: u64 = header(&req, "x-datadog-trace-count")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let tracer = Tracer {
+        lang: header(&req, "datadog-meta-lang").to_owned(),
+        lang_version: header(&req, "datadog-meta-lang-version").to_owned(),
+        tracer_version: header(&req, "datadog-meta-tracer-version").to_owned(),
+        container_id: header(&req, "datadog-container-id").to_owned(),
+        computed_top_level: flag(&req, "datadog-client-computed-top-level"),
+        computed_stats: flag(&req, "datadog-client-computed-stats"),
+    };
+    // The body is charged before it is read: its declared length, or what
+    // is left of the share when it is chunked (charged exactly once read).
+    let declared = declared_len(&req);
+    if declared.is_some_and(|n| n > core.body_limit) {
+        Stats::add(&s.traces_memory, count);
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    let reserve = declared.unwrap_or(0);
+    if !core.meter.try_charge(reserve) {
+        return over_ceiling(core, count, real_status, v03);
+    }
+    let limit = if declared.is_some() {
+        reserve
+    } else {
+        core.body_limit.min(core.meter.available())
+    };
+    let body = match read_body(req, limit).await {
+        Ok(b) => b,
+        Err(a) => {
+            core.meter.release(reserve);
+            if a.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Stats::add(&s.traces_memory, count);
+            } else {
+                Stats::add(&s.trace_payload_errors, 1);
+            }
+            return a;
+        }
+    };
+    let charged = if declared.is_some() {
+        reserve
+    } else if core.meter.try_charge(body.len()) {
+        body.len()
+    } else {
+        return over_ceiling(core, count, real_status, v03);
+    };
+    let result = core.ingest(v05, &body, &tracer);
+    drop(body);
+    core.meter.release(charged);
+    match result {
+        Ok(flush_now) => {
+            if flush_now {
+                core.flush_traces().await;
+            }
+            rates(core, v03)
+        }
+        Err(Refused::Memory) => over_ceiling(core, count, real_status, v03),
+        Err(Refused::Malformed(e)) => {
+            Stats::add(&s.trace_payload_errors, 1);
+            log_bad_payload(&e);
+            answer(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            )
+        }
+    }
+}
+
+/// At most one log line per this period for undecodable payloads.
+const BAD_PAYLOAD_LOG_EVERY: Duration = Duration::from_secs(10);
+
+fn log_bad_payload(e: &super::decode::DecodeError) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_none_or(|t| t.elapsed() > BAD_PAYLOAD_LOG_EVERY) {
+        *last = Some(Instant::now());
+        tracing::warn!(error = %e, "refused a traces payload that does not decode (HTTP 400; counted in dynostat.traces.payload_errors)");
+    }
+}
+
+fn rates(core: &Core, v03: bool) -> Answer {
+    if v03 {
+        return text(StatusCode::OK, "OK\n");
+    }
+    let body = core.lock().sampler.rates_json(Instant::now());
+    answer(StatusCode::OK, "application/json", body)
+}
+
+/// The memory share is full: the Agent's answer is 429 for tracers that
+/// asked for real statuses (they retry), else 200 (the traces are lost);
+/// either way the traces are counted.
+fn over_ceiling(core: &Core, count: u64, real_status: bool, v03: bool) -> Answer {
+    Stats::add(&core.stats.traces_memory, count);
+    if real_status {
+        text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n")
+    } else {
+        rates(core, v03)
+    }
+}
+
+async fn client_stats(core: &Core, req: Request<Incoming>) -> Answer {
+    if req.method() != Method::PUT && req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let limit = core.body_limit.min(core.meter.available());
+    let body = match read_body(req, limit).await {
+        Ok(b) => b,
+        Err(a) => {
+            Stats::add(&core.stats.trace_stats_errors, 1);
+            return a;
+        }
+    };
+    let env = core.config.env.clone().unwrap_or_default();
+    match super::stats::decode_client(&body, &core.hostname, &env) {
+        Some(p) => {
+            drop(body);
+            core.send_stats(vec![p], true).await;
+            text(StatusCode::OK, "OK\n")
+        }
+        None => {
+            Stats::add(&core.stats.trace_stats_errors, 1);
+            text(
+                StatusCode::BAD_REQUEST,
+                "could not decode the stats payload\n",
+            )
+        }
+    }
+}
+
+async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    // Bounded by the relay's share too: the body is held while it is parsed.
+    let limit = (8 * 1024 * 1024).min(core.meter.available());
+    match read_body(req, limit).await {
+        Ok(body) => {
+            let n = body.len();
+            if !core.meter.try_charge(n) {
+                return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+            }
+            (core.dogstatsd)(&body);
+            core.meter.release(n);
+            text(StatusCode::OK, "")
+        }
+        Err(a) => a,
+    }
+}
+
+/// Passes a request on to an intake with the API key added, and its answer
+/// back. Without an API key nothing is sent and the tracer gets a 200, as
+/// it would from an Agent with nowhere to send.
+async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
+    if req.method() != Method::POST && req.method() != Method::PUT {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let mut headers: Vec<(HeaderName, HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| PROXY_HEADERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !core.hostname.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&core.hostname) {
+            headers.push((HeaderName::from_static("dd-agent-hostname"), v));
+        }
+    }
+    if let Some(env) = &core.config.env {
+        if let Ok(v) = HeaderValue::from_str(env) {
+            headers.push((HeaderName::from_static("dd-agent-env"), v));
+        }
+    }
+    let limit = core.body_limit.min(core.meter.available());
+    let body = match read_body(req, limit).await {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let Some(http) = &core.http else {
+        return text(StatusCode::OK, "");
+    };
+    match http
+        .relay(&url, headers, body, PROXY_TIMEOUT, MAX_PROXY_ANSWER)
+        .await
+    {
+        Ok((status, content_type, bytes)) => {
+            let mut r = Response::new(Full::new(Bytes::from(bytes)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(ct) = content_type {
+                r.headers_mut().insert(CONTENT_TYPE, ct);
+            }
+            r
+        }
+        Err(e) => {
+            Stats::add(&core.stats.trace_proxy_errors, 1);
+            tracing::debug!(error = %e, "proxied request failed");
+            text(StatusCode::BAD_GATEWAY, "the intake could not be reached\n")
+        }
+    }
+}
