@@ -9,6 +9,8 @@
 //!   → forward (Datadog HTTP API, retry queue) or console table
 //! dynometrics (the dyno's memory, load, CPU; sampled every 5 s)
 //!   → appended to each of serve's flushes
+//! collectors (the Postgres and Redis checks, on one scheduler thread)
+//!   → what they collected goes out with the next flush
 //! ```
 //!
 //! and the process side:
@@ -22,9 +24,11 @@
 //! One folder per part, each importing only the ones listed before it:
 //! [`config`] (read the environment; the only module that does),
 //! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`dynometrics`]
-//! (the dyno's own memory, load and CPU), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! (the dyno's own memory, load and CPU), [`collectors`] (the Postgres and
+//! Redis checks), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
 
+pub mod collectors;
 pub mod config;
 pub mod dogstatsd;
 pub mod dynometrics;

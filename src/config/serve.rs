@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, dyno_type, vars, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Proxy, Reader,
+    defaults, dyno_type, vars, ApiKey, ChecksConfig, ConfigError, Env, LogLevel, ProcessEnv, Proxy,
+    Reader,
 };
 
 /// One histogram aggregate, as in the Agent's `histogram_aggregates`.
@@ -219,6 +220,9 @@ pub struct Config {
     /// The proxies for the intake, read as the Agent reads them (see
     /// [`Proxy`]). Defaults to none.
     pub proxy: Proxy,
+    /// The Postgres and Redis checks (`DD_ENABLE_HEROKU_POSTGRES`, ...;
+    /// see [`ChecksConfig`]). Defaults to none.
+    pub checks: ChecksConfig,
 }
 
 impl Config {
@@ -549,6 +553,7 @@ impl Config {
             )?
             .unwrap_or(dyno.is_some());
         let proxy = n.or(Proxy::from_reader(&r), Proxy::default(), "no proxy")?;
+        let checks = ChecksConfig::read(env, &|| super::app_procfile_types(env));
 
         Ok(Self {
             api_key,
@@ -584,6 +589,7 @@ impl Config {
             dyno,
             dyno_metrics,
             proxy,
+            checks,
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::collectors::Scheduler;
 use crate::config::{escape_truncate, Config};
 use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::dogstatsd::mapper::NameRules;
@@ -77,6 +78,9 @@ struct Shared {
     /// The dyno collector, when `DYNOSTAT_DYNO_METRICS` is on: its series
     /// join each flush's self-telemetry.
     dyno: Option<DynoMetrics>,
+    /// The Postgres and Redis checks, when enabled and this dyno is the one
+    /// chosen: what they collected joins each flush's self-telemetry.
+    checks: Option<Scheduler>,
 }
 
 impl Shared {
@@ -123,6 +127,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
         dyno: start_dyno_metrics(&config),
+        checks: crate::collectors::start_checks(&config.checks),
     });
 
     let mut receivers: Vec<JoinHandle<()>> = Vec::new();
@@ -742,6 +747,15 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         if let Some(dyno) = &shared.dyno {
             series.extend(dyno.series(bucket_start, interval));
         }
+        let mut service_checks = Vec::new();
+        if let Some(checks) = &shared.checks {
+            let (mut collected, dropped) = checks.drain();
+            series.append(&mut collected.series);
+            service_checks = collected.checks;
+            if dropped > 0 {
+                tracing::warn!(dropped, "check series dropped: more than the collectors' outbox holds between two flushes");
+            }
+        }
         let [s, d, e, k] = counts.get();
         tracing::debug!(
             series = s + series.len(),
@@ -752,6 +766,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         );
         crate::dogstatsd::aggregate::Flush {
             series,
+            service_checks,
             ..Default::default()
         }
     };

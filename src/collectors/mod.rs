@@ -1,0 +1,546 @@
+//! Things dynostat measures itself, on one scheduler: the Postgres and
+//! Redis checks (DESIGN §5d, issue 23), and the place for the next one.
+//!
+//! In: [`Collector`]s, each with an interval and a `collect()` that appends
+//! series and service checks to a [`Collected`]. Out: what they collected,
+//! taken by `serve` at each flush ([`Scheduler::drain`]) and sent with the
+//! flush's self-telemetry (series keep the time they were collected at, as
+//! the Agent's check samples do).
+//!
+//! One thread, `collectors`, runs a current-thread tokio runtime and every
+//! collector in turn, each when it is due. A collector that fails sends its
+//! own CRITICAL service check, logs one line when it goes down and one when
+//! it comes back, and is retried after a backoff (its interval doubled per
+//! failure, up to [`MAX_BACKOFF`]). Nothing here touches the listener: the
+//! receive threads and the flush clock never wait on this thread, and
+//! [`Scheduler::drain`] is one short lock.
+//!
+//! Adding a check is one file: a type that implements [`Collector`], and
+//! one line in `serve` that boxes it into the list given to
+//! [`Scheduler::start`].
+//!
+//! Must never: let a collector's series grow without bound (the outbox
+//! holds at most [`OUTBOX_SERIES`] series between two flushes; more are
+//! dropped and counted), or put a password in a log line, a tag or a
+//! service check message ([`scrub`]).
+
+pub mod net;
+pub mod pgwire;
+pub mod postgres;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{ChecksConfig, Tls};
+use crate::dogstatsd::aggregate::{Series, SeriesKind};
+use crate::dogstatsd::protocol::{CheckStatus, ServiceCheck};
+
+/// The longest wait between two tries of a failing collector.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// The longest one collection may take, whatever its interval: a check
+/// has its own, shorter timeouts (connect 5 s, statements 5 s); this is the
+/// backstop.
+pub const MAX_RUN: Duration = Duration::from_secs(20);
+
+/// Series held between two flushes, at most.
+pub const OUTBOX_SERIES: usize = 20_000;
+
+/// What collectors produced since the last flush.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Collected {
+    /// Series, each stamped with its collection time.
+    pub series: Vec<Series>,
+    /// Service checks, e.g. `postgres.can_connect`.
+    pub checks: Vec<ServiceCheck>,
+}
+
+/// A collection in progress.
+pub type CollectFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+
+/// A thing dynostat measures itself.
+pub trait Collector: Send {
+    /// For logs, e.g. `postgres DATABASE_URL`. Never holds a password.
+    fn name(&self) -> &str;
+
+    /// How often it runs when it succeeds.
+    fn interval(&self) -> Duration;
+
+    /// One run: appends series and service checks to `out`. A failure
+    /// returns one line (no password) and has put its CRITICAL service
+    /// check in `out` already.
+    fn collect<'a>(&'a mut self, out: &'a mut Collected) -> CollectFuture<'a>;
+
+    /// The run was abandoned at [`MAX_RUN`] or at shutdown: drop any
+    /// half-used connection, and say so in `out` (a CRITICAL check).
+    fn abandon(&mut self, out: &mut Collected);
+}
+
+/// Replaces `secret` in `text` (a server's error could echo it back).
+pub fn scrub(text: &str, secret: &str) -> String {
+    if secret.len() < 3 {
+        return text.to_owned();
+    }
+    text.replace(secret, "<redacted>")
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Previous values of a collector's counters, for rates and monotonic
+/// counts as the Agent's check sampler makes them: a rate is the
+/// per-second difference between two collections, sent as a GAUGE, nothing
+/// the first time and nothing when negative (a reset); a monotonic count
+/// is the difference, sent as a COUNT, nothing the first time and 0 after a
+/// reset (datadog-agent pkg/metrics `Rate`, `MonotonicCount`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    prev: HashMap<String, (f64, Instant, u64)>,
+    generation: u64,
+}
+
+impl Counters {
+    /// Starts one collection's submissions.
+    pub fn submit<'a>(&'a mut self, out: &'a mut Collected, interval: Duration) -> Submit<'a> {
+        self.generation += 1;
+        Submit {
+            ts: unix_now(),
+            now: Instant::now(),
+            interval: interval.as_secs().max(1),
+            counters: self,
+            out,
+        }
+    }
+
+    /// How many counters are remembered.
+    pub fn len(&self) -> usize {
+        self.prev.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.prev.is_empty()
+    }
+}
+
+/// One collection's submissions (see [`Counters`]).
+pub struct Submit<'a> {
+    ts: i64,
+    now: Instant,
+    interval: u64,
+    counters: &'a mut Counters,
+    out: &'a mut Collected,
+}
+
+fn series(
+    name: &str,
+    kind: SeriesKind,
+    ts: i64,
+    value: f64,
+    mut tags: Vec<String>,
+    interval: Option<u64>,
+) -> Series {
+    tags.sort();
+    tags.dedup();
+    Series {
+        metric: name.to_owned(),
+        kind,
+        points: vec![(ts, value)],
+        tags,
+        host: None,
+        interval,
+        unit: None,
+    }
+}
+
+impl Submit<'_> {
+    /// A gauge.
+    pub fn gauge(&mut self, name: &str, value: f64, tags: Vec<String>) {
+        if value.is_finite() {
+            self.out
+                .series
+                .push(series(name, SeriesKind::Gauge, self.ts, value, tags, None));
+        }
+    }
+
+    fn previous(&mut self, name: &str, value: f64, tags: &[String]) -> Option<(f64, f64)> {
+        let mut key = String::with_capacity(name.len() + 64);
+        key.push_str(name);
+        let mut sorted: Vec<&String> = tags.iter().collect();
+        sorted.sort();
+        for t in sorted {
+            key.push('\0');
+            key.push_str(t);
+        }
+        let generation = self.counters.generation;
+        let old = self
+            .counters
+            .prev
+            .insert(key, (value, self.now, generation));
+        old.map(|(v, at, _)| (v, self.now.duration_since(at).as_secs_f64()))
+    }
+
+    /// A rate: the per-second change since the last collection, as a GAUGE.
+    pub fn rate(&mut self, name: &str, value: f64, tags: Vec<String>) {
+        if !value.is_finite() {
+            return;
+        }
+        if let Some((prev, dt)) = self.previous(name, value, &tags) {
+            let r = (value - prev) / dt;
+            if dt > 0.0 && r >= 0.0 {
+                self.out
+                    .series
+                    .push(series(name, SeriesKind::Gauge, self.ts, r, tags, None));
+            }
+        }
+    }
+
+    /// A monotonic count: the change since the last collection, as a COUNT.
+    pub fn monotonic_count(&mut self, name: &str, value: f64, tags: Vec<String>) {
+        if !value.is_finite() {
+            return;
+        }
+        if let Some((prev, _)) = self.previous(name, value, &tags) {
+            let d = (value - prev).max(0.0);
+            let interval = Some(self.interval);
+            self.out
+                .series
+                .push(series(name, SeriesKind::Count, self.ts, d, tags, interval));
+        }
+    }
+
+    /// A service check.
+    pub fn service_check(
+        &mut self,
+        name: &str,
+        status: CheckStatus,
+        tags: Vec<String>,
+        message: Option<String>,
+    ) {
+        self.out
+            .checks
+            .push(service_check(name, status, tags, message));
+    }
+
+    /// Forgets counters this collection did not submit (a database dropped,
+    /// a lock released), so their number stays that of the last collection.
+    pub fn finish(self) {
+        let generation = self.counters.generation;
+        self.counters.prev.retain(|_, (_, _, g)| *g == generation);
+    }
+}
+
+/// A service check stamped now.
+pub fn service_check(
+    name: &str,
+    status: CheckStatus,
+    mut tags: Vec<String>,
+    message: Option<String>,
+) -> ServiceCheck {
+    tags.sort();
+    tags.dedup();
+    ServiceCheck {
+        name: name.to_owned(),
+        status,
+        timestamp: Some(unix_now()),
+        host: None,
+        tags,
+        message,
+    }
+}
+
+/// What the scheduler hands to the flush.
+#[derive(Default)]
+struct Outbox {
+    held: Collected,
+    dropped: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The running scheduler: one thread, every collector.
+pub struct Scheduler {
+    outbox: Arc<Mutex<Outbox>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts the `collectors` thread; each collector runs at once, then
+    /// every interval.
+    pub fn start(collectors: Vec<Box<dyn Collector>>) -> std::io::Result<Self> {
+        let outbox = Arc::new(Mutex::new(Outbox::default()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(&outbox);
+        let thread = std::thread::Builder::new()
+            .name("collectors".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "collectors: could not start their runtime; no checks run");
+                        return;
+                    }
+                };
+                runtime.block_on(run(collectors, &shared, rx));
+            })?;
+        Ok(Self {
+            outbox,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Takes what was collected since the last call, and how many series
+    /// were dropped at [`OUTBOX_SERIES`] since then.
+    pub fn drain(&self) -> (Collected, u64) {
+        let mut o = lock(&self.outbox);
+        let dropped = std::mem::take(&mut o.dropped);
+        (std::mem::take(&mut o.held), dropped)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Logs what the checks configuration says, and starts the scheduler with
+/// a Postgres check per Postgres URL and a Redis check per Redis URL when
+/// this process is the one that runs them. A failure to start costs only
+/// the checks, never the listener.
+pub fn start_checks(config: &ChecksConfig) -> Option<Scheduler> {
+    for p in &config.problems {
+        tracing::warn!("checks: {p}");
+    }
+    if config.postgres.is_empty() && config.redis.is_empty() {
+        return None;
+    }
+    if !config.run_here {
+        tracing::info!("checks: {}", config.placement);
+        return None;
+    }
+    let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
+    for url in &config.postgres {
+        tracing::info!(
+            check = %format!("postgres {}", url.var),
+            server = %format!("{}:{}/{}", url.host, url.port, url.database),
+            tls = tls_name(url.tls),
+            every_s = config.interval.as_secs(),
+            "checks: {}", config.placement
+        );
+        collectors.push(Box::new(postgres::PostgresCheck::new(
+            url.clone(),
+            config.interval,
+        )));
+    }
+    for url in &config.redis {
+        tracing::info!(
+            check = %format!("redis {}", url.var),
+            server = %format!("{}:{}", url.host, url.port),
+            tls = tls_name(url.tls),
+            every_s = config.interval.as_secs(),
+            "checks: {}", config.placement
+        );
+        collectors.push(Box::new(redis::RedisCheck::new(
+            url.clone(),
+            config.interval,
+        )));
+    }
+    Scheduler::start(collectors)
+        .map_err(
+            |e| tracing::warn!(error = %e, "checks: could not start their thread; no checks run"),
+        )
+        .ok()
+}
+
+fn tls_name(tls: Tls) -> &'static str {
+    match tls {
+        Tls::Off => "off",
+        Tls::Prefer => "if offered, certificate not verified",
+        Tls::Require => "required, certificate not verified",
+    }
+}
+
+struct Slot {
+    collector: Box<dyn Collector>,
+    due: tokio::time::Instant,
+    failures: u32,
+}
+
+/// The wait after `failures` failures in a row.
+pub fn backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(8);
+    interval
+        .saturating_mul(factor)
+        .min(MAX_BACKOFF.max(interval))
+}
+
+async fn run(
+    collectors: Vec<Box<dyn Collector>>,
+    outbox: &Mutex<Outbox>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let now = tokio::time::Instant::now();
+    let mut slots: Vec<Slot> = collectors
+        .into_iter()
+        .map(|collector| Slot {
+            collector,
+            due: now,
+            failures: 0,
+        })
+        .collect();
+    loop {
+        let Some(slot) = slots.iter_mut().min_by_key(|s| s.due) else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(slot.due) => {}
+            _ = &mut stop => return,
+        }
+        // One pass of the loop is one unit of progress: a watchdog's
+        // heartbeat belongs here.
+        let mut out = Collected::default();
+        let result = tokio::select! {
+            r = tokio::time::timeout(MAX_RUN, slot.collector.collect(&mut out)) => r,
+            _ = &mut stop => {
+                slot.collector.abandon(&mut out);
+                return;
+            }
+        };
+        let interval = slot.collector.interval();
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => {
+                slot.collector.abandon(&mut out);
+                Err(format!(
+                    "a collection took over {} s and was abandoned",
+                    MAX_RUN.as_secs()
+                ))
+            }
+        };
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(()) => {
+                if slot.failures > 0 {
+                    tracing::info!(
+                        check = slot.collector.name(),
+                        after_failures = slot.failures,
+                        "check recovered"
+                    );
+                }
+                slot.failures = 0;
+                slot.due += interval;
+                if slot.due <= now {
+                    slot.due = now + interval;
+                }
+            }
+            Err(e) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let wait = backoff(interval, slot.failures);
+                if slot.failures == 1 {
+                    tracing::warn!(
+                        check = slot.collector.name(),
+                        error = %e,
+                        retry_in_s = wait.as_secs(),
+                        "check failed: CRITICAL sent; retrying with backoff, logged again when it recovers"
+                    );
+                }
+                slot.due = now + wait;
+            }
+        }
+        let mut o = lock(outbox);
+        let room = OUTBOX_SERIES.saturating_sub(o.held.series.len());
+        if out.series.len() > room {
+            o.dropped += (out.series.len() - room) as u64;
+            out.series.truncate(room);
+        }
+        o.held.series.append(&mut out.series);
+        if o.held.checks.len() < OUTBOX_SERIES {
+            o.held.checks.append(&mut out.checks);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_monotonic_counts_as_the_agent_makes_them() {
+        let mut c = Counters::default();
+        let mut out = Collected::default();
+        let tags = || vec!["db:a".to_owned()];
+        let mut s = c.submit(&mut out, Duration::from_secs(15));
+        s.rate("r", 100.0, tags());
+        s.monotonic_count("m", 100.0, tags());
+        s.gauge("g", 1.5, tags());
+        s.finish();
+        assert_eq!(
+            out.series.len(),
+            1,
+            "the first collection sends only the gauge"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let mut out = Collected::default();
+        let mut s = c.submit(&mut out, Duration::from_secs(15));
+        s.rate("r", 120.0, tags());
+        s.monotonic_count("m", 130.0, tags());
+        s.finish();
+        let r = &out.series[0];
+        assert_eq!(r.kind, SeriesKind::Gauge);
+        let v = r.points[0].1;
+        assert!(v > 20.0 / 0.4 && v <= 20.0 / 0.2, "{v}");
+        let m = &out.series[1];
+        assert_eq!(
+            (m.kind, m.points[0].1, m.interval),
+            (SeriesKind::Count, 30.0, Some(15))
+        );
+        // A reset: no rate, a zero count.
+        let mut out = Collected::default();
+        let mut s = c.submit(&mut out, Duration::from_secs(15));
+        s.rate("r", 5.0, tags());
+        s.monotonic_count("m", 5.0, tags());
+        s.finish();
+        assert_eq!(out.series.len(), 1);
+        assert_eq!(out.series[0].points[0].1, 0.0);
+        // Counters not submitted are forgotten.
+        let mut out = Collected::default();
+        c.submit(&mut out, Duration::from_secs(15)).finish();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let i = Duration::from_secs(15);
+        let got: Vec<u64> = (1..=6).map(|f| backoff(i, f).as_secs()).collect();
+        assert_eq!(got, [15, 30, 60, 120, 120, 120]);
+        assert_eq!(backoff(Duration::from_secs(1), 3), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn scrub_hides_the_secret() {
+        assert_eq!(scrub("bad hunter2 here", "hunter2"), "bad <redacted> here");
+        assert_eq!(scrub("x", ""), "x");
+    }
+}
