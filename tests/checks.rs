@@ -910,3 +910,67 @@ fn redis_with_a_wrong_password_is_critical_and_never_shown() {
     serve.stop_ok(Duration::from_secs(10));
     assert_never_shown(&serve, &intake, wrong);
 }
+
+#[test]
+fn dynostat_start_runs_the_checks_and_shows_them_on_the_console() {
+    let redis = Redis::start(false);
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("Procfile"), "web: sleep 30\n").unwrap();
+    std::fs::write(
+        app.path().join(".env"),
+        format!(
+            "DD_ENABLE_HEROKU_REDIS=true\nREDIS_URL=redis://:{REDIS_PASSWORD}@127.0.0.1:{}\nDYNOSTAT_CHECKS_INTERVAL=1\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(common::bin());
+    cmd.args(["start", "--no-timestamp"])
+        .current_dir(app.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DD_") || k.starts_with("DYNOSTAT_") || k == "DYNO" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DD_DOGSTATSD_PORT", common::free_udp_port().to_string())
+        .env("DYNOSTAT_FLUSH_INTERVAL", "1")
+        .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2");
+    let mut child = cmd.spawn().unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let out = std::sync::Arc::clone(&out);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+    }
+    let text = || out.lock().unwrap().clone();
+    let shown = wait(Duration::from_secs(20), || {
+        let t = text();
+        t.lines()
+            .any(|l| l.contains("redis.can_connect") && l.contains("OK"))
+            && t.contains("redis.net.commands")
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM);
+    }
+    let _ = child.wait();
+    let t = text();
+    assert!(shown, "{t}");
+    assert!(t.contains("the checks run here"), "{t}");
+    assert!(!t.contains(REDIS_PASSWORD), "{t}");
+}

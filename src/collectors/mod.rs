@@ -258,6 +258,30 @@ pub fn service_check(
     }
 }
 
+/// Series of one context (name, type, tags) joined into one, points in
+/// collection order.
+fn merge(series: Vec<Series>) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::with_capacity(series.len());
+    let mut at: HashMap<(String, u8, Vec<String>), usize> = HashMap::with_capacity(series.len());
+    for s in series {
+        let kind = match s.kind {
+            SeriesKind::Count => 1,
+            SeriesKind::Rate => 2,
+            SeriesKind::Gauge => 3,
+        };
+        match at.entry((s.metric.clone(), kind, s.tags.clone())) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                out[*e.get()].points.extend_from_slice(&s.points);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 /// What the scheduler hands to the flush.
 #[derive(Default)]
 struct Outbox {
@@ -307,10 +331,16 @@ impl Scheduler {
 
     /// Takes what was collected since the last call, and how many series
     /// were dropped at [`OUTBOX_SERIES`] since then.
+    /// A context collected more than once since (a flush interval longer
+    /// than a check's) is one series with a point per collection.
     pub fn drain(&self) -> (Collected, u64) {
-        let mut o = lock(&self.outbox);
-        let dropped = std::mem::take(&mut o.dropped);
-        (std::mem::take(&mut o.held), dropped)
+        let (mut held, dropped) = {
+            let mut o = lock(&self.outbox);
+            let dropped = std::mem::take(&mut o.dropped);
+            (std::mem::take(&mut o.held), dropped)
+        };
+        held.series = merge(std::mem::take(&mut held.series));
+        (held, dropped)
     }
 }
 
@@ -528,6 +558,21 @@ mod tests {
         let mut out = Collected::default();
         c.submit(&mut out, Duration::from_secs(15)).finish();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn one_series_per_context_with_a_point_per_collection() {
+        let g = |v: f64, ts: i64, tag: &str| {
+            series("g", SeriesKind::Gauge, ts, v, vec![tag.to_owned()], None)
+        };
+        let merged = merge(vec![
+            g(1.0, 10, "a:1"),
+            g(2.0, 10, "a:2"),
+            g(3.0, 11, "a:1"),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].points, [(10, 1.0), (11, 3.0)]);
+        assert_eq!(merged[1].points, [(10, 2.0)]);
     }
 
     #[test]
