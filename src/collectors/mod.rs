@@ -1,5 +1,6 @@
-//! Things dynostat measures itself, on one scheduler: the Postgres and
-//! Redis checks (DESIGN §5d, issue 23), and the place for the next one.
+//! Things dynostat measures itself, on one scheduler: the dyno collector
+//! ([`dyno`], DESIGN §5b), the Postgres and Redis checks ([`postgres`],
+//! [`redis`]; DESIGN §5d, issue 23), and the place for the next one.
 //!
 //! In: [`Collector`]s, each with an interval and a `collect()` that appends
 //! series and service checks to a [`Collected`]. Out: what they collected,
@@ -7,8 +8,9 @@
 //! flush's self-telemetry (series keep the time they were collected at, as
 //! the Agent's check samples do).
 //!
-//! One thread, `collectors`, runs a current-thread tokio runtime and every
-//! collector in turn, each when it is due. A collector that fails sends its
+//! One thread, `collectors`, runs a current-thread tokio runtime with one
+//! task per collector, each running when it is due (so a check waiting on
+//! a slow database never delays the dyno sampler's 5 s load ticks). A collector that fails sends its
 //! own CRITICAL service check, logs one line when it goes down and one when
 //! it comes back, and is retried after a backoff (its interval doubled per
 //! failure, up to [`MAX_BACKOFF`]). Nothing here touches the listener: the
@@ -24,6 +26,7 @@
 //! dropped and counted), or put a password in a log line, a tag or a
 //! service check message ([`scrub`]).
 
+pub mod dyno;
 pub mod net;
 pub mod pgwire;
 pub mod postgres;
@@ -36,9 +39,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{ChecksConfig, Tls};
+use crate::config::{ChecksConfig, Config, Tls};
 use crate::dogstatsd::aggregate::{Series, SeriesKind};
 use crate::dogstatsd::protocol::{CheckStatus, ServiceCheck};
+use crate::dynometrics::DynoMetrics;
 
 /// The longest wait between two tries of a failing collector.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
@@ -79,6 +83,13 @@ pub trait Collector: Send {
     /// The run was abandoned at [`MAX_RUN`] or at shutdown: drop any
     /// half-used connection, and say so in `out` (a CRITICAL check).
     fn abandon(&mut self, out: &mut Collected);
+
+    /// When the next run is due, counted from the end of this one, for a
+    /// collector that keeps its own clock (the dyno sampler's wall-clock
+    /// phase). `None`: every [`Collector::interval`] from the first run.
+    fn next_in(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Replaces `secret` in `text` (a server's error could echo it back).
@@ -320,7 +331,7 @@ impl Scheduler {
                         return;
                     }
                 };
-                runtime.block_on(run(collectors, &shared, rx));
+                runtime.block_on(run(collectors, shared, rx));
             })?;
         Ok(Self {
             outbox,
@@ -355,22 +366,44 @@ impl Drop for Scheduler {
     }
 }
 
-/// Logs what the checks configuration says, and starts the scheduler with
-/// a Postgres check per Postgres URL and a Redis check per Redis URL when
-/// this process is the one that runs them. A failure to start costs only
-/// the checks, never the listener.
-pub fn start_checks(config: &ChecksConfig) -> Option<Scheduler> {
+/// Starts what `serve` measures itself: the dyno collector when
+/// `DYNOSTAT_DYNO_METRICS` is on (its flush side is returned), and a
+/// Postgres check per Postgres URL and a Redis check per Redis URL when this
+/// process is the one that runs them, all on one [`Scheduler`]. A failure
+/// to start costs only their metrics, never the listener.
+pub fn start(config: &Config) -> (Option<DynoMetrics>, Option<Scheduler>) {
+    let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
+    let dyno = config.dyno_metrics.then(|| {
+        let m = DynoMetrics::new();
+        collectors.push(Box::new(dyno::DynoCollector::new(m.latest())));
+        m
+    });
+    collectors.extend(checks(&config.checks));
+    if collectors.is_empty() {
+        return (dyno, None);
+    }
+    let scheduler = Scheduler::start(collectors)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not start the collectors' thread; heroku.dyno.* and the checks will be missing");
+        })
+        .ok();
+    (dyno, scheduler)
+}
+
+/// Logs what the checks configuration says; the checks, when this process
+/// is the one that runs them.
+fn checks(config: &ChecksConfig) -> Vec<Box<dyn Collector>> {
     for p in &config.problems {
         tracing::warn!("checks: {p}");
     }
+    let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
     if config.postgres.is_empty() && config.redis.is_empty() {
-        return None;
+        return collectors;
     }
     if !config.run_here {
         tracing::info!("checks: {}", config.placement);
-        return None;
+        return collectors;
     }
-    let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
     for url in &config.postgres {
         tracing::info!(
             check = %format!("postgres {}", url.var),
@@ -397,11 +430,7 @@ pub fn start_checks(config: &ChecksConfig) -> Option<Scheduler> {
             config.interval,
         )));
     }
-    Scheduler::start(collectors)
-        .map_err(
-            |e| tracing::warn!(error = %e, "checks: could not start their thread; no checks run"),
-        )
-        .ok()
+    collectors
 }
 
 fn tls_name(tls: Tls) -> &'static str {
@@ -412,12 +441,6 @@ fn tls_name(tls: Tls) -> &'static str {
     }
 }
 
-struct Slot {
-    collector: Box<dyn Collector>,
-    due: tokio::time::Instant,
-    failures: u32,
-}
-
 /// The wait after `failures` failures in a row.
 pub fn backoff(interval: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(8);
@@ -426,43 +449,58 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
         .min(MAX_BACKOFF.max(interval))
 }
 
+/// Every collector as a task of its own on this thread's runtime, so a
+/// check waiting on a slow database never delays the dyno sampler's 5 s
+/// load ticks; until `stop`.
 async fn run(
     collectors: Vec<Box<dyn Collector>>,
-    outbox: &Mutex<Outbox>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    outbox: Arc<Mutex<Outbox>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let now = tokio::time::Instant::now();
-    let mut slots: Vec<Slot> = collectors
-        .into_iter()
-        .map(|collector| Slot {
-            collector,
-            due: now,
-            failures: 0,
+    let local = tokio::task::LocalSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    local
+        .run_until(async move {
+            let tasks: Vec<_> = collectors
+                .into_iter()
+                .map(|c| tokio::task::spawn_local(run_one(c, Arc::clone(&outbox), stop_rx.clone())))
+                .collect();
+            let _ = stop.await;
+            let _ = stop_tx.send(true);
+            for t in tasks {
+                let _ = t.await;
+            }
         })
-        .collect();
+        .await;
+}
+
+async fn run_one(
+    mut collector: Box<dyn Collector>,
+    outbox: Arc<Mutex<Outbox>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut due = tokio::time::Instant::now();
+    let mut failures = 0u32;
     loop {
-        let Some(slot) = slots.iter_mut().min_by_key(|s| s.due) else {
-            return;
-        };
         tokio::select! {
-            () = tokio::time::sleep_until(slot.due) => {}
-            _ = &mut stop => return,
+            () = tokio::time::sleep_until(due) => {}
+            _ = stop.changed() => return,
         }
-        // One pass of the loop is one unit of progress: a watchdog's
+        // One pass of this loop is one unit of progress: a watchdog's
         // heartbeat belongs here.
         let mut out = Collected::default();
         let result = tokio::select! {
-            r = tokio::time::timeout(MAX_RUN, slot.collector.collect(&mut out)) => r,
-            _ = &mut stop => {
-                slot.collector.abandon(&mut out);
+            r = tokio::time::timeout(MAX_RUN, collector.collect(&mut out)) => r,
+            _ = stop.changed() => {
+                collector.abandon(&mut out);
                 return;
             }
         };
-        let interval = slot.collector.interval();
+        let interval = collector.interval();
         let result = match result {
             Ok(r) => r,
             Err(_) => {
-                slot.collector.abandon(&mut out);
+                collector.abandon(&mut out);
                 Err(format!(
                     "a collection took over {} s and was abandoned",
                     MAX_RUN.as_secs()
@@ -472,34 +510,38 @@ async fn run(
         let now = tokio::time::Instant::now();
         match result {
             Ok(()) => {
-                if slot.failures > 0 {
+                if failures > 0 {
                     tracing::info!(
-                        check = slot.collector.name(),
-                        after_failures = slot.failures,
+                        check = collector.name(),
+                        after_failures = failures,
                         "check recovered"
                     );
                 }
-                slot.failures = 0;
-                slot.due += interval;
-                if slot.due <= now {
-                    slot.due = now + interval;
-                }
+                failures = 0;
+                due = match collector.next_in() {
+                    Some(wait) => now + wait,
+                    None if due + interval > now => due + interval,
+                    None => now + interval,
+                };
             }
             Err(e) => {
-                slot.failures = slot.failures.saturating_add(1);
-                let wait = backoff(interval, slot.failures);
-                if slot.failures == 1 {
+                failures = failures.saturating_add(1);
+                let wait = backoff(interval, failures);
+                if failures == 1 {
                     tracing::warn!(
-                        check = slot.collector.name(),
+                        check = collector.name(),
                         error = %e,
                         retry_in_s = wait.as_secs(),
                         "check failed: CRITICAL sent; retrying with backoff, logged again when it recovers"
                     );
                 }
-                slot.due = now + wait;
+                due = now + wait;
             }
         }
-        let mut o = lock(outbox);
+        if out.series.is_empty() && out.checks.is_empty() {
+            continue;
+        }
+        let mut o = lock(&outbox);
         let room = OUTBOX_SERIES.saturating_sub(o.held.series.len());
         if out.series.len() > room {
             o.dropped += (out.series.len() - room) as u64;

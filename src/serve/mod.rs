@@ -78,9 +78,10 @@ struct Shared {
     /// The dyno collector, when `DYNOSTAT_DYNO_METRICS` is on: its series
     /// join each flush's self-telemetry.
     dyno: Option<DynoMetrics>,
-    /// The Postgres and Redis checks, when enabled and this dyno is the one
-    /// chosen: what they collected joins each flush's self-telemetry.
-    checks: Option<Scheduler>,
+    /// The collectors' scheduler (the dyno sampler; the Postgres and Redis
+    /// checks when enabled and this dyno is the one chosen): what the checks
+    /// collected joins each flush's self-telemetry.
+    collectors: Option<Scheduler>,
 }
 
 impl Shared {
@@ -101,6 +102,7 @@ impl Shared {
 pub fn serve(config: Config) -> anyhow::Result<()> {
     memory::tune_malloc();
     let stats = Arc::new(Stats::default());
+    let (dyno, collectors) = crate::collectors::start(&config);
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
             context_limit: config.context_limit,
@@ -126,8 +128,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
-        dyno: start_dyno_metrics(&config),
-        checks: crate::collectors::start_checks(&config.checks),
+        dyno,
+        collectors,
     });
 
     let mut receivers: Vec<JoinHandle<()>> = Vec::new();
@@ -177,17 +179,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// Starts the dyno collector when configured; a failure to start it costs
-/// only its metrics, never the listener.
-fn start_dyno_metrics(config: &Config) -> Option<DynoMetrics> {
-    if !config.dyno_metrics {
-        return None;
-    }
-    DynoMetrics::start()
-        .map_err(|e| tracing::warn!(error = %e, "could not start the dyno metrics thread; heroku.dyno.* will be missing"))
-        .ok()
 }
 
 fn bind_error(e: &io::Error, addr: SocketAddr) -> anyhow::Error {
@@ -748,8 +739,8 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
             series.extend(dyno.series(bucket_start, interval));
         }
         let mut service_checks = Vec::new();
-        if let Some(checks) = &shared.checks {
-            let (mut collected, dropped) = checks.drain();
+        if let Some(collectors) = &shared.collectors {
+            let (mut collected, dropped) = collectors.drain();
             series.append(&mut collected.series);
             service_checks = collected.checks;
             if dropped > 0 {
