@@ -974,3 +974,27 @@ fn dynostat_start_runs_the_checks_and_shows_them_on_the_console() {
     assert!(t.contains("the checks run here"), "{t}");
     assert!(!t.contains(REDIS_PASSWORD), "{t}");
 }
+
+/// Older Heroku Redis URLs name a placeholder user (`redis://h:PASSWORD@`)
+/// that the server has no ACL user for.
+#[test]
+fn an_old_heroku_redis_url_with_a_placeholder_user_still_connects() {
+    let redis = Redis::start(false);
+    let intake = Intake::start();
+    let mut serve = redis_serve(
+        &intake,
+        &format!("redis://h:{REDIS_PASSWORD}@127.0.0.1:{}", redis.port),
+    );
+    assert!(
+        intake.wait_until(Duration::from_secs(20), |i| !checks_named(
+            i,
+            "redis.can_connect",
+            0
+        )
+        .is_empty()),
+        "no OK; stderr:\n{}",
+        serve.stderr()
+    );
+    serve.stop_ok(Duration::from_secs(10));
+    assert_never_shown(&serve, &intake, REDIS_PASSWORD);
+}

@@ -137,12 +137,18 @@ impl Conn {
             io: BufReader::new(stream),
         };
         if !url.password.is_empty() {
-            let auth = if url.user.is_empty() {
+            let mut auth = if url.user.is_empty() {
                 c.command(&["AUTH", url.password.expose()]).await?
             } else {
                 c.command(&["AUTH", &url.user, url.password.expose()])
                     .await?
             };
+            // Older Heroku URLs carry a placeholder user (`redis://h:PASSWORD@`)
+            // that a server before Redis 6, or without that ACL user, refuses:
+            // then the password alone, as before ACLs.
+            if matches!(auth, Reply::Error(_)) && !url.user.is_empty() {
+                auth = c.command(&["AUTH", url.password.expose()]).await?;
+            }
             if let Reply::Error(e) = auth {
                 return Err(format!("authentication refused: {e}"));
             }

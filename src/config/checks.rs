@@ -551,6 +551,16 @@ mod tests {
             c.problems
         );
         assert!(c.run_here, "not on a dyno");
+        let full = crate::config::Config::from_lookup(&env(&[
+            ("DD_ENABLE_HEROKU_POSTGRES", "true"),
+            ("DATABASE_URL", "postgres://a:pg-Secret-1@h1:5432/d1"),
+            ("DD_ENABLE_HEROKU_REDIS", "true"),
+            ("REDIS_URL", "rediss://:redis-Secret-2@r:6380"),
+        ]))
+        .expect("valid");
+        let dump = format!("{full:?}");
+        assert!(!dump.contains("Secret"), "{dump}");
+        assert_eq!(full.checks.postgres.len() + full.checks.redis.len(), 2);
         let off = ChecksConfig::read(
             &env(&[("DATABASE_URL", "postgres://a:b@h1/d1")]),
             &web_worker,
