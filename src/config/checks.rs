@@ -183,7 +183,26 @@ impl ChecksConfig {
             .flatten()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
-        let (run_here, placement) = placement(dyno.as_deref(), chosen.as_deref(), procfile_types);
+        // Only the types that run the agent can run the checks.
+        let agent_types: Option<Vec<String>> = r
+            .string("DYNOSTAT_DYNO_TYPES")
+            .ok()
+            .flatten()
+            .map(|v| {
+                v.split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|list| !list.is_empty() && !list.iter().any(|t| t == "all"));
+        let types = || {
+            let mut t = procfile_types();
+            if let Some(allowed) = &agent_types {
+                t.retain(|ty| allowed.contains(ty));
+            }
+            t
+        };
+        let (run_here, placement) = placement(dyno.as_deref(), chosen.as_deref(), &types);
         Self {
             postgres,
             redis,
@@ -199,11 +218,12 @@ impl ChecksConfig {
 ///
 /// - Not on a dyno (`DYNO` unset: `dynostat start`, `run`, a terminal): yes.
 /// - `DYNOSTAT_CHECKS_DYNO` set: on the dyno of that name (`web.1`,
-///   `worker.2`); on Fir, where names carry no index, a value without an
-///   index (`checks`, `web`) names a process type and every dyno of that
-///   type runs them, so it should be a type scaled to one dyno.
+///   `worker.2`); a value without an index (`worker`) is that type's `.1`
+///   on Cedar, and on Fir, where names carry no index, every dyno of that
+///   type, so there it should be a type scaled to one dyno.
 /// - Otherwise, on Cedar: `web.1` when the Procfile has a `web` type, else
-///   the first type's `.1` (a Procfile that cannot be read counts as web).
+///   the first type's `.1` (a Procfile that cannot be read counts as web);
+///   `read` leaves out the types `DYNOSTAT_DYNO_TYPES` starts no agent on.
 ///   What a dyno cannot see is the formation's scale: a web type scaled to
 ///   0 means no dyno runs the checks until `DYNOSTAT_CHECKS_DYNO` names one.
 /// - Otherwise, on Fir: no dyno, and the dynos of the default type say so
@@ -221,7 +241,15 @@ pub fn placement(
     };
     let fir = !dyno.contains('.') && dyno_type(dyno) != dyno;
     if let Some(chosen) = chosen {
-        let here = dyno == chosen || (fir && !chosen.contains('.') && dyno_type(dyno) == chosen);
+        // A type alone names every dyno of that type on Fir, and its first
+        // dyno (`worker` as `worker.1`) on Cedar.
+        let here = dyno == chosen
+            || (!chosen.contains('.')
+                && if fir {
+                    dyno_type(dyno) == chosen
+                } else {
+                    dyno.strip_suffix(".1") == Some(chosen)
+                });
         let why = if here {
             format!("DYNOSTAT_CHECKS_DYNO={chosen}: the checks run on this dyno ({dyno})")
         } else {
@@ -561,6 +589,20 @@ mod tests {
         let dump = format!("{full:?}");
         assert!(!dump.contains("Secret"), "{dump}");
         assert_eq!(full.checks.postgres.len() + full.checks.redis.len(), 2);
+        // DYNOSTAT_DYNO_TYPES=worker: web runs no agent, so worker.1 is the default.
+        let on_worker = |dyno: &str| {
+            ChecksConfig::read(
+                &env(&[
+                    ("DD_ENABLE_HEROKU_POSTGRES", "true"),
+                    ("DATABASE_URL", "postgres://a:b@h1:5432/d1"),
+                    ("DYNOSTAT_DYNO_TYPES", "worker"),
+                    ("DYNO", dyno),
+                ]),
+                &web_worker,
+            )
+            .run_here
+        };
+        assert!(on_worker("worker.1") && !on_worker("web.1"));
         let off = ChecksConfig::read(
             &env(&[("DATABASE_URL", "postgres://a:b@h1/d1")]),
             &web_worker,
@@ -581,6 +623,8 @@ mod tests {
         assert!(!placement(Some("clock.1"), None, &only_worker).0);
         assert!(placement(Some("worker.2"), Some("worker.2"), &web_worker).0);
         assert!(!placement(Some("web.1"), Some("worker.2"), &web_worker).0);
+        assert!(placement(Some("worker.1"), Some("worker"), &web_worker).0);
+        assert!(!placement(Some("worker.2"), Some("worker"), &web_worker).0);
         assert!(placement(None, None, &web_worker).0, "locally");
         // Fir: no default; a type named explicitly runs on its dynos.
         let (here, why) = placement(Some("web-12a34b56d-e78f9"), None, &web_worker);
