@@ -104,9 +104,11 @@ measure() {
 		"${BIN}" serve 2>"${WORK}/${label}.log" &
 	local pid=$!
 	sleep "${SECONDS_EACH}"
-	local ns rss hwm runs
+	local ns rss anon file hwm runs
 	ns=$(collector_ns "${pid}")
 	rss=$(awk '/^VmRSS/ {print $2}' /proc/"${pid}"/status)
+	anon=$(awk '/^RssAnon/ {print $2}' /proc/"${pid}"/status)
+	file=$(awk '/^RssFile/ {print $2}' /proc/"${pid}"/status)
 	hwm=$(awk '/^VmHWM/ {print $2}' /proc/"${pid}"/status)
 	kill "${pid}"
 	wait "${pid}" || true
@@ -115,12 +117,14 @@ measure() {
 	if [[ "${ns}" != 0 ]]; then
 		per_run=$(awk -v t="${ns}" -v r="${runs}" 'BEGIN { printf "%.3f", t / 1e6 / r }')
 	fi
-	printf '| %s | %s | %s | %s | %.2f MiB | %.2f MiB |\n' "${label}" "$(awk -v t="${ns}" 'BEGIN { printf "%.1f", t / 1e6 }')" "${runs}" "${per_run}" \
-		"$(awk -v k="${rss}" 'BEGIN { print k / 1024 }')" "$(awk -v k="${hwm}" 'BEGIN { print k / 1024 }')"
+	mib() { awk -v k="$1" 'BEGIN { print k / 1024 }'; }
+	printf '| %s | %s | %s | %s | %.2f MiB (%.2f anon, %.2f file) | %.2f MiB |\n' "${label}" \
+		"$(awk -v t="${ns}" 'BEGIN { printf "%.1f", t / 1e6 }')" "${runs}" "${per_run}" \
+		"$(mib "${rss}")" "$(mib "${anon}")" "$(mib "${file}")" "$(mib "${hwm}")"
 }
 
 echo "measuring: checks off, ${SECONDS_EACH} s" >&2
-echo "| checks | collectors thread CPU-ms | runs of both checks | CPU-ms per run (Postgres + Redis) | VmRSS at the end | VmHWM |"
+echo "| checks | collectors thread CPU-ms | runs of both checks | CPU-ms per run (Postgres + Redis) | VmRSS at the end (RssAnon, RssFile) | VmHWM |"
 echo "|---|---|---|---|---|---|"
 measure off
 echo "measuring: checks on every ${INTERVAL} s, ${SECONDS_EACH} s" >&2
