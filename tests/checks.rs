@@ -998,3 +998,41 @@ fn an_old_heroku_redis_url_with_a_placeholder_user_still_connects() {
     serve.stop_ok(Duration::from_secs(10));
     assert_never_shown(&serve, &intake, REDIS_PASSWORD);
 }
+
+#[test]
+fn dynostat_check_names_a_bad_url_and_fails_without_showing_it() {
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("Procfile"), "web: true\n").unwrap();
+    let run = |env_file: &str| {
+        std::fs::write(app.path().join(".env"), env_file).unwrap();
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("check").current_dir(app.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DD_")
+                || k.starts_with("DYNOSTAT_")
+                || k == "DYNO"
+                || k.ends_with("_URL")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("DD_ENABLE_HEROKU_POSTGRES=true\nDATABASE_URL=postgres://u:hunter2-Secret@db.example.com:5432/d\n");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("valid postgres check on DATABASE_URL (db.example.com:5432)"),
+        "{stdout}"
+    );
+    let out = run("DD_ENABLE_HEROKU_POSTGRES=true\nDATABASE_URL=mysql://u:hunter2-Secret@db/d\n");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("checks: DATABASE_URL: the scheme"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2")
+    );
+}

@@ -226,8 +226,8 @@ impl ChecksConfig {
 ///   `read` leaves out the types `DYNOSTAT_DYNO_TYPES` starts no agent on.
 ///   What a dyno cannot see is the formation's scale: a web type scaled to
 ///   0 means no dyno runs the checks until `DYNOSTAT_CHECKS_DYNO` names one.
-/// - Otherwise, on Fir: no dyno, and the dynos of the default type say so
-///   once: nothing tells a Fir dyno that it is the first of its type.
+/// - Otherwise, on Fir: no dyno, and each says so once: nothing tells a
+///   Fir dyno that it is the first of its type.
 pub fn placement(
     dyno: Option<&str>,
     chosen: Option<&str>,
