@@ -159,7 +159,7 @@ impl Pg {
 
     fn pg_ctl_start(&self) {
         let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=20 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=20 -c fsync=off -c autovacuum=off",
             self.port,
             self.dir.path().display()
         );
