@@ -1036,3 +1036,37 @@ fn dynostat_check_names_a_bad_url_and_fails_without_showing_it() {
         !stderr.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2")
     );
 }
+
+/// Host names go through hickory (forward::dns), for the intake and the
+/// checks alike: `/etc/hosts` names `localhost` on every machine.
+#[test]
+fn names_resolve_through_the_shared_resolver_for_the_intake_and_a_check() {
+    let redis = Redis::start(false);
+    let intake = Intake::start();
+    let mut serve = Serve::builder()
+        .env(
+            "DD_DD_URL",
+            &format!("http://localhost:{}", intake.addr.port()),
+        )
+        .env("DD_API_KEY", "test-key-0123456789abcdef")
+        .env("DD_ENABLE_HEROKU_REDIS", "true")
+        // The trailing dot keeps the name off the check's own `localhost`
+        // shortcut, so the resolver answers.
+        .env(
+            "REDIS_URL",
+            &format!("redis://:{REDIS_PASSWORD}@localhost.:{}", redis.port),
+        )
+        .env("DYNOSTAT_CHECKS_INTERVAL", "1")
+        .start();
+    assert!(
+        intake.wait_until(Duration::from_secs(20), |i| !checks_named(
+            i,
+            "redis.can_connect",
+            0
+        )
+        .is_empty()),
+        "stderr:\n{}",
+        serve.stderr()
+    );
+    serve.stop_ok(Duration::from_secs(10));
+}

@@ -1,5 +1,6 @@
-//! Connections for the checks: a name resolved by hickory (not the C
-//! library, so the static binary resolves on every stack), TCP with a
+//! Connections for the checks: a name resolved by hickory through
+//! [`crate::forward::dns`] (not the C library, so the static binary
+//! resolves on every stack; the forwarder's resolver type), TCP with a
 //! deadline, and TLS on rustls with the certificate not verified, as the
 //! official buildpack configures Heroku's databases (`sslmode=require`,
 //! `ssl_cert_reqs: 0`): their certificates are self-signed per server.
@@ -17,6 +18,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// The checks' resolver: the forwarder's type, built once on this thread.
+static DNS: std::sync::LazyLock<crate::forward::dns::Dns> =
+    std::sync::LazyLock::new(crate::forward::dns::Dns::default);
 
 /// How long a connection (resolve, TCP, TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,16 +81,7 @@ pub async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
         let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) if host == "localhost" => vec![std::net::IpAddr::from([127, 0, 0, 1])],
-            Err(_) => {
-                let resolver = hickory_resolver::TokioResolver::builder_tokio()
-                    .map_err(|e| io::Error::other(format!("no DNS configuration: {e}")))?
-                    .build();
-                let found = resolver
-                    .lookup_ip(host)
-                    .await
-                    .map_err(|e| io::Error::other(format!("could not resolve {host}: {e}")))?;
-                found.iter().collect()
-            }
+            Err(_) => DNS.lookup(host).await?,
         };
         let mut last = io::Error::other(format!("{host} has no address"));
         for ip in addrs {
