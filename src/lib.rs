@@ -7,10 +7,9 @@
 //! serve (UDP / Unix sockets, flush clock, shutdown)
 //!   → dogstatsd::protocol (parse) → dogstatsd::aggregate (buckets)
 //!   → forward (Datadog HTTP API, retry queue) or console table
-//! dynometrics (the dyno's memory, load, CPU; sampled every 5 s)
+//! collectors (one scheduler thread): the dyno sampler (dynometrics: the
+//!   dyno's memory, load, CPU every 5 s), the Postgres and Redis checks
 //!   → appended to each of serve's flushes
-//! collectors (the Postgres and Redis checks, on one scheduler thread)
-//!   → what they collected goes out with the next flush
 //! ```
 //!
 //! and the process side:
@@ -24,8 +23,8 @@
 //! One folder per part, each importing only the ones listed before it:
 //! [`config`] (read the environment; the only module that does),
 //! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`dynometrics`]
-//! (the dyno's own memory, load and CPU), [`collectors`] (the Postgres and
-//! Redis checks), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! (the dyno's own memory, load and CPU), [`collectors`] (what dynostat
+//! measures itself: the dyno sampler, the Postgres and Redis checks), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
 
 pub mod collectors;
