@@ -1070,3 +1070,44 @@ fn names_resolve_through_the_shared_resolver_for_the_intake_and_a_check() {
     );
     serve.stop_ok(Duration::from_secs(10));
 }
+
+#[test]
+fn a_lock_held_shows_in_postgresql_locks() {
+    let pg = Pg::start(false);
+    let _holder = pg.session("migrator", "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;");
+    assert!(
+        wait(Duration::from_secs(10), || {
+            // pg_class is per database: ask in appdb.
+            pg.psql(
+                "postgres",
+                "appdb",
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.granted",
+            ) == "1"
+        }),
+        "the lock was not taken"
+    );
+    let intake = Intake::start();
+    let mut serve = serve_with_pg(&intake, &pg.url(PG_PASSWORD, "disable"));
+    let lock_tags = [
+        "db:appdb",
+        "table:t",
+        "schema:public",
+        "lock_mode:AccessExclusiveLock",
+        "lock_type:relation",
+        "granted:True",
+        "fastpath:False",
+    ];
+    assert!(
+        intake.wait_until(Duration::from_secs(20), |i| last(
+            i,
+            "postgresql.locks",
+            &lock_tags
+        )
+        .is_some()),
+        "no lock series; {:?}\nstderr:\n{}",
+        intake.series_named("postgresql.locks"),
+        serve.stderr()
+    );
+    assert_eq!(last(&intake, "postgresql.locks", &lock_tags), Some(1.0));
+    serve.stop_ok(Duration::from_secs(10));
+}
