@@ -3,7 +3,9 @@
 #
 # Installs what the buildpack tests (tests/buildpack.rs) need beyond Rust,
 # only when it is missing: shellcheck, file, unshare (util-linux) and curl,
-# through apt-get. Then checks that unprivileged namespaces work for the
+# through apt-get; and for the checks' tests (tests/checks.rs), Debian's
+# postgresql, redis-server (with redis-cli) and openssl, whose servers the
+# tests start themselves (the package's own cluster is not used). Then checks that unprivileged namespaces work for the
 # dyno boot test (`unshare -rm --pid --fork --mount-proc`) and, on hosts
 # such as Ubuntu 24.04 that restrict them with AppArmor, lifts that
 # restriction when run as root (CI machines only; it says so when it does).
@@ -29,11 +31,17 @@ declare -A wanted=(
 	[unshare]=util-linux
 	[curl]=curl
 	[sha256sum]=coreutils
+	[redis-server]=redis-server
+	[redis-cli]=redis-tools
+	[openssl]=openssl
+	[runuser]=util-linux
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
 	command -v "${cmd}" >/dev/null 2>&1 || missing+=("${wanted[${cmd}]}")
 done
+# initdb and pg_ctl live in /usr/lib/postgresql/<version>/bin, off PATH.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 
 if [[ ${#missing[@]} -gt 0 ]]; then
 	output::step "Installing test dependencies: ${missing[*]}"

@@ -9,7 +9,8 @@
 //!   → forward (Datadog HTTP API, retry queue) or console table
 //! trace (tracers' HTTP on 127.0.0.1:8126: decode, process, stats, sample)
 //!   → forward (the same sender and queue), or a console summary
-//! dynometrics (the dyno's memory, load, CPU; sampled every 5 s)
+//! collectors (one scheduler thread): the dyno sampler (dynometrics: the
+//!   dyno's memory, load, CPU every 5 s), the Postgres and Redis checks
 //!   → appended to each of serve's flushes
 //! ```
 //!
@@ -25,10 +26,13 @@
 //! [`config`] (read the environment; the only module that does),
 //! [`dogstatsd`] (parse and aggregate), [`forward`] (send), [`trace`] (the
 //! APM trace relay, a sibling input to `dogstatsd`), [`dynometrics`]
-//! (the dyno's own memory, load and CPU), [`progress`] (loops that must keep
-//! moving, watched for the agent; imports nothing), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
+//! (the dyno's own memory, load and CPU), [`collectors`] (what dynostat
+//! measures itself: the dyno sampler, the Postgres and Redis checks),
+//! [`progress`] (loops that must keep moving, watched for the agent; imports
+//! nothing), [`serve`] (the listener), [`process`] (supervise, and run a Procfile locally), [`dyno`]
 //! (Heroku glue).
 
+pub mod collectors;
 pub mod config;
 pub mod dogstatsd;
 pub mod dynometrics;

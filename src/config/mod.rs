@@ -15,6 +15,7 @@
 //! `Debug` and has no `Display`.
 
 mod agent;
+mod checks;
 mod mapper;
 mod proxy;
 mod runner;
@@ -22,6 +23,10 @@ mod serve;
 mod trace;
 
 pub use agent::{AgentConfig, DynoTypes};
+pub use checks::{
+    app_procfile_types, parse_url, placement, procfile_types, ChecksConfig, DbKind, DbUrl, Secret,
+    Tls,
+};
 pub use mapper::{parse_mapper_profiles, MapperProfile, MapperRule};
 pub use proxy::{redact_url, Proxy};
 pub use runner::RunnerEnv;

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, dyno_type, vars, ApiKey, ConfigError, Env, LogLevel, ProcessEnv, Proxy, Reader,
+    defaults, dyno_type, vars, ApiKey, ChecksConfig, ConfigError, Env, LogLevel, ProcessEnv, Proxy,
+    Reader,
 };
 
 /// One histogram aggregate, as in the Agent's `histogram_aggregates`.
@@ -283,6 +284,9 @@ pub struct Config {
     pub proxy: Proxy,
     /// The trace relay (`DD_APM_*`; see [`TraceConfig`]).
     pub trace: TraceConfig,
+    /// The Postgres and Redis checks (`DD_ENABLE_HEROKU_POSTGRES`, ...;
+    /// see [`ChecksConfig`]). Defaults to none.
+    pub checks: ChecksConfig,
 }
 
 impl Config {
@@ -659,6 +663,7 @@ impl Config {
             None => PathBuf::from(PRERUN_SCRIPT),
         };
         let trace = TraceConfig::read(&r, &mut n, &site)?;
+        let checks = ChecksConfig::read(env, &|| super::app_procfile_types(env));
 
         Ok(Self {
             api_key,
@@ -711,6 +716,7 @@ impl Config {
                 })
                 .collect(),
             trace,
+            checks,
             notes: n.notes,
             ignored: UNSUPPORTED
                 .iter()

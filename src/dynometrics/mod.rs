@@ -2,7 +2,9 @@
 //! as `heroku.dyno.*` gauges, from inside the dyno (DESIGN §5b, issue 11).
 //!
 //! In: the dyno's memory cgroup files ([`cgroup`]) and its processes in
-//! `/proc` ([`procfs`]), read by one thread every [`load::LOAD_FREQ`] (5 s).
+//! `/proc` ([`procfs`]), read every [`load::LOAD_FREQ`] (5 s) by the dyno
+//! collector on the collectors' thread (`collectors::dyno`, one of the
+//! things dynostat measures itself, on one scheduler).
 //! Out: at each flush, [`DynoMetrics::series`] turns the latest sample into
 //! series that `serve` appends to the bucket's own (the forwarder adds the
 //! global tags, `dyno:`, `dynotype:`, `appname:`, to them as to every series).
@@ -36,9 +38,7 @@ pub mod cgroup;
 pub mod load;
 pub mod procfs;
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::dogstatsd::aggregate::{Series, SeriesKind};
@@ -287,13 +287,23 @@ struct FlushState {
     stale_reported: bool,
 }
 
-/// The running collector: a sampling thread and its latest sample.
+/// Where the sampler leaves each sample for [`DynoMetrics::series`]; the
+/// dyno collector (`collectors::dyno`, on the collectors' thread) holds one.
+#[derive(Clone)]
+pub struct Latest(Arc<Mutex<Option<Sample>>>);
+
+impl Latest {
+    /// Replaces the latest sample.
+    pub fn set(&self, sample: Sample) {
+        *lock(&self.0) = Some(sample);
+    }
+}
+
+/// The dyno metrics' flush side: the latest sample, turned into series at
+/// each flush.
 pub struct DynoMetrics {
     latest: Arc<Mutex<Option<Sample>>>,
     flush: Mutex<FlushState>,
-    /// Dropping it wakes and ends the sampling thread.
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -305,7 +315,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// a second away from them keeps the listener's own flush work out of the
 /// load (it is the dyno's, but a 1 s flush interval would otherwise show up
 /// as a steady few hundredths).
-fn until_next_sample() -> Duration {
+pub fn until_next_sample() -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -320,39 +330,24 @@ fn until_next_sample() -> Duration {
     Duration::from_millis(u64::try_from(wait).unwrap_or(2500))
 }
 
+impl Default for DynoMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl DynoMetrics {
-    /// Starts the sampling thread; it takes a first sample at once (without
-    /// a load tick: the kernel's averages also start at 0), and counts tasks
-    /// for the load from 5 to 10 s after start on.
-    pub fn start() -> std::io::Result<Self> {
-        let latest = Arc::new(Mutex::new(None));
-        let (tx, rx) = mpsc::channel::<()>();
-        let shared = Arc::clone(&latest);
-        let thread = std::thread::Builder::new()
-            .name("dyno-metrics".into())
-            .spawn(move || {
-                let mut sampler = Sampler::new();
-                *lock(&shared) = Some(sampler.sample(false));
-                // The first count comes a whole period after start, not
-                // while the dyno's boot (and the listener's own) may still
-                // be running.
-                let mut wait = until_next_sample() + LOAD_FREQ;
-                loop {
-                    match rx.recv_timeout(wait) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let s = sampler.sample(true);
-                    *lock(&shared) = Some(s);
-                    wait = until_next_sample();
-                }
-            })?;
-        Ok(Self {
-            latest,
+    /// No sample yet: the dyno collector gives them ([`DynoMetrics::latest`]).
+    pub fn new() -> Self {
+        Self {
+            latest: Arc::new(Mutex::new(None)),
             flush: Mutex::new(FlushState::default()),
-            stop: Some(tx),
-            thread: Some(thread),
-        })
+        }
+    }
+
+    /// Where the sampler puts its samples.
+    pub fn latest(&self) -> Latest {
+        Latest(Arc::clone(&self.latest))
     }
 
     /// The series for one flush, stamped `timestamp`, from the latest sample.
@@ -424,9 +419,7 @@ impl DynoMetrics {
         let mut f = lock(&self.flush);
         if !f.stale_reported {
             f.stale_reported = true;
-            let ended = self.thread.as_ref().is_some_and(JoinHandle::is_finished);
             tracing::warn!(
-                thread_ended = ended,
                 "dyno metrics: no sample for over {} s; heroku.dyno.* are left out until one comes",
                 STALE_AFTER.as_secs()
             );
@@ -451,15 +444,6 @@ impl DynoMetrics {
             None => f.last = Some((cpu, s.at)),
         }
         f.rate
-    }
-}
-
-impl Drop for DynoMetrics {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -514,8 +498,6 @@ mod tests {
         let m = DynoMetrics {
             latest: Arc::new(Mutex::new(Some(sample))),
             flush: Mutex::new(FlushState::default()),
-            stop: None,
-            thread: None,
         };
         let first = m.series(1000, 10);
         assert_eq!(
@@ -596,8 +578,6 @@ mod tests {
                 threads: Some(1),
             }))),
             flush: Mutex::new(FlushState::default()),
-            stop: None,
-            thread: None,
         };
         assert_eq!(m.series(0, 10), []);
         lock(&m.latest).as_mut().unwrap().at = Instant::now();

@@ -169,8 +169,9 @@ impl Http {
         key_header.set_sensitive(true);
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            // hickory resolves names itself: no glibc NSS, so the static binary works anywhere.
-            .hickory_dns(true)
+            // hickory resolves names itself: no glibc NSS, so the static binary works anywhere
+            // (forward::dns, shared with the checks).
+            .dns_resolver(std::sync::Arc::new(super::dns::Dns::default()))
             // A redirect would carry the DD-API-KEY header to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             // reqwest would read the proxy variables itself; config.rs does.

@@ -33,6 +33,7 @@
 //! scrubbed).
 
 pub mod console;
+pub mod dns;
 pub mod http;
 pub mod payload;
 pub mod retry;

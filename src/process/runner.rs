@@ -1335,9 +1335,26 @@ pub fn check(args: &CheckArgs) -> i32 {
             for (k, v) in dotenv::merge(&parsed) {
                 effective.entry(k).or_insert(v);
             }
-            if let Err(e) = Config::from_lookup(&effective) {
-                ok = false;
-                eprintln!("configuration: {e}");
+            match Config::from_lookup(&effective) {
+                Err(e) => {
+                    ok = false;
+                    eprintln!("configuration: {e}");
+                }
+                Ok(config) => {
+                    // The checks never stop the listener, but `check` says
+                    // what is wrong with them, and fails.
+                    for p in &config.checks.problems {
+                        ok = false;
+                        eprintln!("checks: {p}");
+                    }
+                    for u in config.checks.postgres.iter().chain(&config.checks.redis) {
+                        let kind = match u.kind {
+                            crate::config::DbKind::Postgres => "postgres",
+                            crate::config::DbKind::Redis => "redis",
+                        };
+                        println!("valid {kind} check on {} ({}:{})", u.var, u.host, u.port);
+                    }
+                }
             }
         }
         Err(e) => {

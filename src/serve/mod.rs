@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::collectors::Scheduler;
 use crate::config::{escape_truncate, Config};
 use crate::dogstatsd::aggregate::{Aggregator, AggregatorOptions, InsertOutcome};
 use crate::dogstatsd::mapper::NameRules;
@@ -94,6 +95,10 @@ struct Shared {
     phase: AtomicU8,
     /// `DYNOSTAT_TEST_STALL`: the stall line is honoured (tests only).
     test_stall: bool,
+    /// The collectors' scheduler (the dyno sampler; the Postgres and Redis
+    /// checks when enabled and this dyno is the one chosen): what the checks
+    /// collected joins each flush's self-telemetry.
+    collectors: Option<Scheduler>,
 }
 
 impl Shared {
@@ -114,6 +119,7 @@ impl Shared {
 pub fn serve(config: Config) -> anyhow::Result<()> {
     memory::tune_malloc();
     let stats = Arc::new(Stats::default());
+    let (dyno, collectors) = crate::collectors::start(&config);
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
             context_limit: config.context_limit,
@@ -140,7 +146,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         })),
         stats: Arc::clone(&stats),
         stop: AtomicBool::new(false),
-        dyno: start_dyno_metrics(&config),
+        dyno,
+        collectors,
         cardinality: Mutex::new(cardinality::CardinalityLog::new(
             config.cardinality_warn,
             config.console,
@@ -208,17 +215,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// Starts the dyno collector when configured; a failure to start it costs
-/// only its metrics, never the listener.
-fn start_dyno_metrics(config: &Config) -> Option<DynoMetrics> {
-    if !config.dyno_metrics {
-        return None;
-    }
-    DynoMetrics::start()
-        .map_err(|e| tracing::warn!(error = %e, "could not start the dyno metrics thread; heroku.dyno.* will be missing"))
-        .ok()
 }
 
 fn bind_error(e: &io::Error, addr: SocketAddr) -> anyhow::Error {
@@ -911,6 +907,15 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         if let Some(dyno) = &shared.dyno {
             series.extend(dyno.series(bucket_start, interval));
         }
+        let mut service_checks = Vec::new();
+        if let Some(collectors) = &shared.collectors {
+            let (mut collected, dropped) = collectors.drain();
+            series.append(&mut collected.series);
+            service_checks = collected.checks;
+            if dropped > 0 {
+                tracing::warn!(dropped, "check series dropped: more than the collectors' outbox holds between two flushes");
+            }
+        }
         let [s, d, e, k] = counts.get();
         tracing::debug!(
             series = s + series.len(),
@@ -922,6 +927,7 @@ async fn flush(shared: &Shared, forwarder: &mut Forwarder, bucket_start: i64, in
         (
             crate::dogstatsd::aggregate::Flush {
                 series,
+                service_checks,
                 ..Default::default()
             },
             snapshot.carry(),
