@@ -651,3 +651,41 @@ fn a_failing_proxy_answers_502_and_never_logs_the_key() {
         s.stderr()
     );
 }
+
+/// By default (no `DD_DOGSTATSD_STATS_ENABLE`) the relay's losses reach the
+/// intake as `dynostat.dropped`, tagged with their reason, and nothing else
+/// of `dynostat.*` does; a trace the sampler drops is not a loss.
+#[test]
+fn by_default_trace_losses_are_dynostat_dropped_and_sampling_is_not() {
+    let intake = Intake::start();
+    let mut s = Serve::builder()
+        .intake(&intake)
+        .env("DD_DOGSTATSD_STATS_ENABLE", "false")
+        .start();
+    let (status, _) = request(s.apm_port, "PUT", "/v0.4/traces", &[], &[0xdd, 0xff]);
+    assert_eq!(status, 400);
+    let dropped = web_trace(5, Some(-1.0), false);
+    assert_eq!(put_traces(s.apm_port, &[dropped]).0, 200);
+    assert_eq!(
+        put_traces(s.apm_port, &[web_trace(6, Some(1.0), false)]).0,
+        200
+    );
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(intake.trace_chunks().len(), 1);
+    assert_eq!(
+        intake.total("dynostat.dropped", &["reason:trace_payload_error"]),
+        1.0
+    );
+    assert_eq!(intake.total("dynostat.dropped", &[]), 1.0);
+    let own: Vec<String> = intake
+        .series()
+        .iter()
+        .filter_map(|s| s["metric"].as_str())
+        .filter(|m| m.starts_with("dynostat."))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        own.iter().all(|m| m == "dynostat.dropped"),
+        "only dynostat.dropped by default: {own:?}"
+    );
+}

@@ -43,6 +43,7 @@ use crate::config::{ChecksConfig, Config, Tls};
 use crate::dogstatsd::aggregate::{Series, SeriesKind};
 use crate::dogstatsd::protocol::{CheckStatus, ServiceCheck};
 use crate::dynometrics::DynoMetrics;
+use crate::progress::{Monitor, Progress};
 
 /// The longest wait between two tries of a failing collector.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
@@ -51,6 +52,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
 /// has its own, shorter timeouts (connect 5 s, statements 5 s); this is the
 /// backstop.
 pub const MAX_RUN: Duration = Duration::from_secs(20);
+
+/// How often the collectors' thread tells the watchdog it is alive
+/// (`crate::progress`), and how long it may go without: every collection is
+/// async and bounded by [`MAX_RUN`], so only a collector that blocks the
+/// thread itself misses beats.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+const BEAT_ALLOWANCE: Duration = Duration::from_secs(15);
 
 /// Series held between two flushes, at most.
 pub const OUTBOX_SERIES: usize = 20_000;
@@ -314,7 +322,10 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the `collectors` thread; each collector runs at once, then
     /// every interval.
-    pub fn start(collectors: Vec<Box<dyn Collector>>) -> std::io::Result<Self> {
+    pub fn start(
+        collectors: Vec<Box<dyn Collector>>,
+        progress: Option<Progress>,
+    ) -> std::io::Result<Self> {
         let outbox = Arc::new(Mutex::new(Outbox::default()));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(&outbox);
@@ -331,7 +342,7 @@ impl Scheduler {
                         return;
                     }
                 };
-                runtime.block_on(run(collectors, shared, rx));
+                runtime.block_on(run(collectors, shared, rx, progress));
             })?;
         Ok(Self {
             outbox,
@@ -371,7 +382,7 @@ impl Drop for Scheduler {
 /// Postgres check per Postgres URL and a Redis check per Redis URL when this
 /// process is the one that runs them, all on one [`Scheduler`]. A failure
 /// to start costs only their metrics, never the listener.
-pub fn start(config: &Config) -> (Option<DynoMetrics>, Option<Scheduler>) {
+pub fn start(config: &Config, monitor: &Monitor) -> (Option<DynoMetrics>, Option<Scheduler>) {
     let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
     let dyno = config.dyno_metrics.then(|| {
         let m = DynoMetrics::new();
@@ -382,7 +393,11 @@ pub fn start(config: &Config) -> (Option<DynoMetrics>, Option<Scheduler>) {
     if collectors.is_empty() {
         return (dyno, None);
     }
-    let scheduler = Scheduler::start(collectors)
+    let progress = monitor.register(
+        "the collectors' thread (dyno metrics, checks)",
+        BEAT_ALLOWANCE,
+    );
+    let scheduler = Scheduler::start(collectors, Some(progress))
         .map_err(|e| {
             tracing::warn!(error = %e, "could not start the collectors' thread; heroku.dyno.* and the checks will be missing");
         })
@@ -456,6 +471,7 @@ async fn run(
     collectors: Vec<Box<dyn Collector>>,
     outbox: Arc<Mutex<Outbox>>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    progress: Option<Progress>,
 ) {
     let local = tokio::task::LocalSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -465,7 +481,21 @@ async fn run(
                 .into_iter()
                 .map(|c| tokio::task::spawn_local(run_one(c, Arc::clone(&outbox), stop_rx.clone())))
                 .collect();
-            let _ = stop.await;
+            // The thread's heartbeat: a task of its own, so a collection
+            // waiting on a database (bounded by MAX_RUN) is not a stall,
+            // while a collector that blocks the thread is.
+            let mut stop = stop;
+            let mut beat = tokio::time::interval(BEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {
+                        if let Some(p) = &progress {
+                            p.beat();
+                        }
+                    }
+                    _ = &mut stop => break,
+                }
+            }
             let _ = stop_tx.send(true);
             for t in tasks {
                 let _ = t.await;
@@ -486,8 +516,6 @@ async fn run_one(
             () = tokio::time::sleep_until(due) => {}
             _ = stop.changed() => return,
         }
-        // One pass of this loop is one unit of progress: a watchdog's
-        // heartbeat belongs here.
         let mut out = Collected::default();
         let result = tokio::select! {
             r = tokio::time::timeout(MAX_RUN, collector.collect(&mut out)) => r,

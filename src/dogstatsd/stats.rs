@@ -179,14 +179,21 @@ counters! {
 }
 
 /// Each kind of loss, as `dynostat.dropped` tags it, and the counter that
-/// counts it. Blocklisted names are not here: the user asked for that.
-const LOSSES: [(Index, &str); 6] = [
+/// counts it. Blocklisted names are not here: the user asked for that; nor
+/// are traces the samplers drop, which is what sampling is for (the APM
+/// stats still count them).
+const LOSSES: [(Index, &str); 11] = [
     (Index::parse_errors, "reason:parse_error"),
     (Index::packets_truncated, "reason:packet_truncated"),
     (Index::samples_discarded, "reason:invalid_sample"),
     (Index::contexts_dropped, "reason:context_limit"),
     (Index::samples_dropped, "reason:memory_limit"),
     (Index::points_dropped, "reason:send_failed"),
+    (Index::traces_invalid, "reason:trace_invalid"),
+    (Index::traces_memory, "reason:trace_memory_limit"),
+    (Index::trace_payload_errors, "reason:trace_payload_error"),
+    (Index::trace_stats_errors, "reason:trace_stats_error"),
+    (Index::trace_proxy_errors, "reason:proxy_failed"),
 ];
 
 /// The counters' values taken at one flush.

@@ -119,7 +119,8 @@ impl Shared {
 pub fn serve(config: Config) -> anyhow::Result<()> {
     memory::tune_malloc();
     let stats = Arc::new(Stats::default());
-    let (dyno, collectors) = crate::collectors::start(&config);
+    let monitor = Arc::new(Monitor::new());
+    let (dyno, collectors) = crate::collectors::start(&config, &monitor);
     let shared = Arc::new(Shared {
         aggregator: Mutex::new(Aggregator::new(AggregatorOptions {
             context_limit: config.context_limit,
@@ -152,7 +153,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.cardinality_warn,
             config.console,
         )),
-        monitor: Arc::new(Monitor::new()),
+        monitor,
         phase: AtomicU8::new(deadline::Phase::Running as u8),
         test_stall: config.test_stall,
     });
@@ -724,6 +725,9 @@ async fn flush_loop(
         forwarder.sink(),
         Arc::clone(&shared.stats),
         dogstatsd,
+        shared
+            .monitor
+            .register("the trace relay", crate::trace::PROGRESS_ALLOWANCE),
     ) {
         Ok(r) => r,
         Err(e) => {

@@ -46,6 +46,7 @@ use crate::dogstatsd::stats::Stats;
 use crate::forward::http::Http;
 use crate::forward::payload::{gzip_payload, Endpoint, Payload};
 use crate::forward::PayloadSink;
+use crate::progress::Progress;
 use process::{Processor, Tracer};
 use sample::{Decision, Sampler};
 
@@ -57,6 +58,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 3_200_000;
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 /// Kept traces are sent at least this often.
 pub const TRACE_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long the relay's loop may go without a turn before the watchdog
+/// calls it stalled: it turns at least every [`TRACE_FLUSH`], and a flush
+/// only hands payloads to the sender's bounded channel, which the sender
+/// empties in every turn of its own loop.
+pub const PROGRESS_ALLOWANCE: Duration = Duration::from_secs(30);
 /// At shutdown, requests being processed get this long to finish.
 const SHUTDOWN_REQUESTS: Duration = Duration::from_millis(800);
 
@@ -525,6 +532,7 @@ impl Relay {
         sink: Option<PayloadSink>,
         stats: Arc<Stats>,
         dogstatsd: DogstatsdHook,
+        progress: Progress,
     ) -> anyhow::Result<Option<Self>> {
         let t = &config.trace;
         if !t.enabled {
@@ -580,7 +588,7 @@ impl Relay {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(run(core, tcp, unix, stop_rx)),
+                        Ok(rt) => rt.block_on(run(core, tcp, unix, stop_rx, progress)),
                         Err(e) => {
                             tracing::error!(error = %e, "could not start the trace relay's runtime")
                         }
@@ -626,6 +634,7 @@ async fn run(
     tcp: Option<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
     mut stop: watch::Receiver<bool>,
+    progress: Progress,
 ) {
     let tcp = tcp.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
     let unix = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok());
@@ -634,7 +643,9 @@ async fn run(
     let mut buckets = tokio::time::interval(stats::BUCKET);
     buckets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Each turn of this loop is progress: a watchdog's bump goes here.
+        // Each turn is progress; the trace timer wakes it every
+        // TRACE_FLUSH even when no tracer sends (`crate::progress`).
+        progress.beat();
         tokio::select! {
             conn = async { tcp.as_ref()?.accept().await.ok() }, if tcp.is_some() => {
                 if let Some((stream, _)) = conn {
