@@ -332,13 +332,17 @@ impl Forwarder {
             }
             let (mut own, _) = telemetry();
             if let Some(console) = &mut self.console {
-                // The console shows every counter.
-                let app = all.series.len();
+                // The console shows every counter, and what the collectors
+                // measured (series and service checks).
+                let (app, app_checks) = (all.series.len(), all.service_checks.len());
                 all.series.extend(own.series.iter().cloned());
+                all.service_checks
+                    .extend(own.service_checks.iter().cloned());
                 if let Some(text) = console.render(&all, &self.deco) {
                     console::print(&text);
                 }
                 all.series.truncate(app);
+                all.service_checks.truncate(app_checks);
             }
             if forward {
                 self.keep_billed(&mut own);
