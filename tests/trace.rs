@@ -689,3 +689,57 @@ fn by_default_trace_losses_are_dynostat_dropped_and_sampling_is_not() {
         "only dynostat.dropped by default: {own:?}"
     );
 }
+
+/// An intake that answers every request with its own headers in the body,
+/// as an error page quoting the request might.
+fn echoing_intake() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = format!("bad request: {}", String::from_utf8_lossy(&buf));
+            let _ = write!(
+                c,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_proxy_answer_that_quotes_the_key_is_passed_back_without_it() {
+    let port = echoing_intake();
+    let mut s = relay()
+        .env("DD_API_KEY", "secret-key-0123456789abcdef")
+        .env(
+            "DD_APM_TELEMETRY_DD_URL",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .start();
+    let (status, body) = request(
+        s.apm_port,
+        "POST",
+        "/telemetry/proxy/api/v2/apmtelemetry",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("bad request"),
+        "the answer is passed back: {body}"
+    );
+    assert!(!body.contains("secret-key-0123456789abcdef"), "{body}");
+    s.stop_ok(Duration::from_secs(15));
+}
