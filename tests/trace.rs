@@ -743,3 +743,76 @@ fn a_proxy_answer_that_quotes_the_key_is_passed_back_without_it() {
     assert!(!body.contains("secret-key-0123456789abcdef"), "{body}");
     s.stop_ok(Duration::from_secs(15));
 }
+
+/// An intake that reads each request and answers 202 after `delay`.
+fn slow_intake(delay: Duration) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut chunk = [0u8; 65536];
+                while matches!(c.read(&mut chunk), Ok(n) if n > 0) {}
+                std::thread::sleep(delay);
+                let _ = c.write_all(
+                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_proxied_body_waiting_on_the_intake_is_charged_to_the_relays_share() {
+    let port = slow_intake(Duration::from_secs(4));
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let s = relay()
+        .env("DD_API_KEY", "test-key-0123456789abcdef")
+        .env("DYNOSTAT_MEMORY_LIMIT", "4MiB")
+        .env(
+            "DD_APM_TELEMETRY_DD_URL",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .start();
+    // A 400 KB profile-sized upload, held while the intake takes its time...
+    let apm = s.apm_port;
+    let proxied = std::thread::spawn(move || {
+        request(
+            apm,
+            "POST",
+            "/telemetry/proxy/api/v2/apmtelemetry",
+            &[("Content-Type", "application/json")],
+            &vec![b' '; 400_000],
+        )
+        .0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // ...so 200 KB of traces more is past the ceiling.
+    let mut body = vec![0x91, 0x90];
+    body.resize(200_000, 0);
+    let (status, _) = request(
+        apm,
+        "PUT",
+        "/v0.4/traces",
+        &[
+            ("Datadog-Send-Real-Http-Status", "1"),
+            ("X-Datadog-Trace-Count", "1"),
+        ],
+        &body,
+    );
+    assert_eq!(status, 429, "the proxied body is held, and counted");
+    assert_eq!(proxied.join().unwrap(), 202);
+    // Once it is answered, its share is given back.
+    let (status, _) = request(
+        apm,
+        "PUT",
+        "/v0.4/traces",
+        &[("Datadog-Send-Real-Http-Status", "1")],
+        &body,
+    );
+    assert_eq!(status, 200);
+}

@@ -430,10 +430,18 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
     let Some(http) = &core.http else {
         return text(StatusCode::OK, "");
     };
-    match http
+    // The body is held until the intake answers (up to PROXY_TIMEOUT):
+    // charged to the share meanwhile, as a traces body is.
+    let held = body.len();
+    if !core.meter.try_charge(held) {
+        Stats::add(&core.stats.trace_proxy_errors, 1);
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    }
+    let relayed = http
         .relay(&url, headers, body, PROXY_TIMEOUT, MAX_PROXY_ANSWER)
-        .await
-    {
+        .await;
+    core.meter.release(held);
+    match relayed {
         Ok((status, content_type, bytes)) => {
             let mut r = Response::new(Full::new(Bytes::from(bytes)));
             *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
