@@ -91,7 +91,9 @@ pub fn info_json(config: &Config) -> String {
             "receiver_socket": config.trace.socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "connection_limit": 0,
             "receiver_timeout": 0,
-            "max_request_bytes": super::MAX_BODY_BYTES,
+            // What is refused with a 413: 25 MB, or the relay's share if less.
+            "max_request_bytes": super::MAX_BODY_BYTES
+                .min(crate::config::TraceConfig::memory_bytes(config.memory_limit)),
             "statsd_port": config.port,
             "max_memory": 0,
             "max_cpu": 0,
@@ -455,5 +457,22 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
             tracing::debug!(error = %e, "proxied request failed");
             text(StatusCode::BAD_GATEWAY, "the intake could not be reached\n")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_states_the_body_limit_that_is_enforced() {
+        let env = std::collections::BTreeMap::from([(
+            "DYNOSTAT_MEMORY_LIMIT".to_owned(),
+            "4MiB".to_owned(),
+        )]);
+        let config = Config::from_lookup(&env).expect("valid");
+        let info: serde_json::Value = serde_json::from_str(&info_json(&config)).expect("json");
+        // The relay's share of 4 MiB is 512 KiB: bodies past it get a 413.
+        assert_eq!(info["config"]["max_request_bytes"], 512 * 1024);
     }
 }
