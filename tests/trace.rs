@@ -816,3 +816,32 @@ fn a_proxied_body_waiting_on_the_intake_is_charged_to_the_relays_share() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn tracer_stats_that_would_decode_past_the_share_are_refused() {
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let s = relay().env("DYNOSTAT_MEMORY_LIMIT", "4MiB").start();
+    let payload = |groups: usize| pb::ClientStatsPayload {
+        stats: vec![pb::ClientStatsBucket {
+            start: 1_700_000_000_000_000_000,
+            duration: 10_000_000_000,
+            stats: vec![pb::ClientGroupedStats::default(); groups],
+            agent_time_shift: 0,
+        }],
+        ..Default::default()
+    };
+    // 15,000 empty groups as msgpack arrays: 0.4 MB on the wire, under
+    // the share, but each a struct of hundreds of bytes once decoded.
+    let body = rmp_serde::to_vec(&payload(15_000)).unwrap();
+    assert!(body.len() < 512 * 1024, "{} bytes", body.len());
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], &body).0,
+        429
+    );
+    let body = rmp_serde::to_vec(&payload(3)).unwrap();
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], &body).0,
+        200,
+        "a payload that fits is taken, the refused one's share given back"
+    );
+}

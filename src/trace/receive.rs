@@ -364,10 +364,30 @@ async fn client_stats(core: &Core, req: Request<Incoming>) -> Answer {
             return a;
         }
     };
+    // rmp_serde makes a struct of each map or array: what that may take is
+    // charged before it decodes (a body of empty groups is ~25 times its size).
+    let held = match super::decode::heap_bound(
+        &body,
+        std::mem::size_of::<libdd_trace_protobuf::pb::ClientGroupedStats>(),
+    ) {
+        Ok(n) => n.saturating_add(body.len()),
+        Err(_) => {
+            Stats::add(&core.stats.trace_stats_errors, 1);
+            return text(
+                StatusCode::BAD_REQUEST,
+                "could not decode the stats payload\n",
+            );
+        }
+    };
+    if !core.meter.try_charge(held) {
+        Stats::add(&core.stats.trace_stats_errors, 1);
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    }
     let env = core.config.env.clone().unwrap_or_default();
-    match super::stats::decode_client(&body, &core.hostname, &env) {
+    let decoded = super::stats::decode_client(&body, &core.hostname, &env);
+    drop(body);
+    let answer = match decoded {
         Some(p) => {
-            drop(body);
             core.send_stats(vec![p], true).await;
             text(StatusCode::OK, "OK\n")
         }
@@ -378,7 +398,9 @@ async fn client_stats(core: &Core, req: Request<Incoming>) -> Answer {
                 "could not decode the stats payload\n",
             )
         }
-    }
+    };
+    core.meter.release(held);
+    answer
 }
 
 async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
