@@ -845,3 +845,24 @@ fn tracer_stats_that_would_decode_past_the_share_are_refused() {
         "a payload that fits is taken, the refused one's share given back"
     );
 }
+
+#[test]
+fn a_receiver_socket_path_that_is_a_file_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settings.yml");
+    std::fs::write(&path, "the app's own file\n").unwrap();
+    let mut s = relay()
+        .env("DD_APM_RECEIVER_SOCKET", path.to_str().unwrap())
+        .start();
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("the app's own file\n"),
+        "only a stale socket is replaced"
+    );
+    assert!(
+        s.stderr().contains("DD_APM_RECEIVER_SOCKET"),
+        "{}",
+        s.stderr()
+    );
+}
