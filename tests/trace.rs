@@ -866,3 +866,29 @@ fn a_receiver_socket_path_that_is_a_file_is_left_alone() {
         s.stderr()
     );
 }
+
+/// A request whose body is announced but not sent: (status).
+fn announce(port: u16, path: &str, len: usize) -> u16 {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_answer(&mut c).0
+}
+
+#[test]
+fn proxied_bodies_refused_at_the_share_are_counted() {
+    let intake = Intake::start();
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let mut s = relay()
+        .intake(&intake)
+        .env("DYNOSTAT_MEMORY_LIMIT", "4MiB")
+        .start();
+    assert_eq!(announce(s.apm_port, "/dogstatsd/v2/proxy", 600_000), 413);
+    assert_eq!(announce(s.apm_port, "/profiling/v1/input", 600_000), 413);
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(total(&intake, "dynostat.traces.proxy_errors"), 2.0);
+}

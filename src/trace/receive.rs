@@ -413,13 +413,17 @@ async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
         Ok(body) => {
             let n = body.len();
             if !core.meter.try_charge(n) {
+                Stats::add(&core.stats.trace_proxy_errors, 1);
                 return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
             }
             (core.dogstatsd)(&body);
             core.meter.release(n);
             text(StatusCode::OK, "")
         }
-        Err(a) => a,
+        Err(a) => {
+            Stats::add(&core.stats.trace_proxy_errors, 1);
+            a
+        }
     }
 }
 
@@ -449,7 +453,10 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
     let limit = core.body_limit.min(core.meter.available());
     let body = match read_body(req, limit).await {
         Ok(b) => b,
-        Err(a) => return a,
+        Err(a) => {
+            Stats::add(&core.stats.trace_proxy_errors, 1);
+            return a;
+        }
     };
     let Some(http) = &core.http else {
         return text(StatusCode::OK, "");
