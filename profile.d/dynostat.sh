@@ -22,7 +22,7 @@
 # file, or leave anything defined but the variables above.
 
 __dynostat_boot() {
-	local home="${HOME:-/app}" dyno="${DYNO:-}" type rest inst dep quiet="" wanted list
+	local home="${HOME:-/app}" dyno="${DYNO:-}" type rest inst dep quiet="" wanted list apm
 	local bin="${home}/.dynostat/bin/dynostat"
 
 	case ":${PATH:-}:" in
@@ -60,9 +60,16 @@ __dynostat_boot() {
 
 	export DD_DOGSTATSD_PORT="${DD_DOGSTATSD_PORT:-8125}"
 	export DD_AGENT_HOST="${DD_AGENT_HOST:-127.0.0.1}"
-	case "${DD_APM_ENABLED:-true}" in
-	false | FALSE | False | 0 | no | off) ;;
-	*) export DD_TRACE_AGENT_PORT="${DD_TRACE_AGENT_PORT:-${DD_APM_RECEIVER_PORT:-8126}}" ;;
+	# As dynostat reads them: any case, empty is false; port 0 is no TCP.
+	apm="${DD_APM_ENABLED-true}"
+	apm="${apm//[[:space:]]/}"
+	case "${apm,,}" in
+	false | 0 | no | off | "") ;;
+	*)
+		if [ "${DD_APM_RECEIVER_PORT:-8126}" != 0 ]; then
+			export DD_TRACE_AGENT_PORT="${DD_TRACE_AGENT_PORT:-${DD_APM_RECEIVER_PORT:-8126}}"
+		fi
+		;;
 	esac
 
 	# DYNOSTAT_DYNO_TYPES: types separated by commas or spaces; all (the

@@ -1326,3 +1326,41 @@ fn dyno_metrics_false_sends_none() {
     assert!(flushed, "{output}");
     assert_eq!(dyno_series(&intake), Vec::<serde_json::Value>::new());
 }
+
+/// `DD_TRACE_AGENT_PORT` is exported exactly when the relay listens on a
+/// port, whichever spelling of a boolean `DD_APM_ENABLED` has (as `serve`
+/// and the CNB's exec.d read it).
+#[test]
+fn the_trace_port_is_exported_only_when_the_relay_listens_on_one() {
+    let app = debug_slug();
+    let intake = Intake::start();
+    let base = dyno_env(&intake, free_udp_port());
+    for (changes, want) in [
+        (vec![("DD_APM_RECEIVER_PORT", None)], "apm=8126"),
+        (vec![("DD_APM_ENABLED", Some("OFF"))], "apm=none"),
+        (vec![("DD_APM_ENABLED", Some("No"))], "apm=none"),
+        (vec![("DD_APM_ENABLED", Some(""))], "apm=none"),
+        (
+            vec![
+                ("DD_APM_ENABLED", Some("TRUE")),
+                ("DD_APM_RECEIVER_PORT", None),
+            ],
+            "apm=8126",
+        ),
+        (vec![("DD_APM_RECEIVER_PORT", Some("0"))], "apm=none"),
+        (vec![("DD_APM_RECEIVER_PORT", Some("9126"))], "apm=9126"),
+    ] {
+        let mut changes = changes;
+        changes.push(("DD_API_KEY", None));
+        changes.push(("DD_TRACE_AGENT_PORT", None));
+        let env = with(&base, &changes);
+        let output = boot_and_finish(
+            &app,
+            &format!(
+                r#"{PROBE}. "$HOME/.profile.d/dynostat.sh"; echo "apm=${{DD_TRACE_AGENT_PORT:-none}}""#
+            ),
+            &env,
+        );
+        assert!(output.contains(want), "{changes:?}: {output}");
+    }
+}

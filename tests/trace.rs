@@ -689,3 +689,206 @@ fn by_default_trace_losses_are_dynostat_dropped_and_sampling_is_not() {
         "only dynostat.dropped by default: {own:?}"
     );
 }
+
+/// An intake that answers every request with its own headers in the body,
+/// as an error page quoting the request might.
+fn echoing_intake() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = format!("bad request: {}", String::from_utf8_lossy(&buf));
+            let _ = write!(
+                c,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_proxy_answer_that_quotes_the_key_is_passed_back_without_it() {
+    let port = echoing_intake();
+    let mut s = relay()
+        .env("DD_API_KEY", "secret-key-0123456789abcdef")
+        .env(
+            "DD_APM_TELEMETRY_DD_URL",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .start();
+    let (status, body) = request(
+        s.apm_port,
+        "POST",
+        "/telemetry/proxy/api/v2/apmtelemetry",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("bad request"),
+        "the answer is passed back: {body}"
+    );
+    assert!(!body.contains("secret-key-0123456789abcdef"), "{body}");
+    s.stop_ok(Duration::from_secs(15));
+}
+
+/// An intake that reads each request and answers 202 after `delay`.
+fn slow_intake(delay: Duration) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut chunk = [0u8; 65536];
+                while matches!(c.read(&mut chunk), Ok(n) if n > 0) {}
+                std::thread::sleep(delay);
+                let _ = c.write_all(
+                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_proxied_body_waiting_on_the_intake_is_charged_to_the_relays_share() {
+    let port = slow_intake(Duration::from_secs(4));
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let s = relay()
+        .env("DD_API_KEY", "test-key-0123456789abcdef")
+        .env("DYNOSTAT_MEMORY_LIMIT", "4MiB")
+        .env(
+            "DD_APM_TELEMETRY_DD_URL",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .start();
+    // A 400 KB profile-sized upload, held while the intake takes its time...
+    let apm = s.apm_port;
+    let proxied = std::thread::spawn(move || {
+        request(
+            apm,
+            "POST",
+            "/telemetry/proxy/api/v2/apmtelemetry",
+            &[("Content-Type", "application/json")],
+            &vec![b' '; 400_000],
+        )
+        .0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // ...so 200 KB of traces more is past the ceiling.
+    let mut body = vec![0x91, 0x90];
+    body.resize(200_000, 0);
+    let (status, _) = request(
+        apm,
+        "PUT",
+        "/v0.4/traces",
+        &[
+            ("Datadog-Send-Real-Http-Status", "1"),
+            ("X-Datadog-Trace-Count", "1"),
+        ],
+        &body,
+    );
+    assert_eq!(status, 429, "the proxied body is held, and counted");
+    assert_eq!(proxied.join().unwrap(), 202);
+    // Once it is answered, its share is given back.
+    let (status, _) = request(
+        apm,
+        "PUT",
+        "/v0.4/traces",
+        &[("Datadog-Send-Real-Http-Status", "1")],
+        &body,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn tracer_stats_that_would_decode_past_the_share_are_refused() {
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let s = relay().env("DYNOSTAT_MEMORY_LIMIT", "4MiB").start();
+    let payload = |groups: usize| pb::ClientStatsPayload {
+        stats: vec![pb::ClientStatsBucket {
+            start: 1_700_000_000_000_000_000,
+            duration: 10_000_000_000,
+            stats: vec![pb::ClientGroupedStats::default(); groups],
+            agent_time_shift: 0,
+        }],
+        ..Default::default()
+    };
+    // 15,000 empty groups as msgpack arrays: 0.4 MB on the wire, under
+    // the share, but each a struct of hundreds of bytes once decoded.
+    let body = rmp_serde::to_vec(&payload(15_000)).unwrap();
+    assert!(body.len() < 512 * 1024, "{} bytes", body.len());
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], &body).0,
+        429
+    );
+    let body = rmp_serde::to_vec(&payload(3)).unwrap();
+    assert_eq!(
+        request(s.apm_port, "POST", "/v0.6/stats", &[], &body).0,
+        200,
+        "a payload that fits is taken, the refused one's share given back"
+    );
+}
+
+#[test]
+fn a_receiver_socket_path_that_is_a_file_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settings.yml");
+    std::fs::write(&path, "the app's own file\n").unwrap();
+    let mut s = relay()
+        .env("DD_APM_RECEIVER_SOCKET", path.to_str().unwrap())
+        .start();
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("the app's own file\n"),
+        "only a stale socket is replaced"
+    );
+    assert!(
+        s.stderr().contains("DD_APM_RECEIVER_SOCKET"),
+        "{}",
+        s.stderr()
+    );
+}
+
+/// A request whose body is announced but not sent: (status).
+fn announce(port: u16, path: &str, len: usize) -> u16 {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_answer(&mut c).0
+}
+
+#[test]
+fn proxied_bodies_refused_at_the_share_are_counted() {
+    let intake = Intake::start();
+    // 4 MiB in all: the relay's share is 512 KiB.
+    let mut s = relay()
+        .intake(&intake)
+        .env("DYNOSTAT_MEMORY_LIMIT", "4MiB")
+        .start();
+    assert_eq!(announce(s.apm_port, "/dogstatsd/v2/proxy", 600_000), 413);
+    assert_eq!(announce(s.apm_port, "/profiling/v1/input", 600_000), 413);
+    s.stop_ok(Duration::from_secs(10));
+    assert_eq!(total(&intake, "dynostat.traces.proxy_errors"), 2.0);
+}

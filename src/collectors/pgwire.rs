@@ -364,19 +364,7 @@ impl Scram {
         );
         let without_proof = format!("c=biws,r={nonce}");
         self.auth_message = format!("n=,r={},{server_first},{without_proof}", self.nonce);
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salted);
-        let client_key = ring::hmac::sign(&key, b"Client Key");
-        let stored = ring::digest::digest(&ring::digest::SHA256, client_key.as_ref());
-        let sig = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, stored.as_ref()),
-            self.auth_message.as_bytes(),
-        );
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(sig.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let proof = client_proof(&salted, &self.auth_message);
         self.salted = salted.to_vec();
         Ok(format!("{without_proof},p={}", b64.encode(proof)))
     }
@@ -408,6 +396,23 @@ impl Scram {
     }
 }
 
+/// SCRAM's ClientProof (RFC 5802): ClientKey XOR HMAC(H(ClientKey), AuthMessage).
+fn client_proof(salted: &[u8], auth_message: &str) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salted);
+    let client_key = ring::hmac::sign(&key, b"Client Key");
+    let stored = ring::digest::digest(&ring::digest::SHA256, client_key.as_ref());
+    let sig = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, stored.as_ref()),
+        auth_message.as_bytes(),
+    );
+    client_key
+        .as_ref()
+        .iter()
+        .zip(sig.as_ref())
+        .map(|(a, b)| a ^ b)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,19 +436,7 @@ mod tests {
         s.auth_message = format!(
             "n=user,r=rOprNGfwEbeRWgbNEkqO,{server_first},c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
         );
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &s.salted);
-        let client_key = ring::hmac::sign(&key, b"Client Key");
-        let stored = ring::digest::digest(&ring::digest::SHA256, client_key.as_ref());
-        let sig = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, stored.as_ref()),
-            s.auth_message.as_bytes(),
-        );
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(sig.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let proof = client_proof(&s.salted, &s.auth_message);
         assert_eq!(
             base64::engine::general_purpose::STANDARD.encode(proof),
             "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="

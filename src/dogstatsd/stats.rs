@@ -169,9 +169,11 @@ counters! {
     traces_unforwarded => "dynostat.traces.dropped.not_forwarded", Rate;
     /// Trace requests answered 400: malformed msgpack, zero ids.
     trace_payload_errors => "dynostat.traces.payload_errors", Rate;
-    /// Proxied requests (telemetry, profiles, EVP) that got no answer.
+    /// Proxied requests (telemetry, profiles, EVP, DogStatsD) that got no
+    /// answer, or whose body was refused (too large, past the share).
     trace_proxy_errors => "dynostat.traces.proxy_errors", Rate;
-    /// Tracer-computed stats payloads that could not be decoded.
+    /// Tracer-computed stats payloads that could not be decoded, or were
+    /// refused at the relay's share.
     trace_stats_errors => "dynostat.traces.stats_errors", Rate;
     /// Bytes the trace relay held at the last flush, against its share of
     /// `DYNOSTAT_MEMORY_LIMIT`.

@@ -253,7 +253,24 @@ impl Http {
             }
             answer.extend_from_slice(&chunk);
         }
-        Ok((status, content_type, answer))
+        // The answer goes back to the tracer: an intake (or a proxy in the
+        // way) quoting the request must not hand it the key.
+        Ok((status, content_type, self.scrub_bytes(answer)))
+    }
+
+    /// [`Http::scrub`] for bytes that may not be UTF-8 (a proxied answer).
+    fn scrub_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        let key = self.key.expose().as_bytes();
+        let leaks = |b: &[u8], s: &[u8]| !s.is_empty() && b.windows(s.len()).any(|w| w == s);
+        if !leaks(&bytes, key)
+            && !self
+                .secrets
+                .iter()
+                .any(|u| leaks(&bytes, u.as_str().as_bytes()))
+        {
+            return bytes;
+        }
+        self.scrub(&String::from_utf8_lossy(&bytes)).into_bytes()
     }
 
     /// Removes the API key and proxy URLs from text that came from outside

@@ -102,18 +102,25 @@ impl PayloadSink {
     /// (the sender empties it at once). What the sender can no longer take
     /// is counted as dropped.
     pub async fn send(&self, payloads: Vec<Payload>) {
-        if payloads.is_empty() {
-            return;
-        }
-        if let Err(mpsc::error::SendError(Command::Payloads(lost))) =
-            self.tx.send(Command::Payloads(payloads)).await
-        {
-            Stats::add(&self.stats.failures, lost.len() as u64);
-            Stats::add(
-                &self.stats.points_dropped,
-                lost.iter().map(|p| p.points as u64).sum(),
-            );
-        }
+        hand_over(&self.tx, &self.stats, payloads).await;
+    }
+}
+
+/// Hands `payloads` to the sender over `tx`; what it can no longer take (its
+/// thread is gone: it panicked) is counted as failed payloads and dropped
+/// points. The one way in for the metrics and the trace relay alike.
+async fn hand_over(tx: &mpsc::Sender<Command>, stats: &Stats, payloads: Vec<Payload>) {
+    if payloads.is_empty() {
+        return;
+    }
+    if let Err(mpsc::error::SendError(Command::Payloads(lost))) =
+        tx.send(Command::Payloads(payloads)).await
+    {
+        Stats::add(&stats.failures, lost.len() as u64);
+        Stats::add(
+            &stats.points_dropped,
+            lost.iter().map(|p| p.points as u64).sum(),
+        );
     }
 }
 
@@ -422,20 +429,8 @@ impl Forwarder {
     /// Gives payloads to the sender. Waits only while the channel is full,
     /// which it is not for long: the sender empties it into its queue at once.
     async fn send(&mut self, payloads: Vec<Payload>) {
-        if payloads.is_empty() {
-            return;
-        }
         let Some(s) = &self.sender else { return };
-        if let Err(mpsc::error::SendError(Command::Payloads(lost))) =
-            s.tx.send(Command::Payloads(payloads)).await
-        {
-            // The sender thread is gone (it panicked): count what it cannot take.
-            Stats::add(&self.stats.failures, lost.len() as u64);
-            Stats::add(
-                &self.stats.points_dropped,
-                lost.iter().map(|p| p.points as u64).sum(),
-            );
-        }
+        hand_over(&s.tx, &self.stats, payloads).await;
     }
 
     /// Waits until the sender has no request in flight and nothing it could

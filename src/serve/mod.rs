@@ -468,37 +468,61 @@ fn ingest(batch: &Batch, n: usize, sampler: &mut BadLineSampler, shared: &Shared
             // `simdutf8` (SSE4.2 or AVX2, picked at run time) checks an
             // 8 KiB datagram several times faster than `std::str::from_utf8`.
             let text = simdutf8::basic::from_utf8(data).ok();
-            for (line, parsed) in scan::datagram(data, text) {
-                c.lines += 1;
-                match parsed {
-                    Ok(Parsed::Metric(ref m)) => match agg.insert(m, now) {
-                        InsertOutcome::Accepted => c.metrics += 1,
-                        InsertOutcome::ContextLimit => c.contexts_dropped += 1,
-                        InsertOutcome::Discarded => c.discarded += 1,
-                        InsertOutcome::Filtered => c.filtered += 1,
-                        // Counted per value in the bucket (`Bucket::dropped`).
-                        InsertOutcome::MemoryLimit => {}
-                    },
-                    Ok(Parsed::Event(e)) => {
-                        c.events += 1;
-                        agg.insert_event(*e);
-                    }
-                    Ok(Parsed::ServiceCheck(sc)) => {
-                        c.checks += 1;
-                        agg.insert_service_check(*sc);
-                    }
-                    Err(e) => {
-                        c.parse_errors += 1;
-                        if shared.test_stall && line == STALL_LINE {
-                            stall();
-                        }
-                        sampler.record(line, e);
-                    }
-                }
-            }
+            aggregate(
+                &mut agg,
+                data,
+                text,
+                now,
+                &mut c,
+                sampler,
+                shared.test_stall,
+            );
         }
     }
     c.publish(&shared.stats);
+}
+
+/// Parses one datagram's lines (`text`: the datagram, when it is all
+/// UTF-8) into the aggregator, counting each outcome: the one path of the
+/// sockets and the trace relay's `/dogstatsd/v2/proxy`.
+#[inline]
+fn aggregate(
+    agg: &mut Aggregator,
+    data: &[u8],
+    text: Option<&str>,
+    now: i64,
+    c: &mut BatchCounts,
+    sampler: &mut BadLineSampler,
+    test_stall: bool,
+) {
+    for (line, parsed) in scan::datagram(data, text) {
+        c.lines += 1;
+        match parsed {
+            Ok(Parsed::Metric(ref m)) => match agg.insert(m, now) {
+                InsertOutcome::Accepted => c.metrics += 1,
+                InsertOutcome::ContextLimit => c.contexts_dropped += 1,
+                InsertOutcome::Discarded => c.discarded += 1,
+                InsertOutcome::Filtered => c.filtered += 1,
+                // Counted per value in the bucket (`Bucket::dropped`).
+                InsertOutcome::MemoryLimit => {}
+            },
+            Ok(Parsed::Event(e)) => {
+                c.events += 1;
+                agg.insert_event(*e);
+            }
+            Ok(Parsed::ServiceCheck(sc)) => {
+                c.checks += 1;
+                agg.insert_service_check(*sc);
+            }
+            Err(e) => {
+                c.parse_errors += 1;
+                if test_stall && line == STALL_LINE {
+                    stall();
+                }
+                sampler.record(line, e);
+            }
+        }
+    }
 }
 
 /// The line that stalls a receive thread when `DYNOSTAT_TEST_STALL` is set
@@ -530,30 +554,7 @@ fn ingest_body(data: &[u8], shared: &Shared) {
     {
         let mut agg = shared.lock();
         let text = simdutf8::basic::from_utf8(data).ok();
-        for (line, parsed) in scan::datagram(data, text) {
-            c.lines += 1;
-            match parsed {
-                Ok(Parsed::Metric(ref m)) => match agg.insert(m, now) {
-                    InsertOutcome::Accepted => c.metrics += 1,
-                    InsertOutcome::ContextLimit => c.contexts_dropped += 1,
-                    InsertOutcome::Discarded => c.discarded += 1,
-                    InsertOutcome::Filtered => c.filtered += 1,
-                    InsertOutcome::MemoryLimit => {}
-                },
-                Ok(Parsed::Event(e)) => {
-                    c.events += 1;
-                    agg.insert_event(*e);
-                }
-                Ok(Parsed::ServiceCheck(sc)) => {
-                    c.checks += 1;
-                    agg.insert_service_check(*sc);
-                }
-                Err(e) => {
-                    c.parse_errors += 1;
-                    sampler.record(line, e);
-                }
-            }
-        }
+        aggregate(&mut agg, data, text, now, &mut c, &mut sampler, false);
     }
     c.publish(&shared.stats);
 }

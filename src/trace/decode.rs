@@ -240,6 +240,13 @@ impl<'a> Reader<'a> {
 
     /// Skips one value of any type, iteratively, at most [`MAX_DEPTH`] deep.
     fn skip(&mut self) -> Result<(), DecodeError> {
+        self.walk().map(|_| ())
+    }
+
+    /// Skips one value as [`Reader::skip`] does; returns how many arrays and
+    /// maps it held, how many other values, and their data bytes.
+    fn walk(&mut self) -> Result<(usize, usize, usize), DecodeError> {
+        let (mut containers, mut scalars, mut bytes) = (0usize, 0usize, 0usize);
         // Values still to skip at each open level.
         let mut pending: Vec<usize> = vec![1];
         while let Some(top) = pending.last_mut() {
@@ -278,7 +285,14 @@ impl<'a> Reader<'a> {
                 0xc1 => return Err(DecodeError::Malformed("reserved marker 0xc1")),
             };
             if data > 0 {
-                self.take(usize::try_from(data).map_err(|_| DecodeError::Truncated)?)?;
+                let n = usize::try_from(data).map_err(|_| DecodeError::Truncated)?;
+                self.take(n)?;
+                bytes += n;
+            }
+            if matches!(m, 0x80..=0x9f | 0xdc..=0xdf) {
+                containers += 1;
+            } else {
+                scalars += 1;
             }
             if children > 0 {
                 let n = self.count(children)?;
@@ -288,8 +302,21 @@ impl<'a> Reader<'a> {
                 pending.push(n);
             }
         }
-        Ok(())
+        Ok((containers, scalars, bytes))
     }
+}
+
+/// The most heap that decoding `body` (one msgpack value) into structs with
+/// serde may take: each array or map a struct of `container` bytes, each
+/// other value a `String` or a number, and every string's bytes. For the
+/// tracer stats `rmp_serde` decodes, where 16 bytes on the wire (a group of
+/// empty fields) become a struct of several hundred.
+pub fn heap_bound(body: &[u8], container: usize) -> Result<usize, DecodeError> {
+    let (containers, scalars, bytes) = Reader::new(body, usize::MAX).walk()?;
+    Ok(containers
+        .saturating_mul(container)
+        .saturating_add(scalars.saturating_mul(STRING_COST))
+        .saturating_add(bytes))
 }
 
 /// Decodes a `/v0.3/traces` or `/v0.4/traces` body: an array of traces,

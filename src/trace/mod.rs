@@ -555,7 +555,7 @@ impl Relay {
         };
         let unix = match &t.socket {
             Some(path) => {
-                // A stale file from an earlier run is replaced; a socket
+                // A stale socket from an earlier run is replaced; a socket
                 // someone still answers on is not.
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
                     anyhow::bail!(
@@ -563,7 +563,16 @@ impl Relay {
                         path.display()
                     );
                 }
-                let _ = std::fs::remove_file(path);
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    Ok(_) => anyhow::bail!(
+                        "DD_APM_RECEIVER_SOCKET={}: a file that is not a socket is there; it is left alone (choose another path)",
+                        path.display()
+                    ),
+                    Err(_) => {}
+                }
                 let l = std::os::unix::net::UnixListener::bind(path).with_context(|| {
                     format!("DD_APM_RECEIVER_SOCKET={}: could not bind", path.display())
                 })?;

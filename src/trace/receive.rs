@@ -91,7 +91,9 @@ pub fn info_json(config: &Config) -> String {
             "receiver_socket": config.trace.socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "connection_limit": 0,
             "receiver_timeout": 0,
-            "max_request_bytes": super::MAX_BODY_BYTES,
+            // What is refused with a 413: 25 MB, or the relay's share if less.
+            "max_request_bytes": super::MAX_BODY_BYTES
+                .min(crate::config::TraceConfig::memory_bytes(config.memory_limit)),
             "statsd_port": config.port,
             "max_memory": 0,
             "max_cpu": 0,
@@ -362,10 +364,30 @@ async fn client_stats(core: &Core, req: Request<Incoming>) -> Answer {
             return a;
         }
     };
+    // rmp_serde makes a struct of each map or array: what that may take is
+    // charged before it decodes (a body of empty groups is ~25 times its size).
+    let held = match super::decode::heap_bound(
+        &body,
+        std::mem::size_of::<libdd_trace_protobuf::pb::ClientGroupedStats>(),
+    ) {
+        Ok(n) => n.saturating_add(body.len()),
+        Err(_) => {
+            Stats::add(&core.stats.trace_stats_errors, 1);
+            return text(
+                StatusCode::BAD_REQUEST,
+                "could not decode the stats payload\n",
+            );
+        }
+    };
+    if !core.meter.try_charge(held) {
+        Stats::add(&core.stats.trace_stats_errors, 1);
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    }
     let env = core.config.env.clone().unwrap_or_default();
-    match super::stats::decode_client(&body, &core.hostname, &env) {
+    let decoded = super::stats::decode_client(&body, &core.hostname, &env);
+    drop(body);
+    let answer = match decoded {
         Some(p) => {
-            drop(body);
             core.send_stats(vec![p], true).await;
             text(StatusCode::OK, "OK\n")
         }
@@ -376,7 +398,9 @@ async fn client_stats(core: &Core, req: Request<Incoming>) -> Answer {
                 "could not decode the stats payload\n",
             )
         }
-    }
+    };
+    core.meter.release(held);
+    answer
 }
 
 async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
@@ -389,13 +413,17 @@ async fn dogstatsd(core: &Core, req: Request<Incoming>) -> Answer {
         Ok(body) => {
             let n = body.len();
             if !core.meter.try_charge(n) {
+                Stats::add(&core.stats.trace_proxy_errors, 1);
                 return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
             }
             (core.dogstatsd)(&body);
             core.meter.release(n);
             text(StatusCode::OK, "")
         }
-        Err(a) => a,
+        Err(a) => {
+            Stats::add(&core.stats.trace_proxy_errors, 1);
+            a
+        }
     }
 }
 
@@ -425,15 +453,26 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
     let limit = core.body_limit.min(core.meter.available());
     let body = match read_body(req, limit).await {
         Ok(b) => b,
-        Err(a) => return a,
+        Err(a) => {
+            Stats::add(&core.stats.trace_proxy_errors, 1);
+            return a;
+        }
     };
     let Some(http) = &core.http else {
         return text(StatusCode::OK, "");
     };
-    match http
+    // The body is held until the intake answers (up to PROXY_TIMEOUT):
+    // charged to the share meanwhile, as a traces body is.
+    let held = body.len();
+    if !core.meter.try_charge(held) {
+        Stats::add(&core.stats.trace_proxy_errors, 1);
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+    }
+    let relayed = http
         .relay(&url, headers, body, PROXY_TIMEOUT, MAX_PROXY_ANSWER)
-        .await
-    {
+        .await;
+    core.meter.release(held);
+    match relayed {
         Ok((status, content_type, bytes)) => {
             let mut r = Response::new(Full::new(Bytes::from(bytes)));
             *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -447,5 +486,22 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
             tracing::debug!(error = %e, "proxied request failed");
             text(StatusCode::BAD_GATEWAY, "the intake could not be reached\n")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_states_the_body_limit_that_is_enforced() {
+        let env = std::collections::BTreeMap::from([(
+            "DYNOSTAT_MEMORY_LIMIT".to_owned(),
+            "4MiB".to_owned(),
+        )]);
+        let config = Config::from_lookup(&env).expect("valid");
+        let info: serde_json::Value = serde_json::from_str(&info_json(&config)).expect("json");
+        // The relay's share of 4 MiB is 512 KiB: bodies past it get a 413.
+        assert_eq!(info["config"]["max_request_bytes"], 512 * 1024);
     }
 }

@@ -8,7 +8,8 @@
 //! In: processed spans, tagged with their chunk's env and version. Out:
 //! msgpack bodies for `/api/v0.2/stats`. Must never: hold more than
 //! [`MAX_GROUPS`] (env, version) concentrators, each bounded by the
-//! crate's cardinality limits (7,000 keys a bucket).
+//! crate's cardinality limits (7,000 keys a bucket), or open a bucket more
+//! than [`MAX_AHEAD`] in the future.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,10 @@ pub const BUCKET: Duration = Duration::from_secs(10);
 /// (env, version) pairs with a concentrator of their own; the spans of
 /// further pairs are counted under the empty pair (see [`Stats::add`]).
 pub const MAX_GROUPS: usize = 32;
+/// How far past now a span may end and still be counted in its own bucket;
+/// later ends (a tracer's clock or unit off) count in the current bucket,
+/// or every 10 s of the future would be a bucket held until shutdown.
+pub const MAX_AHEAD: Duration = Duration::from_secs(60);
 
 /// The concentrators, one per (env, version), as the Agent keys its
 /// payloads.
@@ -71,8 +76,18 @@ impl Stats {
                 Vec::new(),
             )
         });
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let latest = now.saturating_add(MAX_AHEAD.as_nanos() as i64);
         for span in spans {
-            c.add_span(span);
+            if span.start.saturating_add(span.duration) > latest {
+                let mut moved = span.clone();
+                moved.start = now.saturating_sub(moved.duration.max(0));
+                c.add_span(&moved);
+            } else {
+                c.add_span(span);
+            }
         }
     }
 
@@ -162,6 +177,30 @@ mod tests {
             metrics: HashMap::from([("_top_level".to_owned(), 1.0)]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn spans_from_the_future_do_not_open_a_bucket_each() {
+        // A tracer whose clock (or unit) is off sends spans ending years
+        // ahead: each 10 s of the future would be a bucket of its own,
+        // never due, held until shutdown.
+        let mut s = Stats::new();
+        for i in 0..500i64 {
+            let mut sp = span(1, false);
+            sp.start += 86_400_000_000_000 * 365 + i * 10_000_000_000;
+            s.add(&[sp], "prod", "1.0");
+        }
+        s.add(&[span(2, false)], "prod", "1.0");
+        let out = s.flush(true, "");
+        let buckets: usize = out.iter().map(|p| p.stats.len()).sum();
+        assert!(buckets <= 2, "{buckets} buckets held");
+        let hits: u64 = out
+            .iter()
+            .flat_map(|p| &p.stats)
+            .flat_map(|b| &b.stats)
+            .map(|g| g.hits)
+            .sum();
+        assert_eq!(hits, 501, "the future spans are still counted");
     }
 
     #[test]
