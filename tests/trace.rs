@@ -892,3 +892,26 @@ fn proxied_bodies_refused_at_the_share_are_counted() {
     s.stop_ok(Duration::from_secs(10));
     assert_eq!(total(&intake, "dynostat.traces.proxy_errors"), 2.0);
 }
+
+/// A bogus `X-Datadog-Trace-Count` on a refused body counts no more traces
+/// than the body could hold (one byte each, at most the body limit), so it
+/// cannot inflate `dynostat.dropped` or wrap the counter (review, issue 24).
+#[test]
+fn a_bogus_trace_count_header_counts_no_more_than_the_body_could_hold() {
+    let intake = Intake::start();
+    let mut s = relay().intake(&intake).start();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", s.apm_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"PUT /v0.4/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nX-Datadog-Trace-Count: 18446744073709551615\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_answer(&mut c).0, 413);
+    }
+    s.stop_ok(Duration::from_secs(10));
+    let counted = total(&intake, "dynostat.traces.dropped.memory");
+    // Two refusals, each at most the relay's 8 MiB body limit.
+    assert!(
+        counted > 0.0 && counted <= 2.0 * 8.0 * 1024.0 * 1024.0,
+        "{counted}"
+    );
+}

@@ -52,6 +52,11 @@ mod deadline;
 mod memory;
 pub mod migration;
 
+/// How long shutdown waits for the trace relay to hand over its kept traces
+/// and open stats buckets (it gives requests in flight 0.8 s first): a relay
+/// that is stuck must not take the time the metrics' final flush needs.
+const RELAY_STOP_MAX: Duration = Duration::from_secs(3);
+
 /// Datagrams read per `recvmmsg` call. 32 × 8 KiB = 256 KiB of reused buffer
 /// per socket; larger batches gave no measurable gain in `scripts/bench.sh`.
 const BATCH: usize = 32;
@@ -811,8 +816,11 @@ async fn flush_loop(
     deadline::enter(shared, deadline::Phase::FinalFlush);
     // The relay hands over its kept traces and open stats buckets first, so
     // the drain below delivers them with the metrics.
+    // A stuck relay gets a few seconds, never the metrics' whole deadline.
     if let Some(relay) = relay {
-        relay.stop(deadline).await;
+        relay
+            .stop(deadline.min(Instant::now() + RELAY_STOP_MAX))
+            .await;
     }
     flush(shared, &mut forwarder, clock.open_bucket(), interval).await;
     deadline::enter(shared, deadline::Phase::Draining);

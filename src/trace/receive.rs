@@ -248,10 +248,6 @@ async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
     let v05 = path == "/v0.5/traces";
     let v03 = path == "/v0.3/traces";
     let real_status = flag(&req, "datadog-send-real-http-status");
-    let count: u64 = header(&req, "x-datadog-trace-count")
-        .trim()
-        .parse()
-        .unwrap_or(0);
     let tracer = Tracer {
         lang: header(&req, "datadog-meta-lang").to_owned(),
         lang_version: header(&req, "datadog-meta-lang-version").to_owned(),
@@ -263,6 +259,15 @@ async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
     // The body is charged before it is read: its declared length, or what
     // is left of the share when it is chunked (charged exactly once read).
     let declared = declared_len(&req);
+    // What the tracer says it sent, counted when the body is refused unread.
+    // A trace takes at least one byte of msgpack, so no more are counted
+    // than the body could hold: a bogus header cannot inflate
+    // `dynostat.dropped` (or wrap its counter).
+    let count: u64 = header(&req, "x-datadog-trace-count")
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+        .min(declared.unwrap_or(core.body_limit).min(core.body_limit) as u64);
     if declared.is_some_and(|n| n > core.body_limit) {
         Stats::add(&s.traces_memory, count);
         return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
