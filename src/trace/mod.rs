@@ -693,6 +693,62 @@ mod tests {
         }
     }
 
+    /// Profiling harness, not a check: ingests the bodies `traceload dump`
+    /// wrote to `TRACE_PROF_DIR` (`TRACE_PROF_ROUNDS` times), flushing as
+    /// the relay does, so `valgrind --tool=callgrind` or `perf record` see
+    /// the relay's own work without the HTTP server around it.
+    #[test]
+    #[ignore = "profiling harness; needs TRACE_PROF_DIR"]
+    fn profile_ingest() {
+        let dir = std::env::var("TRACE_PROF_DIR").expect("TRACE_PROF_DIR");
+        let rounds: usize = std::env::var("TRACE_PROF_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        let mut bodies: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                (p.display().to_string(), std::fs::read(&p).expect("body"))
+            })
+            .collect();
+        bodies.sort();
+        let env: BTreeMap<String, String> =
+            BTreeMap::from([("DD_API_KEY".to_owned(), "0".repeat(32))]);
+        let config = Config::from_lookup(&env).expect("defaults");
+        let core = Core::new(
+            &config,
+            Some(PayloadSink::detached()),
+            Arc::new(Stats::default()),
+            Arc::new(|_: &[u8]| {}),
+        )
+        .expect("core");
+        let tracer = Tracer {
+            lang: "python".to_owned(),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        for _ in 0..rounds {
+            for (i, (_, b)) in bodies.iter().enumerate() {
+                core.ingest(false, b, &tracer).expect("ingest");
+                n += 1;
+                if i % 20 == 19 {
+                    rt.block_on(core.flush_traces());
+                    rt.block_on(core.flush_stats(false));
+                }
+            }
+        }
+        rt.block_on(core.flush_traces());
+        rt.block_on(core.flush_stats(true));
+        eprintln!("{n} bodies in {:?}", t0.elapsed());
+    }
+
     #[test]
     fn agent_payloads_stay_under_the_intakes_limit_and_keep_every_chunk() {
         let core = core();
