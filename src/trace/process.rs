@@ -119,7 +119,7 @@ impl Processor {
             obfuscate_pb_span(span, &self.obfuscation);
         }
         if !tracer.computed_top_level {
-            libdd_trace_utils::trace_utils::compute_top_level_span(&mut spans);
+            compute_top_level(&mut spans);
         }
         let root_span = &mut spans[root];
         let env = match root_span.meta.get("env").filter(|e| !e.is_empty()) {
@@ -161,6 +161,48 @@ impl Processor {
             version,
             has_error,
         })
+    }
+}
+
+/// `libdd_trace_utils::trace_utils::compute_top_level_span` (the Agent's
+/// `ComputeTopLevel`) without its SipHash map of cloned service names: a
+/// span is top-level (`_top_level: 1`) when it has no parent, its parent
+/// is not in the chunk, or its parent's service differs. Where two spans
+/// share an id, the last one is the parent, as in the crate's map.
+fn compute_top_level(spans: &mut [pb::Span]) {
+    const LINEAR: usize = 32;
+    let top: Vec<bool> = if spans.len() <= LINEAR {
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_id == 0
+                    || spans
+                        .iter()
+                        .rev()
+                        .find(|p| p.span_id == s.parent_id)
+                        .is_none_or(|p| p.service != s.service)
+            })
+            .collect()
+    } else {
+        let mut by_id: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
+        by_id.reserve(spans.len());
+        for (i, s) in spans.iter().enumerate() {
+            by_id.insert(s.span_id, i);
+        }
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_id == 0
+                    || by_id
+                        .get(&s.parent_id)
+                        .is_none_or(|&p| spans[p].service != s.service)
+            })
+            .collect()
+    };
+    for (span, top) in spans.iter_mut().zip(top) {
+        if top {
+            span.metrics.insert("_top_level".to_owned(), 1.0);
+        }
     }
 }
 
@@ -264,6 +306,25 @@ mod tests {
         assert_eq!(c.spans[1].metrics.get("_top_level"), Some(&1.0), "the root");
         assert_eq!((c.env.as_str(), c.version.as_str()), ("prod", "1.2"));
         assert_eq!(c.spans[1].meta.get("env").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn top_level_is_computed_as_the_crate_does() {
+        // Small (linear) and large (map) chunks, with duplicate ids,
+        // missing parents and service changes.
+        for n in [1usize, 5, 32, 33, 200] {
+            let mut spans: Vec<pb::Span> = (0..n as u64)
+                .map(|i| {
+                    let mut s = span(i % 40 + 1, (i * 7) % 50, ["a", "b"][(i % 3 == 0) as usize]);
+                    s.metrics.insert("_top_level".to_owned(), 0.5);
+                    s
+                })
+                .collect();
+            let mut theirs = spans.clone();
+            compute_top_level(&mut spans);
+            libdd_trace_utils::trace_utils::compute_top_level_span(&mut theirs);
+            assert_eq!(spans, theirs, "{n} spans");
+        }
     }
 
     #[test]
