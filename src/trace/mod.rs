@@ -171,7 +171,9 @@ impl Building {
     }
 }
 
-/// A tracer payload too large for one request, cut by chunks.
+/// A tracer payload too large for one request, cut by chunks (the
+/// reference for [`agent_payload_entries`], which cuts the same way).
+#[cfg(test)]
 fn split_tracer_payload(mut tp: pb::TracerPayload) -> Vec<pb::TracerPayload> {
     if tp.chunks.len() < 2 || tp.encoded_len() <= MAX_PAYLOAD_BYTES {
         return vec![tp];
@@ -191,6 +193,102 @@ fn split_tracer_payload(mut tp: pb::TracerPayload) -> Vec<pb::TracerPayload> {
     }
     parts.push(cur);
     parts
+}
+
+/// Appends a length-delimited field: its key, then `body`'s length and
+/// bytes.
+fn put_message(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// One `TraceChunk`'s protobuf body, as prost encodes it (fields in tag
+/// order), with each span measured once: prost's `encode_to_vec` on the
+/// whole `AgentPayload` measures a span's maps once per enclosing message
+/// (four times) before writing them.
+fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>) {
+    let spans = std::mem::take(&mut c.spans);
+    let tail = pb::TraceChunk {
+        tags: std::mem::take(&mut c.tags),
+        dropped_trace: std::mem::take(&mut c.dropped_trace),
+        ..Default::default()
+    };
+    // Tags 1 and 2, then 3 (spans), then 4 and 5.
+    c.encode_raw(out);
+    for span in &spans {
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, out);
+        prost::encoding::encode_varint(span.encoded_len() as u64, out);
+        span.encode_raw(out);
+    }
+    tail.encode_raw(out);
+}
+
+/// The bytes of `AgentPayload { tracer_payloads: [part] }` for each part of
+/// `tp` cut as [`MAX_PAYLOAD_BYTES`] requires, with the chunks in each
+/// part: byte for byte what encoding each part of
+/// `split_tracer_payload(tp)` that way gives, each chunk encoded once.
+fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
+    let chunks: Vec<Vec<u8>> = std::mem::take(&mut tp.chunks)
+        .into_iter()
+        .map(|c| {
+            let mut b = Vec::with_capacity(2048);
+            encode_chunk(c, &mut b);
+            b
+        })
+        .collect();
+    // Tags 1 to 5, then 6 (chunks), then 7 to 11.
+    let tail = pb::TracerPayload {
+        tags: std::mem::take(&mut tp.tags),
+        env: std::mem::take(&mut tp.env),
+        hostname: std::mem::take(&mut tp.hostname),
+        app_version: std::mem::take(&mut tp.app_version),
+        container_debug: tp.container_debug.take(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let head = tp.encode_to_vec();
+    let framed = |b: &Vec<u8>| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len();
+    let whole = head.len() + tail.len() + chunks.iter().map(framed).sum::<usize>();
+    let mut parts: Vec<Vec<&[u8]>> = Vec::new();
+    if chunks.len() < 2 || whole <= MAX_PAYLOAD_BYTES {
+        parts.push(chunks.iter().map(Vec::as_slice).collect());
+    } else {
+        let mut cur: Vec<&[u8]> = Vec::new();
+        let mut cur_len = 0;
+        for c in &chunks {
+            // What `split_tracer_payload` counts: the chunk's encoded length
+            // and 8 bytes for its framing.
+            let l = c.len() + 8;
+            if cur_len + l > MAX_PAYLOAD_BYTES && !cur.is_empty() {
+                parts.push(std::mem::take(&mut cur));
+                cur_len = 0;
+            }
+            cur_len += l;
+            cur.push(c);
+        }
+        parts.push(cur);
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            let len = head.len()
+                + tail.len()
+                + part
+                    .iter()
+                    .map(|c| 1 + prost::encoding::encoded_len_varint(c.len() as u64) + c.len())
+                    .sum::<usize>();
+            let mut entry = Vec::with_capacity(len + 6);
+            prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut entry);
+            prost::encoding::encode_varint(len as u64, &mut entry);
+            entry.extend_from_slice(&head);
+            for c in &part {
+                put_message(6, c, &mut entry);
+            }
+            entry.extend_from_slice(&tail);
+            (entry, part.len())
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -397,13 +495,7 @@ impl Core {
     /// payload's worth: what is kept is never dropped here).
     fn push_kept(&self, pending: &mut Pending, tp: pb::TracerPayload) {
         use std::io::Write as _;
-        for part in split_tracer_payload(tp) {
-            let chunks = part.chunks.len();
-            let entry = pb::AgentPayload {
-                tracer_payloads: vec![part],
-                ..Default::default()
-            }
-            .encode_to_vec();
+        for (entry, chunks) in agent_payload_entries(tp) {
             if pending
                 .building
                 .as_ref()
@@ -795,6 +887,64 @@ mod tests {
             .flat_map(|(t, n)| (0..n).map(move |c| t * 10 + c + 1))
             .collect();
         assert_eq!(ids, want, "every chunk exactly once");
+    }
+
+    #[test]
+    fn tracer_payloads_encode_as_prost_encodes_them() {
+        let span = |id: u64| {
+            let mut s = pb::Span {
+                service: "web".to_owned(),
+                name: "flask.request".to_owned(),
+                resource: "GET /".to_owned(),
+                trace_id: id,
+                span_id: id,
+                start: 1_700_000_000_000_000_000,
+                duration: 1_000,
+                ..Default::default()
+            };
+            for k in 0..6 {
+                s.meta.insert(format!("k{k}"), format!("v{id}"));
+                s.metrics.insert(format!("m{k}"), id as f64);
+            }
+            s
+        };
+        let tp = |n: u64, bytes: usize| pb::TracerPayload {
+            container_id: "c".to_owned(),
+            language_name: "python".to_owned(),
+            tracer_version: "2.0".to_owned(),
+            env: "prod".to_owned(),
+            hostname: "h".to_owned(),
+            app_version: "1".to_owned(),
+            tags: HashMap::from([("a".to_owned(), "b".to_owned())]),
+            chunks: (1..=n)
+                .map(|i| {
+                    let mut c = chunk(i * 100, bytes);
+                    c.spans.extend((1..4).map(|j| span(i * 100 + j)));
+                    c.origin = "lambda".to_owned();
+                    c.dropped_trace = i % 2 == 0;
+                    c.tags.insert("t".to_owned(), "u".to_owned());
+                    c
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // One part; then cut in several (7 chunks of 600 kB).
+        for (n, bytes) in [(0, 0), (1, 10), (5, 100), (7, 600_000)] {
+            let tp = tp(n, bytes);
+            let want: Vec<(Vec<u8>, usize)> = split_tracer_payload(tp.clone())
+                .into_iter()
+                .map(|part| {
+                    let chunks = part.chunks.len();
+                    let bytes = pb::AgentPayload {
+                        tracer_payloads: vec![part],
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    (bytes, chunks)
+                })
+                .collect();
+            assert_eq!(agent_payload_entries(tp), want, "{n} chunks");
+        }
     }
 
     trait Chunks {
