@@ -229,12 +229,21 @@ fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>) {
 /// part: byte for byte what encoding each part of
 /// `split_tracer_payload(tp)` that way gives, each chunk encoded once.
 fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
-    let chunks: Vec<Vec<u8>> = std::mem::take(&mut tp.chunks)
+    // All chunks in one growing buffer, not an allocation each.
+    let mut buf = Vec::new();
+    let ends: Vec<usize> = std::mem::take(&mut tp.chunks)
         .into_iter()
         .map(|c| {
-            let mut b = Vec::with_capacity(2048);
-            encode_chunk(c, &mut b);
-            b
+            encode_chunk(c, &mut buf);
+            buf.len()
+        })
+        .collect();
+    let chunks: Vec<&[u8]> = ends
+        .iter()
+        .scan(0, |start, &end| {
+            let c = &buf[*start..end];
+            *start = end;
+            Some(c)
         })
         .collect();
     // Tags 1 to 5, then 6 (chunks), then 7 to 11.
@@ -248,15 +257,15 @@ fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
     }
     .encode_to_vec();
     let head = tp.encode_to_vec();
-    let framed = |b: &Vec<u8>| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len();
+    let framed = |b: &&[u8]| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len();
     let whole = head.len() + tail.len() + chunks.iter().map(framed).sum::<usize>();
     let mut parts: Vec<Vec<&[u8]>> = Vec::new();
     if chunks.len() < 2 || whole <= MAX_PAYLOAD_BYTES {
-        parts.push(chunks.iter().map(Vec::as_slice).collect());
+        parts.push(chunks);
     } else {
         let mut cur: Vec<&[u8]> = Vec::new();
         let mut cur_len = 0;
-        for c in &chunks {
+        for c in chunks {
             // What `split_tracer_payload` counts: the chunk's encoded length
             // and 8 bytes for its framing.
             let l = c.len() + 8;
