@@ -72,7 +72,7 @@ impl Stats {
             )
         });
         for span in spans {
-            c.add_span(&View(span));
+            c.add_span(&View::new(span));
         }
     }
 
@@ -106,17 +106,34 @@ const LINEAR: usize = 16;
 /// A span as the concentrator reads it: what `libdd-trace-stats`' own
 /// `StatSpan for pb::Span` answers, but a lookup in a small `meta` or
 /// `metrics` map compares the keys in order instead of SipHashing the key
-/// (the concentrator asks about 17 keys of every eligible span).
-struct View<'s>(&'s pb::Span);
+/// (the concentrator asks about 17 keys of every eligible span). A small
+/// `meta` is copied out of its hash table once, as (key, value) pairs.
+struct View<'s> {
+    span: &'s pb::Span,
+    meta: [(&'s str, &'s str); LINEAR],
+    /// Pairs in `meta`, or `usize::MAX` for a map too large to copy.
+    n: usize,
+}
 
-fn meta<'s>(span: &'s pb::Span, key: &str) -> Option<&'s str> {
-    if span.meta.len() <= LINEAR {
-        span.meta
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| v.as_str())
-    } else {
-        span.meta.get(key).map(String::as_str)
+impl<'s> View<'s> {
+    fn new(span: &'s pb::Span) -> Self {
+        let mut meta = [("", ""); LINEAR];
+        let n = if span.meta.len() <= LINEAR {
+            for (slot, (k, v)) in meta.iter_mut().zip(&span.meta) {
+                *slot = (k.as_str(), v.as_str());
+            }
+            span.meta.len()
+        } else {
+            usize::MAX
+        };
+        Self { span, meta, n }
+    }
+
+    fn meta(&self, key: &str) -> Option<&'s str> {
+        match self.meta.get(..self.n) {
+            Some(pairs) => pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+            None => self.span.meta.get(key).map(String::as_str),
+        }
     }
 }
 
@@ -133,55 +150,56 @@ fn metric(span: &pb::Span, key: &str) -> Option<f64> {
 
 impl<'a> StatSpan<'a> for View<'a> {
     fn service(&'a self) -> &'a str {
-        &self.0.service
+        &self.span.service
     }
 
     fn resource(&'a self) -> &'a str {
-        &self.0.resource
+        &self.span.resource
     }
 
     fn name(&'a self) -> &'a str {
-        &self.0.name
+        &self.span.name
     }
 
     fn r#type(&'a self) -> &'a str {
-        &self.0.r#type
+        &self.span.r#type
     }
 
     fn start(&'a self) -> i64 {
-        self.0.start
+        self.span.start
     }
 
     fn duration(&'a self) -> i64 {
-        self.0.duration
+        self.span.duration
     }
 
     fn is_error(&'a self) -> bool {
-        self.0.error != 0
+        self.span.error != 0
     }
 
     fn is_trace_root(&'a self) -> bool {
-        self.0.parent_id == 0
+        self.span.parent_id == 0
     }
 
     fn is_measured(&'a self) -> bool {
-        metric(self.0, "_dd.measured") == Some(1.0)
+        metric(self.span, "_dd.measured") == Some(1.0)
     }
 
     fn is_partial_snapshot(&'a self) -> bool {
-        metric(self.0, "_dd.partial_version").is_some_and(|v| v >= 0.0)
+        metric(self.span, "_dd.partial_version").is_some_and(|v| v >= 0.0)
     }
 
     fn has_top_level(&'a self) -> bool {
-        metric(self.0, "_dd.top_level") == Some(1.0) || metric(self.0, "_top_level") == Some(1.0)
+        metric(self.span, "_dd.top_level") == Some(1.0)
+            || metric(self.span, "_top_level") == Some(1.0)
     }
 
     fn get_meta(&'a self, key: &str) -> Option<&'a str> {
-        meta(self.0, key)
+        self.meta(key)
     }
 
     fn get_metrics(&'a self, key: &str) -> Option<f64> {
-        metric(self.0, key)
+        metric(self.span, key)
     }
 }
 
@@ -273,7 +291,7 @@ mod tests {
                 s.meta.insert(k.clone(), format!("v{i}"));
                 s.metrics.insert(k, [1.0, -1.0, 0.0, 2.0][i % 4]);
             }
-            let v = View(&s);
+            let v = View::new(&s);
             assert_eq!(v.is_measured(), StatSpan::is_measured(&s), "{n}");
             assert_eq!(
                 v.is_partial_snapshot(),
