@@ -203,11 +203,100 @@ fn put_message(tag: u32, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// Appends a string field's key (tags up to 15 take one byte), length and
+/// bytes.
+fn put_str(key: u8, s: &str, out: &mut Vec<u8>) {
+    out.push(key);
+    prost::encoding::encode_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// What a map entry's string field takes, 0 when empty (prost leaves a
+/// default key or value out of the entry).
+fn str_entry_len(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+/// A `Span`'s protobuf body, byte for byte what prost's `encode_raw`
+/// writes (fields in declaration order, defaults left out, map entries
+/// without a default key or value), in one pass: prost measures each map
+/// entry before writing it, and the span itself before that.
+fn encode_span(s: &pb::Span, out: &mut Vec<u8>) {
+    use prost::encoding::encode_varint;
+    for (key, v) in [(0x0a, &s.service), (0x12, &s.name), (0x1a, &s.resource)] {
+        if !v.is_empty() {
+            put_str(key, v, out);
+        }
+    }
+    for (key, v) in [
+        (0x20, s.trace_id),
+        (0x28, s.span_id),
+        (0x30, s.parent_id),
+        // int64 and int32 are varints of the two's complement, as u64.
+        (0x38, s.start as u64),
+        (0x40, s.duration as u64),
+        (0x48, i64::from(s.error) as u64),
+    ] {
+        if v != 0 {
+            out.push(key);
+            encode_varint(v, out);
+        }
+    }
+    for (k, v) in &s.meta {
+        out.push(0x52);
+        encode_varint((str_entry_len(k) + str_entry_len(v)) as u64, out);
+        if !k.is_empty() {
+            put_str(0x0a, k, out);
+        }
+        if !v.is_empty() {
+            put_str(0x12, v, out);
+        }
+    }
+    for (k, v) in &s.metrics {
+        let skip = *v == 0.0;
+        out.push(0x5a);
+        encode_varint((str_entry_len(k) + if skip { 0 } else { 9 }) as u64, out);
+        if !k.is_empty() {
+            put_str(0x0a, k, out);
+        }
+        if !skip {
+            out.push(0x11);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    if !s.r#type.is_empty() {
+        put_str(0x62, &s.r#type, out);
+    }
+    // Rare: prost's own encoders.
+    if !s.meta_struct.is_empty() {
+        prost::encoding::hash_map::encode(
+            prost::encoding::string::encode,
+            prost::encoding::string::encoded_len,
+            prost::encoding::bytes::encode,
+            prost::encoding::bytes::encoded_len,
+            13,
+            &s.meta_struct,
+            out,
+        );
+    }
+    for link in &s.span_links {
+        prost::encoding::message::encode(14, link, out);
+    }
+    for event in &s.span_events {
+        prost::encoding::message::encode(15, event, out);
+    }
+}
+
 /// One `TraceChunk`'s protobuf body, as prost encodes it (fields in tag
-/// order), with each span measured once: prost's `encode_to_vec` on the
+/// order), with each span written once: prost's `encode_to_vec` on the
 /// whole `AgentPayload` measures a span's maps once per enclosing message
-/// (four times) before writing them.
-fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>) {
+/// (four times) before writing them. `scratch` holds a span's body while
+/// its length is not yet known.
+fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
     let spans = std::mem::take(&mut c.spans);
     let tail = pb::TraceChunk {
         tags: std::mem::take(&mut c.tags),
@@ -217,9 +306,9 @@ fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>) {
     // Tags 1 and 2, then 3 (spans), then 4 and 5.
     c.encode_raw(out);
     for span in &spans {
-        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, out);
-        prost::encoding::encode_varint(span.encoded_len() as u64, out);
-        span.encode_raw(out);
+        scratch.clear();
+        encode_span(span, scratch);
+        put_message(3, scratch, out);
     }
     tail.encode_raw(out);
 }
@@ -231,10 +320,11 @@ fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>) {
 fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
     // All chunks in one growing buffer, not an allocation each.
     let mut buf = Vec::new();
+    let mut scratch = Vec::new();
     let ends: Vec<usize> = std::mem::take(&mut tp.chunks)
         .into_iter()
         .map(|c| {
-            encode_chunk(c, &mut buf);
+            encode_chunk(c, &mut buf, &mut scratch);
             buf.len()
         })
         .collect();
@@ -896,6 +986,51 @@ mod tests {
             .flat_map(|(t, n)| (0..n).map(move |c| t * 10 + c + 1))
             .collect();
         assert_eq!(ids, want, "every chunk exactly once");
+    }
+
+    #[test]
+    fn spans_encode_as_prost_encodes_them() {
+        let mut s = pb::Span::default();
+        let check = |s: &pb::Span| {
+            let mut ours = Vec::new();
+            encode_span(s, &mut ours);
+            assert_eq!(ours, s.encode_to_vec(), "{s:?}");
+        };
+        check(&s);
+        s.service = "web".to_owned();
+        s.resource = "r".repeat(300);
+        s.trace_id = u64::MAX;
+        s.span_id = 1;
+        s.start = -5;
+        s.duration = i64::MIN;
+        s.error = -1;
+        check(&s);
+        s.error = 1;
+        s.r#type = "sql".to_owned();
+        s.meta.insert(String::new(), "no key".to_owned());
+        s.meta.insert("no value".to_owned(), String::new());
+        s.meta.insert("k".to_owned(), "v".repeat(200));
+        s.meta.insert(String::new(), String::new());
+        for (i, v) in [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, -3.0]
+            .into_iter()
+            .enumerate()
+        {
+            s.metrics.insert(format!("m{i}"), v);
+        }
+        s.metrics.insert(String::new(), 0.0);
+        check(&s);
+        s.meta_struct.insert("appsec".to_owned(), vec![1, 2, 3]);
+        s.meta_struct.insert("empty".to_owned(), Vec::new());
+        s.span_links.push(pb::SpanLink {
+            trace_id: 7,
+            span_id: 8,
+            ..Default::default()
+        });
+        s.span_events.push(pb::SpanEvent {
+            name: "e".to_owned(),
+            ..Default::default()
+        });
+        check(&s);
     }
 
     #[test]
