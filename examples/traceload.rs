@@ -17,6 +17,10 @@
 //!   first request until `--settle-ms` after the last, so its flushes are
 //!   paid for), `VmHWM` and `VmRSS` in KiB.
 //!
+//! - `traceload dump --out DIR [--requests 20] [--rate 10000]`: writes the
+//!   bodies `send` would send (`DIR/body-N.msgpack`), for profiling the
+//!   relay's work in-process (`TRACE_PROF_DIR` in src/trace/mod.rs' tests).
+//!
 //! Never: connects anywhere but 127.0.0.1, or runs past its `--seconds`
 //! (plus the settle time).
 
@@ -40,6 +44,7 @@ fn main() {
             arg(&args, "--seconds", 3600),
         ),
         Some("send") => send(&args),
+        Some("dump") => dump(&args),
         _ => {
             eprintln!("usage: traceload floor --port P --seconds S | send --port P --rate R --seconds S --server-pid PID");
             std::process::exit(2);
@@ -337,4 +342,22 @@ fn send(args: &[String]) {
         status_kib(pid, "VmHWM:"),
         status_kib(pid, "VmRSS:")
     );
+}
+
+fn dump(args: &[String]) {
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .expect("--out DIR");
+    let requests = arg(args, "--requests", 20);
+    let traces = ((arg(args, "--rate", 10_000) / 5) / 10).max(1) as usize;
+    std::fs::create_dir_all(out).expect("mkdir");
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    for n in 0..requests {
+        let b = body(traces, (1u64 << 40) + n * traces as u64, now_ns);
+        std::fs::write(format!("{out}/body-{n}.msgpack"), b).expect("write");
+    }
 }

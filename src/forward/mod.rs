@@ -98,6 +98,17 @@ pub struct PayloadSink {
 }
 
 impl PayloadSink {
+    /// A sink whose sender is gone (what it is given is counted as lost):
+    /// for tests and profiling of the sources.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        Self {
+            tx,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
     /// Hands `payloads` to the sender; waits only while the channel is full
     /// (the sender empties it at once). What the sender can no longer take
     /// is counted as dropped.

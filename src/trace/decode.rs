@@ -183,6 +183,12 @@ impl<'a> Reader<'a> {
             return Ok(String::new());
         };
         self.charge(bytes.len() + STRING_COST)?;
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8. Tracers' strings nearly always
+            // are, and `is_ascii` is several times cheaper than a full
+            // validation on strings this short.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) }.to_owned());
+        }
         Ok(match std::str::from_utf8(bytes) {
             Ok(s) => s.to_owned(),
             Err(_) => String::from_utf8_lossy(bytes).into_owned(),

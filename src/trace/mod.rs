@@ -178,7 +178,9 @@ impl Building {
     }
 }
 
-/// A tracer payload too large for one request, cut by chunks.
+/// A tracer payload too large for one request, cut by chunks (the
+/// reference for [`agent_payload_entries`], which cuts the same way).
+#[cfg(test)]
 fn split_tracer_payload(mut tp: pb::TracerPayload) -> Vec<pb::TracerPayload> {
     if tp.chunks.len() < 2 || tp.encoded_len() <= MAX_PAYLOAD_BYTES {
         return vec![tp];
@@ -198,6 +200,201 @@ fn split_tracer_payload(mut tp: pb::TracerPayload) -> Vec<pb::TracerPayload> {
     }
     parts.push(cur);
     parts
+}
+
+/// Appends a length-delimited field: its key, then `body`'s length and
+/// bytes.
+fn put_message(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// Appends a string field's key (tags up to 15 take one byte), length and
+/// bytes.
+fn put_str(key: u8, s: &str, out: &mut Vec<u8>) {
+    out.push(key);
+    prost::encoding::encode_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// What a map entry's string field takes, 0 when empty (prost leaves a
+/// default key or value out of the entry).
+fn str_entry_len(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+/// A `Span`'s protobuf body, byte for byte what prost's `encode_raw`
+/// writes (fields in declaration order, defaults left out, map entries
+/// without a default key or value), in one pass: prost measures each map
+/// entry before writing it, and the span itself before that.
+fn encode_span(s: &pb::Span, out: &mut Vec<u8>) {
+    use prost::encoding::encode_varint;
+    for (key, v) in [(0x0a, &s.service), (0x12, &s.name), (0x1a, &s.resource)] {
+        if !v.is_empty() {
+            put_str(key, v, out);
+        }
+    }
+    for (key, v) in [
+        (0x20, s.trace_id),
+        (0x28, s.span_id),
+        (0x30, s.parent_id),
+        // int64 and int32 are varints of the two's complement, as u64.
+        (0x38, s.start as u64),
+        (0x40, s.duration as u64),
+        (0x48, i64::from(s.error) as u64),
+    ] {
+        if v != 0 {
+            out.push(key);
+            encode_varint(v, out);
+        }
+    }
+    for (k, v) in &s.meta {
+        out.push(0x52);
+        encode_varint((str_entry_len(k) + str_entry_len(v)) as u64, out);
+        if !k.is_empty() {
+            put_str(0x0a, k, out);
+        }
+        if !v.is_empty() {
+            put_str(0x12, v, out);
+        }
+    }
+    for (k, v) in &s.metrics {
+        let skip = *v == 0.0;
+        out.push(0x5a);
+        encode_varint((str_entry_len(k) + if skip { 0 } else { 9 }) as u64, out);
+        if !k.is_empty() {
+            put_str(0x0a, k, out);
+        }
+        if !skip {
+            out.push(0x11);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    if !s.r#type.is_empty() {
+        put_str(0x62, &s.r#type, out);
+    }
+    // Rare: prost's own encoders.
+    if !s.meta_struct.is_empty() {
+        prost::encoding::hash_map::encode(
+            prost::encoding::string::encode,
+            prost::encoding::string::encoded_len,
+            prost::encoding::bytes::encode,
+            prost::encoding::bytes::encoded_len,
+            13,
+            &s.meta_struct,
+            out,
+        );
+    }
+    for link in &s.span_links {
+        prost::encoding::message::encode(14, link, out);
+    }
+    for event in &s.span_events {
+        prost::encoding::message::encode(15, event, out);
+    }
+}
+
+/// One `TraceChunk`'s protobuf body, as prost encodes it (fields in tag
+/// order), with each span written once: prost's `encode_to_vec` on the
+/// whole `AgentPayload` measures a span's maps once per enclosing message
+/// (four times) before writing them. `scratch` holds a span's body while
+/// its length is not yet known.
+fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    let spans = std::mem::take(&mut c.spans);
+    let tail = pb::TraceChunk {
+        tags: std::mem::take(&mut c.tags),
+        dropped_trace: std::mem::take(&mut c.dropped_trace),
+        ..Default::default()
+    };
+    // Tags 1 and 2, then 3 (spans), then 4 and 5.
+    c.encode_raw(out);
+    for span in &spans {
+        scratch.clear();
+        encode_span(span, scratch);
+        put_message(3, scratch, out);
+    }
+    tail.encode_raw(out);
+}
+
+/// The bytes of `AgentPayload { tracer_payloads: [part] }` for each part of
+/// `tp` cut as [`MAX_PAYLOAD_BYTES`] requires, with the chunks in each
+/// part: byte for byte what encoding each part of
+/// `split_tracer_payload(tp)` that way gives, each chunk encoded once.
+fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
+    // All chunks in one growing buffer, not an allocation each.
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    let ends: Vec<usize> = std::mem::take(&mut tp.chunks)
+        .into_iter()
+        .map(|c| {
+            encode_chunk(c, &mut buf, &mut scratch);
+            buf.len()
+        })
+        .collect();
+    let chunks: Vec<&[u8]> = ends
+        .iter()
+        .scan(0, |start, &end| {
+            let c = &buf[*start..end];
+            *start = end;
+            Some(c)
+        })
+        .collect();
+    // Tags 1 to 5, then 6 (chunks), then 7 to 11.
+    let tail = pb::TracerPayload {
+        tags: std::mem::take(&mut tp.tags),
+        env: std::mem::take(&mut tp.env),
+        hostname: std::mem::take(&mut tp.hostname),
+        app_version: std::mem::take(&mut tp.app_version),
+        container_debug: tp.container_debug.take(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let head = tp.encode_to_vec();
+    let framed = |b: &&[u8]| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len();
+    let whole = head.len() + tail.len() + chunks.iter().map(framed).sum::<usize>();
+    let mut parts: Vec<Vec<&[u8]>> = Vec::new();
+    if chunks.len() < 2 || whole <= MAX_PAYLOAD_BYTES {
+        parts.push(chunks);
+    } else {
+        let mut cur: Vec<&[u8]> = Vec::new();
+        let mut cur_len = 0;
+        for c in chunks {
+            // What `split_tracer_payload` counts: the chunk's encoded length
+            // and 8 bytes for its framing.
+            let l = c.len() + 8;
+            if cur_len + l > MAX_PAYLOAD_BYTES && !cur.is_empty() {
+                parts.push(std::mem::take(&mut cur));
+                cur_len = 0;
+            }
+            cur_len += l;
+            cur.push(c);
+        }
+        parts.push(cur);
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            let len = head.len()
+                + tail.len()
+                + part
+                    .iter()
+                    .map(|c| 1 + prost::encoding::encoded_len_varint(c.len() as u64) + c.len())
+                    .sum::<usize>();
+            let mut entry = Vec::with_capacity(len + 6);
+            prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut entry);
+            prost::encoding::encode_varint(len as u64, &mut entry);
+            entry.extend_from_slice(&head);
+            for c in &part {
+                put_message(6, c, &mut entry);
+            }
+            entry.extend_from_slice(&tail);
+            (entry, part.len())
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -404,13 +601,7 @@ impl Core {
     /// payload's worth: what is kept is never dropped here).
     fn push_kept(&self, pending: &mut Pending, tp: pb::TracerPayload) {
         use std::io::Write as _;
-        for part in split_tracer_payload(tp) {
-            let chunks = part.chunks.len();
-            let entry = pb::AgentPayload {
-                tracer_payloads: vec![part],
-                ..Default::default()
-            }
-            .encode_to_vec();
+        for (entry, chunks) in agent_payload_entries(tp) {
             if pending
                 .building
                 .as_ref()
@@ -713,6 +904,62 @@ mod tests {
         }
     }
 
+    /// Profiling harness, not a check: ingests the bodies `traceload dump`
+    /// wrote to `TRACE_PROF_DIR` (`TRACE_PROF_ROUNDS` times), flushing as
+    /// the relay does, so `valgrind --tool=callgrind` or `perf record` see
+    /// the relay's own work without the HTTP server around it.
+    #[test]
+    #[ignore = "profiling harness; needs TRACE_PROF_DIR"]
+    fn profile_ingest() {
+        let dir = std::env::var("TRACE_PROF_DIR").expect("TRACE_PROF_DIR");
+        let rounds: usize = std::env::var("TRACE_PROF_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        let mut bodies: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                (p.display().to_string(), std::fs::read(&p).expect("body"))
+            })
+            .collect();
+        bodies.sort();
+        let env: BTreeMap<String, String> =
+            BTreeMap::from([("DD_API_KEY".to_owned(), "0".repeat(32))]);
+        let config = Config::from_lookup(&env).expect("defaults");
+        let core = Core::new(
+            &config,
+            Some(PayloadSink::detached()),
+            Arc::new(Stats::default()),
+            Arc::new(|_: &[u8]| {}),
+        )
+        .expect("core");
+        let tracer = Tracer {
+            lang: "python".to_owned(),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        for _ in 0..rounds {
+            for (i, (_, b)) in bodies.iter().enumerate() {
+                core.ingest(false, b, &tracer).expect("ingest");
+                n += 1;
+                if i % 20 == 19 {
+                    rt.block_on(core.flush_traces());
+                    rt.block_on(core.flush_stats(false));
+                }
+            }
+        }
+        rt.block_on(core.flush_traces());
+        rt.block_on(core.flush_stats(true));
+        eprintln!("{n} bodies in {:?}", t0.elapsed());
+    }
+
     #[test]
     fn agent_payloads_stay_under_the_intakes_limit_and_keep_every_chunk() {
         let core = core();
@@ -759,6 +1006,109 @@ mod tests {
             .flat_map(|(t, n)| (0..n).map(move |c| t * 10 + c + 1))
             .collect();
         assert_eq!(ids, want, "every chunk exactly once");
+    }
+
+    #[test]
+    fn spans_encode_as_prost_encodes_them() {
+        let mut s = pb::Span::default();
+        let check = |s: &pb::Span| {
+            let mut ours = Vec::new();
+            encode_span(s, &mut ours);
+            assert_eq!(ours, s.encode_to_vec(), "{s:?}");
+        };
+        check(&s);
+        s.service = "web".to_owned();
+        s.resource = "r".repeat(300);
+        s.trace_id = u64::MAX;
+        s.span_id = 1;
+        s.start = -5;
+        s.duration = i64::MIN;
+        s.error = -1;
+        check(&s);
+        s.error = 1;
+        s.r#type = "sql".to_owned();
+        s.meta.insert(String::new(), "no key".to_owned());
+        s.meta.insert("no value".to_owned(), String::new());
+        s.meta.insert("k".to_owned(), "v".repeat(200));
+        s.meta.insert(String::new(), String::new());
+        for (i, v) in [0.0, -0.0, 1.5, f64::NAN, f64::INFINITY, -3.0]
+            .into_iter()
+            .enumerate()
+        {
+            s.metrics.insert(format!("m{i}"), v);
+        }
+        s.metrics.insert(String::new(), 0.0);
+        check(&s);
+        s.meta_struct.insert("appsec".to_owned(), vec![1, 2, 3]);
+        s.meta_struct.insert("empty".to_owned(), Vec::new());
+        s.span_links.push(pb::SpanLink {
+            trace_id: 7,
+            span_id: 8,
+            ..Default::default()
+        });
+        s.span_events.push(pb::SpanEvent {
+            name: "e".to_owned(),
+            ..Default::default()
+        });
+        check(&s);
+    }
+
+    #[test]
+    fn tracer_payloads_encode_as_prost_encodes_them() {
+        let span = |id: u64| {
+            let mut s = pb::Span {
+                service: "web".to_owned(),
+                name: "flask.request".to_owned(),
+                resource: "GET /".to_owned(),
+                trace_id: id,
+                span_id: id,
+                start: 1_700_000_000_000_000_000,
+                duration: 1_000,
+                ..Default::default()
+            };
+            for k in 0..6 {
+                s.meta.insert(format!("k{k}"), format!("v{id}"));
+                s.metrics.insert(format!("m{k}"), id as f64);
+            }
+            s
+        };
+        let tp = |n: u64, bytes: usize| pb::TracerPayload {
+            container_id: "c".to_owned(),
+            language_name: "python".to_owned(),
+            tracer_version: "2.0".to_owned(),
+            env: "prod".to_owned(),
+            hostname: "h".to_owned(),
+            app_version: "1".to_owned(),
+            tags: HashMap::from([("a".to_owned(), "b".to_owned())]),
+            chunks: (1..=n)
+                .map(|i| {
+                    let mut c = chunk(i * 100, bytes);
+                    c.spans.extend((1..4).map(|j| span(i * 100 + j)));
+                    c.origin = "lambda".to_owned();
+                    c.dropped_trace = i % 2 == 0;
+                    c.tags.insert("t".to_owned(), "u".to_owned());
+                    c
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // One part; then cut in several (7 chunks of 600 kB).
+        for (n, bytes) in [(0, 0), (1, 10), (5, 100), (7, 600_000)] {
+            let tp = tp(n, bytes);
+            let want: Vec<(Vec<u8>, usize)> = split_tracer_payload(tp.clone())
+                .into_iter()
+                .map(|part| {
+                    let chunks = part.chunks.len();
+                    let bytes = pb::AgentPayload {
+                        tracer_payloads: vec![part],
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    (bytes, chunks)
+                })
+                .collect();
+            assert_eq!(agent_payload_entries(tp), want, "{n} chunks");
+        }
     }
 
     trait Chunks {

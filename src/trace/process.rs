@@ -97,6 +97,27 @@ impl Processor {
         }
     }
 
+    /// `obfuscate_pb_span`, skipping the URL obfuscator where it would
+    /// give back the URL as it is (see [`plain_url`]): it parses and
+    /// rebuilds every `http.url`, a sixth of the relay's instructions on
+    /// web traces.
+    fn obfuscate(&self, span: &mut pb::Span) {
+        let http = &self.obfuscation.http;
+        let skip_url = matches!(span.r#type.as_str(), "web" | "http")
+            && !http.remove_query_string
+            && !http.remove_path_digits
+            && span.meta.get("http.url").is_none_or(|u| plain_url(u));
+        if skip_url {
+            // The type selects the URL obfuscator and nothing else; a plain
+            // URL is no card number, so the credit card pass leaves it too.
+            let kind = std::mem::take(&mut span.r#type);
+            obfuscate_pb_span(span, &self.obfuscation);
+            span.r#type = kind;
+        } else {
+            obfuscate_pb_span(span, &self.obfuscation);
+        }
+    }
+
     /// Makes one chunk ready, or says why it is dropped (normalization
     /// refused it: foreign spans, an empty trace).
     pub fn chunk(&self, mut spans: Vec<pb::Span>, tracer: &Tracer) -> Result<Chunk, &'static str> {
@@ -116,10 +137,10 @@ impl Processor {
         }
         for span in &mut spans {
             truncate(span);
-            obfuscate_pb_span(span, &self.obfuscation);
+            self.obfuscate(span);
         }
         if !tracer.computed_top_level {
-            libdd_trace_utils::trace_utils::compute_top_level_span(&mut spans);
+            compute_top_level(&mut spans);
         }
         let root_span = &mut spans[root];
         let env = match root_span.meta.get("env").filter(|e| !e.is_empty()) {
@@ -161,6 +182,98 @@ impl Processor {
             version,
             has_error,
         })
+    }
+}
+
+/// Whether the URL obfuscator (with neither `remove_query_string` nor
+/// `remove_path_digits`) returns `url` unchanged, because it is of the
+/// plainest form: `http://` or `https://`, a host of lowercase letters,
+/// digits, dots and dashes, an optional port of digits, a path of
+/// unreserved characters and slashes (nothing to escape or unescape), and
+/// an optional query of printable ASCII (kept verbatim), no fragment.
+/// A test checks this against the obfuscator on generated URLs.
+fn plain_url(url: &str) -> bool {
+    let b = url.as_bytes();
+    let rest = if let Some(r) = b.strip_prefix(b"http://") {
+        r
+    } else if let Some(r) = b.strip_prefix(b"https://") {
+        r
+    } else {
+        return false;
+    };
+    let host = rest
+        .iter()
+        .position(|&c| matches!(c, b':' | b'/' | b'?'))
+        .unwrap_or(rest.len());
+    if host == 0
+        || !rest[..host]
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+    {
+        return false;
+    }
+    let mut rest = &rest[host..];
+    if let Some(r) = rest.strip_prefix(b":") {
+        let port = r
+            .iter()
+            .position(|&c| !c.is_ascii_digit())
+            .unwrap_or(r.len());
+        if port == 0 {
+            return false;
+        }
+        rest = &r[port..];
+    }
+    let path = rest.iter().position(|&c| c == b'?').unwrap_or(rest.len());
+    if path > 0 && rest[0] != b'/' {
+        return false;
+    }
+    rest[..path]
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'-' | b'.' | b'_' | b'~'))
+        && rest[path..]
+            .iter()
+            .all(|&c| c.is_ascii_graphic() && c != b'#')
+}
+
+/// `libdd_trace_utils::trace_utils::compute_top_level_span` (the Agent's
+/// `ComputeTopLevel`) without its SipHash map of cloned service names: a
+/// span is top-level (`_top_level: 1`) when it has no parent, its parent
+/// is not in the chunk, or its parent's service differs. Where two spans
+/// share an id, the last one is the parent, as in the crate's map.
+fn compute_top_level(spans: &mut [pb::Span]) {
+    const LINEAR: usize = 32;
+    let top: Vec<bool> = if spans.len() <= LINEAR {
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_id == 0
+                    || spans
+                        .iter()
+                        .rev()
+                        .find(|p| p.span_id == s.parent_id)
+                        .is_none_or(|p| p.service != s.service)
+            })
+            .collect()
+    } else {
+        let mut by_id: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
+        by_id.reserve(spans.len());
+        for (i, s) in spans.iter().enumerate() {
+            by_id.insert(s.span_id, i);
+        }
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_id == 0
+                    || by_id
+                        .get(&s.parent_id)
+                        .is_none_or(|&p| spans[p].service != s.service)
+            })
+            .collect()
+    };
+    for (span, top) in spans.iter_mut().zip(top) {
+        if top {
+            span.metrics.insert("_top_level".to_owned(), 1.0);
+        }
     }
 }
 
@@ -264,6 +377,83 @@ mod tests {
         assert_eq!(c.spans[1].metrics.get("_top_level"), Some(&1.0), "the root");
         assert_eq!((c.env.as_str(), c.version.as_str()), ("prod", "1.2"));
         assert_eq!(c.spans[1].meta.get("env").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn plain_urls_are_what_the_obfuscator_leaves_alone() {
+        use libdd_trace_obfuscation::http::obfuscate_url_string;
+        for url in [
+            "http://shop.example.com/items/42?ref=home&page=2",
+            "https://prices.example.com/prices?item=1",
+            "http://h",
+            "http://h:8080",
+            "http://h/",
+            "http://h?",
+            "http://h/?a=%zz&b=[]&c=ü",
+        ] {
+            let same = obfuscate_url_string(url, false, false) == url;
+            assert!(!plain_url(url) || same, "{url}");
+        }
+        for url in [
+            "HTTP://h/",
+            "http://u:p@h/",
+            "http://H/",
+            "http://h/a%41",
+            "http://h/a b",
+            "http://h/#f",
+            "http://h:/",
+            "http:///p",
+            "ftp://h/",
+            "http://h/é",
+        ] {
+            assert!(!plain_url(url), "{url}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_plain_url_comes_out_of_the_obfuscator_unchanged(
+            url in "(https?|HTTP|ftp)://[a-zA-Z0-9.@:\\[\\]-]{0,12}(:[0-9]{0,5})?(/[a-zA-Z0-9._~%!$&'()*+,;=:@ -]{0,8}){0,4}(\\?[ -~]{0,16})?(#[a-z]{0,3})?"
+        ) {
+            if plain_url(&url) {
+                proptest::prop_assert_eq!(
+                    libdd_trace_obfuscation::http::obfuscate_url_string(&url, false, false),
+                    url
+                );
+            }
+        }
+
+        #[test]
+        fn every_plain_url_comes_out_unchanged(
+            url in "https?://[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[a-zA-Z0-9._~-]{0,8}){0,4}(\\?[!-\"$-~]{0,16})?"
+        ) {
+            proptest::prop_assert!(plain_url(&url), "{}", url);
+            if plain_url(&url) {
+                proptest::prop_assert_eq!(
+                    libdd_trace_obfuscation::http::obfuscate_url_string(&url, false, false),
+                    url
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn top_level_is_computed_as_the_crate_does() {
+        // Small (linear) and large (map) chunks, with duplicate ids,
+        // missing parents and service changes.
+        for n in [1usize, 5, 32, 33, 200] {
+            let mut spans: Vec<pb::Span> = (0..n as u64)
+                .map(|i| {
+                    let mut s = span(i % 40 + 1, (i * 7) % 50, ["a", "b"][(i % 3 == 0) as usize]);
+                    s.metrics.insert("_top_level".to_owned(), 0.5);
+                    s
+                })
+                .collect();
+            let mut theirs = spans.clone();
+            compute_top_level(&mut spans);
+            libdd_trace_utils::trace_utils::compute_top_level_span(&mut theirs);
+            assert_eq!(spans, theirs, "{n} spans");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use libdd_trace_protobuf::pb;
-use libdd_trace_stats::span_concentrator::SpanConcentrator;
+use libdd_trace_stats::span_concentrator::{SpanConcentrator, StatSpan};
 
 /// The Agent's stats bucket.
 pub const BUCKET: Duration = Duration::from_secs(10);
@@ -84,9 +84,9 @@ impl Stats {
             if span.start.saturating_add(span.duration) > latest {
                 let mut moved = span.clone();
                 moved.start = now.saturating_sub(moved.duration.max(0));
-                c.add_span(&moved);
+                c.add_span(&View::new(&moved));
             } else {
-                c.add_span(span);
+                c.add_span(&View::new(span));
             }
         }
     }
@@ -112,6 +112,109 @@ impl Stats {
             keep
         });
         out
+    }
+}
+
+/// Maps up to this many entries are searched in order rather than hashed.
+const LINEAR: usize = 16;
+
+/// A span as the concentrator reads it: what `libdd-trace-stats`' own
+/// `StatSpan for pb::Span` answers, but a lookup in a small `meta` or
+/// `metrics` map compares the keys in order instead of SipHashing the key
+/// (the concentrator asks about 17 keys of every eligible span). A small
+/// `meta` is copied out of its hash table once, as (key, value) pairs.
+struct View<'s> {
+    span: &'s pb::Span,
+    meta: [(&'s str, &'s str); LINEAR],
+    /// Pairs in `meta`, or `usize::MAX` for a map too large to copy.
+    n: usize,
+}
+
+impl<'s> View<'s> {
+    fn new(span: &'s pb::Span) -> Self {
+        let mut meta = [("", ""); LINEAR];
+        let n = if span.meta.len() <= LINEAR {
+            for (slot, (k, v)) in meta.iter_mut().zip(&span.meta) {
+                *slot = (k.as_str(), v.as_str());
+            }
+            span.meta.len()
+        } else {
+            usize::MAX
+        };
+        Self { span, meta, n }
+    }
+
+    fn meta(&self, key: &str) -> Option<&'s str> {
+        match self.meta.get(..self.n) {
+            Some(pairs) => pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+            None => self.span.meta.get(key).map(String::as_str),
+        }
+    }
+}
+
+fn metric(span: &pb::Span, key: &str) -> Option<f64> {
+    if span.metrics.len() <= LINEAR {
+        span.metrics
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| *v)
+    } else {
+        span.metrics.get(key).copied()
+    }
+}
+
+impl<'a> StatSpan<'a> for View<'a> {
+    fn service(&'a self) -> &'a str {
+        &self.span.service
+    }
+
+    fn resource(&'a self) -> &'a str {
+        &self.span.resource
+    }
+
+    fn name(&'a self) -> &'a str {
+        &self.span.name
+    }
+
+    fn r#type(&'a self) -> &'a str {
+        &self.span.r#type
+    }
+
+    fn start(&'a self) -> i64 {
+        self.span.start
+    }
+
+    fn duration(&'a self) -> i64 {
+        self.span.duration
+    }
+
+    fn is_error(&'a self) -> bool {
+        self.span.error != 0
+    }
+
+    fn is_trace_root(&'a self) -> bool {
+        self.span.parent_id == 0
+    }
+
+    fn is_measured(&'a self) -> bool {
+        metric(self.span, "_dd.measured") == Some(1.0)
+    }
+
+    fn is_partial_snapshot(&'a self) -> bool {
+        metric(self.span, "_dd.partial_version").is_some_and(|v| v >= 0.0)
+    }
+
+    fn has_top_level(&'a self) -> bool {
+        metric(self.span, "_dd.top_level") == Some(1.0)
+            || metric(self.span, "_top_level") == Some(1.0)
+    }
+
+    fn get_meta(&'a self, key: &str) -> Option<&'a str> {
+        self.meta(key)
+    }
+
+    fn get_metrics(&'a self, key: &str) -> Option<f64> {
+        metric(self.span, key)
     }
 }
 
@@ -201,6 +304,69 @@ mod tests {
             .map(|g| g.hits)
             .sum();
         assert_eq!(hits, 501, "the future spans are still counted");
+    }
+
+    #[test]
+    fn the_view_answers_as_the_crates_span_does() {
+        let keys = [
+            "_dd.measured",
+            "_dd.partial_version",
+            "_dd.top_level",
+            "_top_level",
+            "span.kind",
+            "http.status_code",
+            "missing",
+        ];
+        for n in [0usize, 3, 16, 17, 40] {
+            let mut s = span(1, n % 2 == 0);
+            s.parent_id = n as u64;
+            for i in 0..n {
+                let k = keys[i % keys.len()];
+                let k = if i < keys.len() {
+                    k.to_owned()
+                } else {
+                    format!("{k}{i}")
+                };
+                s.meta.insert(k.clone(), format!("v{i}"));
+                s.metrics.insert(k, [1.0, -1.0, 0.0, 2.0][i % 4]);
+            }
+            let v = View::new(&s);
+            assert_eq!(v.is_measured(), StatSpan::is_measured(&s), "{n}");
+            assert_eq!(
+                v.is_partial_snapshot(),
+                StatSpan::is_partial_snapshot(&s),
+                "{n}"
+            );
+            assert_eq!(v.has_top_level(), StatSpan::has_top_level(&s), "{n}");
+            assert_eq!(v.is_trace_root(), StatSpan::is_trace_root(&s), "{n}");
+            assert_eq!(v.is_error(), StatSpan::is_error(&s), "{n}");
+            assert_eq!(
+                (
+                    v.service(),
+                    v.name(),
+                    v.resource(),
+                    v.r#type(),
+                    v.start(),
+                    v.duration()
+                ),
+                (
+                    StatSpan::service(&s),
+                    StatSpan::name(&s),
+                    StatSpan::resource(&s),
+                    StatSpan::r#type(&s),
+                    StatSpan::start(&s),
+                    StatSpan::duration(&s)
+                )
+            );
+            for k in keys
+                .iter()
+                .map(|k| k.to_string())
+                .chain((0..n).map(|i| format!("{}{i}", keys[i % keys.len()])))
+            {
+                assert_eq!(v.get_meta(&k), StatSpan::get_meta(&s, &k), "{n} {k}");
+                assert_eq!(v.get_metrics(&k), StatSpan::get_metrics(&s, &k), "{n} {k}");
+            }
+        }
     }
 
     #[test]
