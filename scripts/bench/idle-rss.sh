@@ -7,7 +7,8 @@
 # DD_DOGSTATSD_PORT, DD_API_KEY (not a real key), DD_DD_URL pointing at that
 # intake and DYNOSTAT_FLUSH_INTERVAL set, and reads /proc/PID/status before
 # the first flush and after each of the first IDLE_RSS_FLUSHES flushes (no
-# metrics are sent: each flush carries only dynostat's own telemetry).
+# metrics are sent: each flush carries only dynostat's own telemetry, turned
+# on with DD_DOGSTATSD_STATS_ENABLE=true so that each flush is one request).
 # Out: one markdown table on stdout (VmRSS, RssAnon, RssFile, VmHWM, threads);
 # with IDLE_RSS_SMAPS=1, the per-mapping Rss/Anonymous of the last reading
 # too. Progress on stderr.
@@ -77,8 +78,10 @@ row() {
 		"$(status_kib Threads)"
 }
 
+# Each flush is seen by its request at the intake: with no metric sent, only
+# dynostat's own telemetry makes one, which is off by default since issue 25.
 env -i "PATH=${PATH}" "DD_DOGSTATSD_PORT=${PORT}" DD_API_KEY=idle-rss-not-a-real-key \
-	"DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}" "DYNOSTAT_FLUSH_INTERVAL=${INTERVAL}" \
+	DD_DOGSTATSD_STATS_ENABLE=true "DD_DD_URL=http://127.0.0.1:${INTAKE_PORT}" "DYNOSTAT_FLUSH_INTERVAL=${INTERVAL}" \
 	"${EXTRA_ENV[@]}" "${BIN}" serve >"${TMP}/server.out" 2>"${TMP}/server.err" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
