@@ -14,15 +14,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// Every metric name at the intake, whatever the endpoint: series, sketches.
 fn names(intake: &Intake) -> Vec<String> {
-    let mut names: Vec<String> = intake
-        .series()
-        .iter()
-        .map(|s| s["metric"].as_str().unwrap().to_owned())
-        .chain(intake.sketches().into_iter().map(|s| s.metric))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    intake.metric_names()
 }
 
 /// Only a key and an app metric: the intake receives that metric and

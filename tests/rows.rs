@@ -11,15 +11,10 @@ use common::{has_tags, Intake, Serve};
 
 const T: Duration = Duration::from_secs(30);
 
+/// The app's metric names at the intake (not dynostat's own).
 fn names(intake: &Intake) -> Vec<String> {
-    let mut names: Vec<String> = intake
-        .series()
-        .iter()
-        .map(|s| s["metric"].as_str().unwrap().to_owned())
-        .filter(|n| !n.starts_with("dynostat."))
-        .collect();
-    names.sort();
-    names.dedup();
+    let mut names = intake.metric_names();
+    names.retain(|n| !n.starts_with("dynostat."));
     names
 }
 

@@ -346,6 +346,19 @@ impl Intake {
             .collect()
     }
 
+    /// Every metric name at the intake, series and sketches, sorted, once each.
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .series()
+            .iter()
+            .filter_map(|s| s["metric"].as_str().map(str::to_owned))
+            .chain(self.sketches().into_iter().map(|s| s.metric))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Accepted sketches named `metric`.
     pub fn sketches_named(&self, metric: &str) -> Vec<SketchOut> {
         self.sketches()
