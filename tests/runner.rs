@@ -461,7 +461,7 @@ fn the_listener_runs_beside_the_app_as_statsd() {
             .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
     );
     p.expect_stdout("statsd | ", T);
-    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stdout());
+    assert!(wait(T, || listening(&p.stdout(), port)), "{}", p.stdout());
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     // Console flushes are prefixed like any process.
     assert!(
@@ -568,7 +568,7 @@ fn run_starts_the_listener_first_and_stops_it_with_a_final_flush() {
         .env("DYNOSTAT_FLUSH_INTERVAL", "300")
         .env("DYNOSTAT_SHUTDOWN_GRACE", "0.2"),
     );
-    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stderr());
+    assert!(wait(T, || listening(&p.stderr(), port)), "{}", p.stderr());
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.send_to(b"run.final.metric:2|c", ("127.0.0.1", port))
         .unwrap();
@@ -597,6 +597,14 @@ fn start_console(extra_env: &[(&str, &str)]) -> (tempfile::TempDir, std::process
     (dir, cmd, port)
 }
 
+/// Whether the listener has said it listens on UDP `port`. Tests wait for
+/// this line, not for the port in `/proc/net/udp`: the runner checks that the
+/// port is free by binding it for a moment before it starts the listener,
+/// and a datagram sent in that moment goes to the check and is lost.
+fn listening(out: &str, port: u16) -> bool {
+    out.contains(&format!("listening on=udp://127.0.0.1:{port}"))
+}
+
 /// Sends three increments of `name` in one datagram (one flush).
 fn send_three(port: u16, name: &str) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -616,7 +624,7 @@ fn console_row(out: &str, name: &str) -> Option<String> {
 fn console_in_a_pipe_shows_the_count_an_ascii_trend_and_one_summary_line() {
     let (_dir, mut cmd, port) = start_console(&[]);
     let mut p = Proc::spawn(&mut cmd);
-    assert!(wait(T, || harness::udp_bound(port)), "{}", p.stdout());
+    assert!(wait(T, || listening(&p.stdout(), port)), "{}", p.stdout());
     send_three(port, "pipe.requests");
     assert!(
         wait(T, || console_row(&p.stdout(), "pipe.requests").is_some()),
@@ -653,7 +661,11 @@ fn console_on_a_terminal_draws_a_sparkline_and_no_color_makes_it_ascii() {
         let extra: Vec<(&str, &str)> = no_color.map(|v| ("NO_COLOR", v)).into_iter().collect();
         let (_dir, mut cmd, port) = start_console(&extra);
         let pty = PtyRun::spawn(&mut cmd);
-        assert!(wait(T, || harness::udp_bound(port)), "{}", pty.output());
+        assert!(
+            wait(T, || listening(&strip_ansi(&pty.output()), port)),
+            "{}",
+            pty.output()
+        );
         send_three(port, "tty.requests");
         assert!(
             wait(T, || console_row(
