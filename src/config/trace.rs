@@ -57,6 +57,10 @@ pub struct TraceConfig {
     pub service: Option<String>,
     /// `DD_VERSION`: filled into the spans of `DD_SERVICE` that carry none.
     pub version: Option<String>,
+    /// `DD_APM_OBFUSCATION_CACHE_ENABLED`: keep SQL obfuscation results in a
+    /// bounded cache (1 MiB, see docs/DESIGN.md). Defaults to true, as in
+    /// the Agent.
+    pub obfuscation_cache: bool,
 }
 
 impl TraceConfig {
@@ -116,6 +120,9 @@ impl TraceConfig {
                 "10",
             )
         };
+        let obfuscation_cache = n
+            .or(r.bool("DD_APM_OBFUSCATION_CACHE_ENABLED"), None, "true")?
+            .unwrap_or(true);
         let max_tps = tps(n, "DD_APM_MAX_TPS", DEFAULT_MAX_TPS)?;
         let error_tps = tps(n, "DD_APM_ERROR_TPS", DEFAULT_ERROR_TPS)?;
         let mut word = |var: &'static str| -> Result<Option<String>, ConfigError> {
@@ -137,6 +144,7 @@ impl TraceConfig {
             env: word("DD_ENV")?,
             service: word("DD_SERVICE")?,
             version: word("DD_VERSION")?,
+            obfuscation_cache,
         })
     }
 
@@ -166,6 +174,7 @@ mod tests {
         );
         assert!((c.max_tps - 10.0).abs() < f64::EPSILON);
         assert!((c.error_tps - 10.0).abs() < f64::EPSILON);
+        assert!(c.obfuscation_cache);
         let eu = config(&[("DD_SITE", "datadoghq.eu")]).trace;
         assert_eq!(eu.intake_url, "https://trace.agent.datadoghq.eu");
     }
@@ -177,9 +186,11 @@ mod tests {
             ("DD_APM_RECEIVER_PORT", "9126"),
             ("DD_APM_DD_URL", "http://127.0.0.1:1/"),
             ("DD_APM_MAX_TPS", "2.5"),
+            ("DD_APM_OBFUSCATION_CACHE_ENABLED", "false"),
         ])
         .trace;
         assert!(!c.enabled);
+        assert!(!c.obfuscation_cache);
         assert_eq!(c.port, 9126);
         assert_eq!(c.intake_url, "http://127.0.0.1:1");
         assert!((c.max_tps - 2.5).abs() < f64::EPSILON);

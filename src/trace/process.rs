@@ -9,10 +9,14 @@
 //! reason is kept), or keep a string longer than the Agent's limits.
 
 use libdd_trace_obfuscation::obfuscate::obfuscate_pb_span;
-use libdd_trace_obfuscation::obfuscation_config::ObfuscationConfig;
+use libdd_trace_obfuscation::obfuscation_config::{DbmsKind, ObfuscationConfig};
+use libdd_trace_obfuscation::sql::obfuscate_sql_resource;
 use libdd_trace_protobuf::pb;
 
 use crate::config::TraceConfig;
+
+mod cache;
+use cache::SqlCache;
 
 /// The Agent's truncation limits (pkg/trace/traceutil/truncate.go).
 const MAX_RESOURCE_LEN: usize = 5_000;
@@ -72,6 +76,8 @@ impl Chunk {
 /// The processing step, with its obfuscation settings built once.
 pub struct Processor {
     obfuscation: ObfuscationConfig,
+    /// SQL obfuscation results (`DD_APM_OBFUSCATION_CACHE_ENABLED`).
+    sql_cache: Option<SqlCache>,
     env: Option<String>,
     service: Option<String>,
     version: Option<String>,
@@ -91,6 +97,9 @@ impl Processor {
     pub fn new(config: &TraceConfig) -> Self {
         Self {
             obfuscation: ObfuscationConfig::default(),
+            sql_cache: config
+                .obfuscation_cache
+                .then(|| SqlCache::new(cache::BUDGET)),
             env: config.env.clone(),
             service: config.service.clone(),
             version: config.version.clone(),
@@ -101,7 +110,15 @@ impl Processor {
     /// give back the URL as it is (see [`plain_url`]): it parses and
     /// rebuilds every `http.url`, a sixth of the relay's instructions on
     /// web traces.
-    fn obfuscate(&self, span: &mut pb::Span) {
+    fn obfuscate(&mut self, span: &mut pb::Span) {
+        if self.sql_cache.is_some()
+            && matches!(span.r#type.as_str(), "sql" | "cassandra")
+            && !span.resource.is_empty()
+            && self.obfuscation.tag_replace_rules.is_empty()
+        {
+            self.obfuscate_sql(span);
+            return;
+        }
         let http = &self.obfuscation.http;
         let skip_url = matches!(span.r#type.as_str(), "web" | "http")
             && !http.remove_query_string
@@ -118,9 +135,48 @@ impl Processor {
         }
     }
 
+    /// `obfuscate_pb_span` for a SQL span with a resource, the query's
+    /// obfuscation looked up in the cache first. The crate's order: span
+    /// events and the credit card pass over `meta` (the type selects
+    /// nothing else, and no replace rules are set), then the resource and
+    /// `sql.query` both set to `obfuscate_sql_resource(resource)` for the
+    /// DBMS `db.type` names.
+    fn obfuscate_sql(&mut self, span: &mut pb::Span) {
+        let kind = std::mem::take(&mut span.r#type);
+        obfuscate_pb_span(span, &self.obfuscation);
+        span.r#type = kind;
+        let dbms: DbmsKind = span
+            .meta
+            .get("db.type")
+            .and_then(|d| DbmsKind::try_from(d.as_str()).ok())
+            .unwrap_or_default();
+        let Some(cache) = self.sql_cache.as_mut() else {
+            return;
+        };
+        let hash = SqlCache::hash(dbms, &span.resource);
+        let query = match cache.get(hash, dbms, &span.resource) {
+            Some(q) => {
+                span.resource.clear();
+                span.resource.push_str(q);
+                span.resource.clone()
+            }
+            None => {
+                let q = obfuscate_sql_resource(&span.resource, &self.obfuscation.sql, dbms);
+                cache.insert(hash, dbms, &span.resource, &q);
+                span.resource.clone_from(&q);
+                q
+            }
+        };
+        span.meta.insert("sql.query".to_owned(), query);
+    }
+
     /// Makes one chunk ready, or says why it is dropped (normalization
     /// refused it: foreign spans, an empty trace).
-    pub fn chunk(&self, mut spans: Vec<pb::Span>, tracer: &Tracer) -> Result<Chunk, &'static str> {
+    pub fn chunk(
+        &mut self,
+        mut spans: Vec<pb::Span>,
+        tracer: &Tracer,
+    ) -> Result<Chunk, &'static str> {
         if spans.is_empty() {
             return Err("empty trace");
         }
@@ -347,6 +403,7 @@ mod tests {
     fn processor(env: Option<&str>, version: Option<&str>) -> Processor {
         Processor {
             obfuscation: ObfuscationConfig::default(),
+            sql_cache: Some(SqlCache::new(cache::BUDGET)),
             env: env.map(str::to_owned),
             service: Some("web".to_owned()),
             version: version.map(str::to_owned),
@@ -435,6 +492,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// One SQL span of `query` under `db_type`, with a credit card number
+    /// and an old `sql.query` in its meta, processed by `p`.
+    fn sql_out(p: &mut Processor, query: &str, db_type: &str) -> pb::Span {
+        let mut db = span(1, 0, "db");
+        db.r#type = "sql".to_owned();
+        db.resource = query.to_owned();
+        db.meta.insert("db.type".to_owned(), db_type.to_owned());
+        db.meta.insert("sql.query".to_owned(), query.to_owned());
+        db.meta
+            .insert("card".to_owned(), "4111 1111 1111 1111".to_owned());
+        let mut c = p.chunk(vec![db], &Tracer::default()).expect("valid");
+        c.spans.remove(0)
+    }
+
+    fn uncached() -> Processor {
+        Processor {
+            sql_cache: None,
+            ..processor(None, None)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The cached path gives what `obfuscate_pb_span` gives, on each
+        /// query's first (miss), second (stored) and later (hit) sightings,
+        /// with other queries in between, and stays within its budget.
+        #[test]
+        fn cached_sql_obfuscation_is_the_obfuscators(
+            queries in proptest::collection::vec(
+                ("(SELECT|select|INSERT INTO|UPDATE|DELETE FROM|WITH|BEGIN|-- c\\n|/\\*x\\*/| )[ a-z0-9_.,*()=<>'\"`$:?@#%!;\\[\\]\\\\-]{0,80}",
+                 "(postgresql|mysql|mssql|oracle|MySQL|other|)"),
+                1..12,
+            ),
+            order in proptest::collection::vec(0usize..12, 0..48),
+        ) {
+            let mut cached = processor(None, None);
+            let mut plain = uncached();
+            let seq = queries.iter().chain(order.iter().map(|&i| &queries[i % queries.len()]));
+            for (q, dbms) in seq.clone().chain(seq) {
+                let a = sql_out(&mut cached, q, dbms);
+                let b = sql_out(&mut plain, q, dbms);
+                proptest::prop_assert_eq!(&a, &b, "{:?} {:?}", q, dbms);
+                let bytes = cached.sql_cache.as_ref().map_or(0, SqlCache::bytes);
+                proptest::prop_assert!(bytes <= cache::BUDGET);
+            }
+        }
+    }
+
+    #[test]
+    fn cached_sql_is_hit_and_identical() {
+        let mut cached = processor(None, None);
+        let mut plain = uncached();
+        for q in [
+            "SELECT items.id FROM items WHERE items.id = %s AND owners.name = 'alice' LIMIT 1",
+            "SELECT * FROM t WHERE a IN (1, 2, 3)",
+            "   ",
+            "-- only a comment",
+            "UPDATE t SET a = $1 WHERE b = 4111111111111111",
+        ] {
+            for db_type in ["postgresql", "mssql", ""] {
+                for _ in 0..4 {
+                    assert_eq!(
+                        sql_out(&mut cached, q, db_type),
+                        sql_out(&mut plain, q, db_type),
+                        "{q:?} {db_type:?}"
+                    );
+                }
+            }
+        }
+        let c = cached.sql_cache.as_ref().expect("on");
+        assert_eq!(c.entries(), 15, "each query and DBMS stored once");
     }
 
     #[test]
