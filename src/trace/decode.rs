@@ -195,22 +195,27 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The next `N` bytes, for a fixed-size number.
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
+    }
+
     /// Any number as i128 (floats truncated), nil as 0.
     fn int(&mut self) -> Result<i128, DecodeError> {
         let m = self.byte()?;
         Ok(match m {
             0x00..=0x7f => i128::from(m),
             0xe0..=0xff => i128::from(m as i8),
-            0xcc => i128::from(self.be(1)?),
-            0xcd => i128::from(self.be(2)?),
-            0xce => i128::from(self.be(4)?),
-            0xcf => i128::from(self.be(8)?),
-            0xd0 => i128::from(self.be(1)? as u8 as i8),
-            0xd1 => i128::from(self.be(2)? as u16 as i16),
-            0xd2 => i128::from(self.be(4)? as u32 as i32),
-            0xd3 => i128::from(self.be(8)? as i64),
-            0xca => f32::from_bits(self.be(4)? as u32) as i128,
-            0xcb => f64::from_bits(self.be(8)?) as i128,
+            0xcc => i128::from(self.byte()?),
+            0xcd => i128::from(u16::from_be_bytes(self.fixed()?)),
+            0xce => i128::from(u32::from_be_bytes(self.fixed()?)),
+            0xcf => i128::from(u64::from_be_bytes(self.fixed()?)),
+            0xd0 => i128::from(self.byte()? as i8),
+            0xd1 => i128::from(i16::from_be_bytes(self.fixed()?)),
+            0xd2 => i128::from(i32::from_be_bytes(self.fixed()?)),
+            0xd3 => i128::from(i64::from_be_bytes(self.fixed()?)),
+            0xca => f32::from_be_bytes(self.fixed()?) as i128,
+            0xcb => f64::from_be_bytes(self.fixed()?) as i128,
             0xc0 => 0,
             0xc2 => 0,
             0xc3 => 1,
@@ -223,11 +228,11 @@ impl<'a> Reader<'a> {
         match self.peek()? {
             0xca => {
                 self.pos += 1;
-                Ok(f64::from(f32::from_bits(self.be(4)? as u32)))
+                Ok(f64::from(f32::from_be_bytes(self.fixed()?)))
             }
             0xcb => {
                 self.pos += 1;
-                Ok(f64::from_bits(self.be(8)?))
+                Ok(f64::from_be_bytes(self.fixed()?))
             }
             _ => Ok(self.int()? as f64),
         }
@@ -375,7 +380,7 @@ fn v04_span(r: &mut Reader<'_>) -> Result<pb::Span, DecodeError> {
             }
             b"metrics" => {
                 let n = r.map()?.unwrap_or(0);
-                span.metrics.reserve(n.min(MAX_PREALLOC));
+                span.metrics.reserve(metrics_capacity(n));
                 for _ in 0..n {
                     let k = r.string()?;
                     let v = r.float()?;
@@ -399,6 +404,17 @@ fn v04_span(r: &mut Reader<'_>) -> Result<pb::Span, DecodeError> {
     }
     check_ids(&span)?;
     Ok(span)
+}
+
+/// Room for a span's `n` metrics and the `_top_level` that processing
+/// adds to top-level spans (a table grown for it would rehash every key);
+/// none when there are none (an insert allocates the same table).
+fn metrics_capacity(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        n.min(MAX_PREALLOC) + 1
+    }
 }
 
 fn check_ids(span: &pb::Span) -> Result<(), DecodeError> {
@@ -476,7 +492,7 @@ fn v05_span(r: &mut Reader<'_>, dict: &[&str]) -> Result<pb::Span, DecodeError> 
     }
     span.meta = meta;
     let n = r.map()?.unwrap_or(0);
-    let mut metrics = HashMap::with_capacity(n.min(MAX_PREALLOC));
+    let mut metrics = HashMap::with_capacity(metrics_capacity(n));
     for _ in 0..n {
         let k = word(r)?;
         let v = r.float()?;
@@ -498,6 +514,78 @@ mod tests {
         assert!(s.len() < 32);
         out.push(0xa0 | s.len() as u8);
         out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn numbers_of_every_width_and_sign_decode_to_their_values() {
+        let ints: [i128; 14] = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            65_535,
+            4_294_967_295,
+            u64::MAX as i128,
+            -1,
+            -32,
+            -33,
+            -129,
+            -40_000,
+            i64::MIN as i128,
+        ];
+        for v in ints {
+            // Every width that holds the value, fixints included.
+            let mut all = Vec::new();
+            if (-32..=127).contains(&v) {
+                all.push(vec![v as i8 as u8]);
+            }
+            if let Ok(x) = u8::try_from(v) {
+                all.push(vec![0xcc, x]);
+            }
+            if let Ok(x) = u16::try_from(v) {
+                all.push([&[0xcd][..], &x.to_be_bytes()].concat());
+            }
+            if let Ok(x) = u32::try_from(v) {
+                all.push([&[0xce][..], &x.to_be_bytes()].concat());
+            }
+            if let Ok(x) = u64::try_from(v) {
+                all.push([&[0xcf][..], &x.to_be_bytes()].concat());
+            }
+            if let Ok(x) = i8::try_from(v) {
+                all.push(vec![0xd0, x as u8]);
+            }
+            if let Ok(x) = i16::try_from(v) {
+                all.push([&[0xd1][..], &x.to_be_bytes()].concat());
+            }
+            if let Ok(x) = i32::try_from(v) {
+                all.push([&[0xd2][..], &x.to_be_bytes()].concat());
+            }
+            if let Ok(x) = i64::try_from(v) {
+                all.push([&[0xd3][..], &x.to_be_bytes()].concat());
+            }
+            for b in all {
+                assert_eq!(Reader::new(&b, usize::MAX).int(), Ok(v), "{b:x?}");
+                assert_eq!(Reader::new(&b, usize::MAX).float(), Ok(v as f64), "{b:x?}");
+                let mut short = b.clone();
+                short.pop();
+                if !short.is_empty() {
+                    assert_eq!(
+                        Reader::new(&short, usize::MAX).int(),
+                        Err(DecodeError::Truncated)
+                    );
+                }
+            }
+        }
+        for f in [0.0f64, 1.5, -2.25, 1e300, f64::from(f32::MAX)] {
+            let b = [&[0xcb][..], &f.to_be_bytes()].concat();
+            assert_eq!(Reader::new(&b, usize::MAX).float(), Ok(f));
+            assert_eq!(Reader::new(&b, usize::MAX).int(), Ok(f as i128));
+            let g = f as f32;
+            let b = [&[0xca][..], &g.to_be_bytes()].concat();
+            assert_eq!(Reader::new(&b, usize::MAX).float(), Ok(f64::from(g)));
+            assert_eq!(Reader::new(&b, usize::MAX).int(), Ok(g as i128));
+        }
     }
 
     fn span_v04(trace_id: u8, span_id: u8) -> Vec<u8> {
