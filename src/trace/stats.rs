@@ -11,7 +11,6 @@
 //! crate's cardinality limits (7,000 keys a bucket), or open a bucket more
 //! than [`MAX_AHEAD`] in the future.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use libdd_trace_protobuf::pb;
@@ -30,7 +29,10 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(60);
 /// The concentrators, one per (env, version), as the Agent keys its
 /// payloads.
 pub struct Stats {
-    groups: HashMap<(String, String), SpanConcentrator>,
+    /// (env, version, concentrator), at most [`MAX_GROUPS`] and the empty
+    /// pair: searched in order, as there are few (no key to allocate and
+    /// SipHash for every chunk).
+    groups: Vec<(String, String, SpanConcentrator)>,
     span_kinds: Vec<String>,
 }
 
@@ -52,7 +54,7 @@ impl Stats {
     /// No buckets yet.
     pub fn new() -> Self {
         Self {
-            groups: HashMap::new(),
+            groups: Vec::new(),
             span_kinds: libdd_trace_stats::span_concentrator::default_stats_eligible_span_kinds(),
         }
     }
@@ -61,21 +63,36 @@ impl Stats {
     /// eligible `span.kind`, as the Agent picks them). Past [`MAX_GROUPS`]
     /// pairs, a new pair's spans count under the empty pair.
     pub fn add(&mut self, spans: &[pb::Span], env: &str, version: &str) {
-        let mut key = (env.to_owned(), version.to_owned());
-        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
-            key = (String::new(), String::new());
+        let find = |groups: &[(String, String, SpanConcentrator)], env: &str, version: &str| {
+            groups.iter().position(|(e, v, _)| e == env && v == version)
+        };
+        let mut at = find(&self.groups, env, version);
+        if at.is_none() {
+            let (env, version) = if self.groups.len() >= MAX_GROUPS {
+                ("", "")
+            } else {
+                (env, version)
+            };
+            at = find(&self.groups, env, version);
+            if at.is_none() {
+                self.groups.push((
+                    env.to_owned(),
+                    version.to_owned(),
+                    SpanConcentrator::new(
+                        BUCKET,
+                        SystemTime::now(),
+                        self.span_kinds.clone(),
+                        Vec::new(),
+                        None,
+                        Vec::new(),
+                    ),
+                ));
+                at = Some(self.groups.len() - 1);
+            }
         }
-        let kinds = &self.span_kinds;
-        let c = self.groups.entry(key).or_insert_with(|| {
-            SpanConcentrator::new(
-                BUCKET,
-                SystemTime::now(),
-                kinds.clone(),
-                Vec::new(),
-                None,
-                Vec::new(),
-            )
-        });
+        let Some(c) = at.and_then(|i| self.groups.get_mut(i)).map(|g| &mut g.2) else {
+            return;
+        };
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -97,7 +114,7 @@ impl Stats {
     pub fn flush(&mut self, force: bool, hostname: &str) -> Vec<pb::ClientStatsPayload> {
         let now = SystemTime::now();
         let mut out = Vec::new();
-        self.groups.retain(|(env, version), c| {
+        self.groups.retain_mut(|(env, version, c)| {
             let buckets = c.flush(now, force).all_buckets();
             let keep = !buckets.is_empty() || !force;
             if !buckets.is_empty() {
@@ -280,6 +297,36 @@ mod tests {
             metrics: HashMap::from([("_top_level".to_owned(), 1.0)]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pairs_past_the_limit_count_under_the_empty_pair() {
+        let mut s = Stats::new();
+        for round in 0..2 {
+            for i in 0..MAX_GROUPS + 5 {
+                s.add(&[span(1, false)], "prod", &format!("v{i}"));
+            }
+            // A known pair is still its own after the limit.
+            s.add(&[span(2, round == 0)], "prod", "v0");
+        }
+        assert_eq!(s.groups.len(), MAX_GROUPS + 1);
+        let out = s.flush(true, "h");
+        let hits = |version: &str| -> u64 {
+            out.iter()
+                .filter(|p| {
+                    p.env == if version.is_empty() { "" } else { "prod" } && p.version == version
+                })
+                .flat_map(|p| &p.stats)
+                .flat_map(|b| &b.stats)
+                .map(|g| g.hits)
+                .sum()
+        };
+        assert_eq!(hits("v0"), 4);
+        assert_eq!(hits("v31"), 2);
+        assert_eq!(hits(""), 10, "v32 to v36, twice");
+        assert_eq!(out.len(), MAX_GROUPS + 1);
+        assert!(s.flush(true, "h").is_empty());
+        assert!(s.groups.is_empty(), "empty at a forced flush: forgotten");
     }
 
     #[test]
