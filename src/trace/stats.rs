@@ -132,51 +132,93 @@ impl Stats {
     }
 }
 
-/// Maps up to this many entries are searched in order rather than hashed.
-const LINEAR: usize = 16;
+/// The `meta` keys the concentrator asks of every span it reads (its
+/// eligibility, aggregation key, HTTP method and status, gRPC status and
+/// stats obfuscation), each a slot of [`View`]'s table.
+fn meta_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "span.kind" => 0,
+        "_dd.base_service" => 1,
+        "http.method" => 2,
+        "http.request.method" => 3,
+        "http.endpoint" => 4,
+        "http.route" => 5,
+        "http.status_code" => 6,
+        "http.response.status_code" => 7,
+        "rpc.grpc.status_code" => 8,
+        "grpc.code" => 9,
+        "rpc.grpc.status.code" => 10,
+        "grpc.status.code" => 11,
+        "_dd.svc_src" => 12,
+        "_dd.origin" => 13,
+        "db.type" => 14,
+        _ => return None,
+    })
+}
+const META_SLOTS: usize = 15;
+
+/// The `metrics` keys it asks, likewise.
+fn metric_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "_dd.measured" => 0,
+        "_dd.partial_version" => 1,
+        "_dd.top_level" => 2,
+        "_top_level" => 3,
+        "http.status_code" => 4,
+        "http.response.status_code" => 5,
+        "rpc.grpc.status_code" => 6,
+        "grpc.code" => 7,
+        "rpc.grpc.status.code" => 8,
+        "grpc.status.code" => 9,
+        _ => return None,
+    })
+}
+const METRIC_SLOTS: usize = 10;
 
 /// A span as the concentrator reads it: what `libdd-trace-stats`' own
-/// `StatSpan for pb::Span` answers, but a lookup in a small `meta` or
-/// `metrics` map compares the keys in order instead of SipHashing the key
-/// (the concentrator asks about 17 keys of every eligible span). A small
-/// `meta` is copied out of its hash table once, as (key, value) pairs.
+/// `StatSpan for pb::Span` answers, but the keys it asks about (about 17
+/// of every span) are found in one pass over `meta` and `metrics` into a
+/// table, not SipHashed one lookup at a time; other keys are looked up in
+/// the maps.
 struct View<'s> {
     span: &'s pb::Span,
-    meta: [(&'s str, &'s str); LINEAR],
-    /// Pairs in `meta`, or `usize::MAX` for a map too large to copy.
-    n: usize,
+    meta: [Option<&'s str>; META_SLOTS],
+    metrics: [Option<f64>; METRIC_SLOTS],
 }
 
 impl<'s> View<'s> {
     fn new(span: &'s pb::Span) -> Self {
-        let mut meta = [("", ""); LINEAR];
-        let n = if span.meta.len() <= LINEAR {
-            for (slot, (k, v)) in meta.iter_mut().zip(&span.meta) {
-                *slot = (k.as_str(), v.as_str());
+        let mut meta = [None; META_SLOTS];
+        for (k, v) in &span.meta {
+            if let Some(i) = meta_slot(k) {
+                meta[i] = Some(v.as_str());
             }
-            span.meta.len()
-        } else {
-            usize::MAX
-        };
-        Self { span, meta, n }
+        }
+        let mut metrics = [None; METRIC_SLOTS];
+        for (k, v) in &span.metrics {
+            if let Some(i) = metric_slot(k) {
+                metrics[i] = Some(*v);
+            }
+        }
+        Self {
+            span,
+            meta,
+            metrics,
+        }
     }
 
     fn meta(&self, key: &str) -> Option<&'s str> {
-        match self.meta.get(..self.n) {
-            Some(pairs) => pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+        match meta_slot(key) {
+            Some(i) => self.meta[i],
             None => self.span.meta.get(key).map(String::as_str),
         }
     }
-}
 
-fn metric(span: &pb::Span, key: &str) -> Option<f64> {
-    if span.metrics.len() <= LINEAR {
-        span.metrics
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| *v)
-    } else {
-        span.metrics.get(key).copied()
+    fn metric(&self, key: &str) -> Option<f64> {
+        match metric_slot(key) {
+            Some(i) => self.metrics[i],
+            None => self.span.metrics.get(key).copied(),
+        }
     }
 }
 
@@ -214,16 +256,15 @@ impl<'a> StatSpan<'a> for View<'a> {
     }
 
     fn is_measured(&'a self) -> bool {
-        metric(self.span, "_dd.measured") == Some(1.0)
+        self.metrics[0] == Some(1.0)
     }
 
     fn is_partial_snapshot(&'a self) -> bool {
-        metric(self.span, "_dd.partial_version").is_some_and(|v| v >= 0.0)
+        self.metrics[1].is_some_and(|v| v >= 0.0)
     }
 
     fn has_top_level(&'a self) -> bool {
-        metric(self.span, "_dd.top_level") == Some(1.0)
-            || metric(self.span, "_top_level") == Some(1.0)
+        self.metrics[2] == Some(1.0) || self.metrics[3] == Some(1.0)
     }
 
     fn get_meta(&'a self, key: &str) -> Option<&'a str> {
@@ -231,7 +272,7 @@ impl<'a> StatSpan<'a> for View<'a> {
     }
 
     fn get_metrics(&'a self, key: &str) -> Option<f64> {
-        metric(self.span, key)
+        self.metric(key)
     }
 }
 
@@ -363,8 +404,23 @@ mod tests {
             "span.kind",
             "http.status_code",
             "missing",
+            "_dd.base_service",
+            "http.method",
+            "http.request.method",
+            "http.endpoint",
+            "http.route",
+            "http.response.status_code",
+            "rpc.grpc.status_code",
+            "grpc.code",
+            "rpc.grpc.status.code",
+            "grpc.status.code",
+            "_dd.svc_src",
+            "_dd.origin",
+            "db.type",
+            "span.kin",
+            "",
         ];
-        for n in [0usize, 3, 16, 17, 40] {
+        for n in [0usize, 3, 16, 17, 22, 40, 90] {
             let mut s = span(1, n % 2 == 0);
             s.parent_id = n as u64;
             for i in 0..n {
