@@ -214,7 +214,7 @@ impl Processor {
         if spans.is_empty() {
             return Err("empty trace");
         }
-        if libdd_trace_normalization::normalizer::normalize_trace(&mut spans).is_err() {
+        if normalize_trace(&mut spans).is_err() {
             // The error text quotes a span; only the reason is kept.
             return Err("invalid trace (normalization)");
         }
@@ -323,6 +323,52 @@ fn plain_url(url: &str) -> bool {
         && rest[path..]
             .iter()
             .all(|&c| c.is_ascii_graphic() && c != b'#')
+}
+
+/// `libdd_trace_normalization::normalizer::normalize_trace` (the Agent's
+/// `normalizeTrace`), from the crate's own steps, but `env` and
+/// `http.status_code` found in one pass over a small `meta` rather than by
+/// two SipHash lookups in every span. An error (a foreign span, a zero id,
+/// an empty trace) drops the whole chunk, as the crate's does; a test checks
+/// this against it on generated traces.
+fn normalize_trace(spans: &mut [pb::Span]) -> Result<(), ()> {
+    use libdd_trace_normalization::normalize_utils as n;
+    use libdd_trace_normalization::normalizer::is_valid_http_status_code;
+    const LINEAR: usize = 16;
+    let first = spans.first().ok_or(())?.trace_id;
+    for s in spans {
+        if s.trace_id != first || s.trace_id == 0 || s.span_id == 0 {
+            return Err(());
+        }
+        n::normalize_service(&mut s.service);
+        n::normalize_name(&mut s.name);
+        n::normalize_resource(&mut s.resource, &s.name);
+        n::normalize_parent_id(&mut s.parent_id, s.trace_id, s.span_id);
+        n::normalize_span_start_duration(&mut s.start, &mut s.duration);
+        n::normalize_span_type(&mut s.r#type);
+        let bad_status = if s.meta.len() <= LINEAR {
+            let mut bad = false;
+            for (k, v) in &mut s.meta {
+                match k.as_str() {
+                    "env" => n::normalize_tag(v),
+                    "http.status_code" => bad = !is_valid_http_status_code(v),
+                    _ => {}
+                }
+            }
+            bad
+        } else {
+            if let Some(env) = s.meta.get_mut("env") {
+                n::normalize_tag(env);
+            }
+            s.meta
+                .get("http.status_code")
+                .is_some_and(|c| !is_valid_http_status_code(c))
+        };
+        if bad_status {
+            s.meta.remove("http.status_code");
+        }
+    }
+    Ok(())
 }
 
 /// Whether `quantize_redis_string(resource)` is `resource` in ASCII upper
@@ -644,6 +690,64 @@ mod tests {
             obfuscate_pb_span(&mut theirs, &p.obfuscation);
             p.obfuscate(&mut s);
             proptest::prop_assert_eq!(s, theirs);
+        }
+    }
+
+    proptest::proptest! {
+        /// Our `normalize_trace` accepts and refuses the traces the
+        /// crate's does, and leaves the accepted ones as it does.
+        #[test]
+        fn normalization_is_the_crates(
+            spans in proptest::collection::vec(
+                (
+                    "[a-zA-Z0-9 _.:/!é-]{0,12}",
+                    "[a-zA-Z0-9 _.:/!é-]{0,12}",
+                    "[a-z /]{0,6}",
+                    proptest::option::of("[A-Za-z0-9 :_!é-]{0,10}"),
+                    proptest::option::of("(200|99|600|abc|404|)"),
+                    0u64..3,
+                    0u64..4,
+                    0u64..4,
+                    (946_684_800_000_000_000i64..=i64::MAX, -5i64..i64::MAX),
+                    0usize..20,
+                ),
+                0..6,
+            ),
+        ) {
+            let mut ours: Vec<pb::Span> = spans
+                .into_iter()
+                .map(|(service, name, resource, env, status, trace, id, parent, (start, duration), extra)| {
+                    let mut s = pb::Span {
+                        service,
+                        name,
+                        resource,
+                        trace_id: 1 + trace / 2,
+                        span_id: id,
+                        parent_id: parent,
+                        start,
+                        duration,
+                        r#type: "web".to_owned(),
+                        ..Default::default()
+                    };
+                    if let Some(e) = env {
+                        s.meta.insert("env".to_owned(), e);
+                    }
+                    if let Some(c) = status {
+                        s.meta.insert("http.status_code".to_owned(), c);
+                    }
+                    for i in 0..extra {
+                        s.meta.insert(format!("k{i}"), "v".to_owned());
+                    }
+                    s
+                })
+                .collect();
+            let mut theirs = ours.clone();
+            let a = normalize_trace(&mut ours);
+            let b = libdd_trace_normalization::normalizer::normalize_trace(&mut theirs);
+            proptest::prop_assert_eq!(a.is_ok(), b.is_ok());
+            if a.is_ok() {
+                proptest::prop_assert_eq!(ours, theirs);
+            }
         }
     }
 
