@@ -87,7 +87,14 @@ impl Rates {
     /// Counts one trace of `sig` and returns its rate.
     fn count(&mut self, sig: &str, now: Instant) -> f64 {
         self.roll(now);
-        if !self.sigs.contains_key(sig) && self.sigs.len() >= MAX_SIGNATURES {
+        // A signature seen before (nearly always): no key to allocate and
+        // hash twice.
+        if let Some(e) = self.sigs.get_mut(sig) {
+            e.0 += 1.0;
+            e.3 = now;
+            return e.2;
+        }
+        if self.sigs.len() >= MAX_SIGNATURES {
             if let Some(oldest) = self
                 .sigs
                 .iter()
@@ -158,11 +165,24 @@ pub struct Sampler {
     priority: Rates,
     errors: Rates,
     no_priority: Rates,
+    /// The signature of the chunk being decided, its allocation reused.
+    sig: String,
 }
 
 /// The signature key, in the form tracers read in `rate_by_service`.
 pub fn signature(service: &str, env: &str) -> String {
-    format!("service:{service},env:{env}")
+    let mut sig = String::new();
+    signature_into(service, env, &mut sig);
+    sig
+}
+
+/// [`signature`] written into `out`.
+fn signature_into(service: &str, env: &str, out: &mut String) {
+    out.clear();
+    out.push_str("service:");
+    out.push_str(service);
+    out.push_str(",env:");
+    out.push_str(env);
 }
 
 impl Sampler {
@@ -173,16 +193,18 @@ impl Sampler {
             priority: Rates::new(max_tps, now),
             errors: Rates::new(error_tps, now),
             no_priority: Rates::new(max_tps, now),
+            sig: String::new(),
         }
     }
 
     /// Decides one chunk.
     pub fn decide(&mut self, chunk: &Chunk, now: Instant) -> Decision {
         let root = chunk.root();
-        let sig = signature(&root.service, &chunk.env);
+        signature_into(&root.service, &chunk.env, &mut self.sig);
+        let sig = self.sig.as_str();
         match chunk.priority {
             PRIORITY_NONE => {
-                let rate = self.no_priority.count(&sig, now);
+                let rate = self.no_priority.count(sig, now);
                 if sampled_by_rate(root.trace_id, rate) {
                     Decision::KeepNoPriority
                 } else {
@@ -192,13 +214,13 @@ impl Sampler {
             p => {
                 // Every trace a tracer sampled counts towards the rate it
                 // will be told, kept or not (the Agent counts them all).
-                self.priority.count(&sig, now);
+                self.priority.count(sig, now);
                 if p > 0 {
                     Decision::KeepPriority
                 } else if p < 0 {
                     Decision::DropUserReject
                 } else if chunk.has_error {
-                    let rate = self.errors.count(&sig, now);
+                    let rate = self.errors.count(sig, now);
                     if sampled_by_rate(root.trace_id, rate) {
                         Decision::KeepError
                     } else {
@@ -265,6 +287,24 @@ mod tests {
         assert_eq!(s.decide(&chunk(4, 0, false), now), Decision::DropAutoReject);
         // The error sampler starts at rate 1.
         assert_eq!(s.decide(&chunk(5, 0, true), now), Decision::KeepError);
+    }
+
+    #[test]
+    fn signatures_past_the_limit_forget_the_least_recently_seen() {
+        let t0 = Instant::now();
+        let mut r = Rates::new(10.0, t0);
+        let at = |i: usize| t0 + Duration::from_millis(i as u64);
+        for i in 0..MAX_SIGNATURES {
+            r.count(&signature(&format!("s{i}"), "prod"), at(i));
+        }
+        // s0 seen again: s1 is now the least recently seen.
+        r.count(&signature("s0", "prod"), at(MAX_SIGNATURES));
+        r.count(&signature("new", "prod"), at(MAX_SIGNATURES + 1));
+        assert_eq!(r.sigs.len(), MAX_SIGNATURES);
+        assert!(r.sigs.contains_key("service:s0,env:prod"));
+        assert!(r.sigs.contains_key("service:new,env:prod"));
+        assert!(!r.sigs.contains_key("service:s1,env:prod"));
+        assert_eq!(r.sigs["service:s0,env:prod"].0, 2.0, "counted twice");
     }
 
     #[test]
