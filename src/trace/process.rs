@@ -131,7 +131,7 @@ impl Processor {
         let skip_url = matches!(span.r#type.as_str(), "web" | "http")
             && !http.remove_query_string
             && !http.remove_path_digits
-            && span.meta.get("http.url").is_none_or(|u| plain_url(u));
+            && lookup(&span.meta, "http.url").is_none_or(|u| plain_url(u));
         if skip_url {
             // The type selects the URL obfuscator and nothing else; a plain
             // URL is no card number, so the credit card pass leaves it too.
@@ -153,9 +153,7 @@ impl Processor {
         let kind = std::mem::take(&mut span.r#type);
         obfuscate_pb_span(span, &self.obfuscation);
         span.r#type = kind;
-        let dbms: DbmsKind = span
-            .meta
-            .get("db.type")
+        let dbms: DbmsKind = lookup(&span.meta, "db.type")
             .and_then(|d| DbmsKind::try_from(d.as_str()).ok())
             .unwrap_or_default();
         let Some(cache) = self.sql_cache.as_mut() else {
@@ -220,9 +218,9 @@ impl Processor {
         }
         let root = libdd_trace_utils::trace_utils::get_root_span_index(&spans).unwrap_or(0);
         let mut priority = PRIORITY_NONE;
-        if let Some(p) = spans[root].metrics.get(PRIORITY_KEY) {
+        if let Some(p) = lookup(&spans[root].metrics, PRIORITY_KEY) {
             priority = *p as i32;
-        } else if let Some(p) = spans.iter().find_map(|s| s.metrics.get(PRIORITY_KEY)) {
+        } else if let Some(p) = spans.iter().find_map(|s| lookup(&s.metrics, PRIORITY_KEY)) {
             priority = *p as i32;
         }
         for span in &mut spans {
@@ -233,7 +231,7 @@ impl Processor {
             compute_top_level(&mut spans);
         }
         let root_span = &mut spans[root];
-        let env = match root_span.meta.get("env").filter(|e| !e.is_empty()) {
+        let env = match lookup(&root_span.meta, "env").filter(|e| !e.is_empty()) {
             Some(e) => e.clone(),
             None => match &self.env {
                 Some(e) => {
@@ -243,7 +241,7 @@ impl Processor {
                 None => String::new(),
             },
         };
-        let version = match root_span.meta.get("version").filter(|v| !v.is_empty()) {
+        let version = match lookup(&root_span.meta, "version").filter(|v| !v.is_empty()) {
             Some(v) => v.clone(),
             None => match (&self.version, &self.service) {
                 (Some(v), Some(s)) if *s == root_span.service => {
@@ -257,9 +255,7 @@ impl Processor {
                 _ => String::new(),
             },
         };
-        let origin = root_span
-            .meta
-            .get("_dd.origin")
+        let origin = lookup(&root_span.meta, "_dd.origin")
             .cloned()
             .unwrap_or_default();
         let has_error = spans.iter().any(|s| s.error != 0);
@@ -323,6 +319,16 @@ fn plain_url(url: &str) -> bool {
         && rest[path..]
             .iter()
             .all(|&c| c.is_ascii_graphic() && c != b'#')
+}
+
+/// `map.get(key)`, comparing the keys of a small map in order rather than
+/// SipHashing `key` (spans' maps hold a handful of entries).
+fn lookup<'m, V>(map: &'m std::collections::HashMap<String, V>, key: &str) -> Option<&'m V> {
+    if map.len() <= 16 {
+        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        map.get(key)
+    }
 }
 
 /// `libdd_trace_normalization::normalizer::normalize_trace` (the Agent's
@@ -748,6 +754,18 @@ mod tests {
             if a.is_ok() {
                 proptest::prop_assert_eq!(ours, theirs);
             }
+        }
+    }
+
+    #[test]
+    fn lookup_is_get() {
+        for n in [0usize, 1, 5, 16, 17, 40] {
+            let m: HashMap<String, usize> = (0..n).map(|i| (format!("k{i}"), i)).collect();
+            for i in 0..n + 2 {
+                let k = format!("k{i}");
+                assert_eq!(lookup(&m, &k), m.get(&k), "{n} {k}");
+            }
+            assert_eq!(lookup(&m, ""), None);
         }
     }
 
