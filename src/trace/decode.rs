@@ -163,18 +163,24 @@ impl<'a> Reader<'a> {
     }
 
     /// Raw string or binary bytes; `None` for nil.
+    #[inline]
     fn raw_str(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
         let m = self.byte()?;
         let n = match m {
-            0xa0..=0xbf => u64::from(m & 0x1f),
-            0xd9 | 0xc4 => self.be(1)?,
-            0xda | 0xc5 => self.be(2)?,
-            0xdb | 0xc6 => self.be(4)?,
+            0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 | 0xc4 => usize::from(self.byte()?),
+            0xda | 0xc5 => usize::from(u16::from_be_bytes(self.fixed()?)),
+            0xdb | 0xc6 => usize::try_from(u32::from_be_bytes(self.fixed()?))
+                .map_err(|_| DecodeError::Truncated)?,
             0xc0 => return Ok(None),
             _ => return Err(DecodeError::Malformed("expected a string")),
         };
-        let n = usize::try_from(n).map_err(|_| DecodeError::Truncated)?;
-        self.take(n).map(Some)
+        let s = self
+            .buf
+            .get(self.pos..self.pos.saturating_add(n))
+            .ok_or(DecodeError::Truncated)?;
+        self.pos += n;
+        Ok(Some(s))
     }
 
     /// A string, invalid UTF-8 replaced as the Agent replaces it; nil is "".
@@ -514,6 +520,50 @@ mod tests {
         assert!(s.len() < 32);
         out.push(0xa0 | s.len() as u8);
         out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn strings_of_every_header_decode_and_truncation_is_an_error() {
+        for len in [0usize, 1, 31, 32, 255, 256, 65_535, 65_536] {
+            let body = "x".repeat(len);
+            let mut heads: Vec<Vec<u8>> = Vec::new();
+            if len < 32 {
+                heads.push(vec![0xa0 | len as u8]);
+            }
+            for (m8, m16, m32) in [(0xd9, 0xda, 0xdb), (0xc4, 0xc5, 0xc6)] {
+                if let Ok(n) = u8::try_from(len) {
+                    heads.push(vec![m8, n]);
+                }
+                if let Ok(n) = u16::try_from(len) {
+                    heads.push([&[m16][..], &n.to_be_bytes()].concat());
+                }
+                heads.push([&[m32][..], &(len as u32).to_be_bytes()].concat());
+            }
+            for h in heads {
+                let b = [&h[..], body.as_bytes(), b"!"].concat();
+                let mut r = Reader::new(&b, usize::MAX);
+                assert_eq!(r.raw_str(), Ok(Some(body.as_bytes())), "{h:x?}");
+                assert_eq!(r.pos, h.len() + len);
+                let short = &b[..h.len() + len.saturating_sub(1)];
+                if len > 0 {
+                    assert_eq!(
+                        Reader::new(short, usize::MAX).raw_str(),
+                        Err(DecodeError::Truncated),
+                        "{h:x?}"
+                    );
+                }
+                assert_eq!(
+                    Reader::new(&h[..h.len() - 1], usize::MAX).raw_str().err(),
+                    Some(DecodeError::Truncated)
+                );
+            }
+        }
+        assert_eq!(Reader::new(&[0xc0], usize::MAX).raw_str(), Ok(None));
+        assert_eq!(
+            Reader::new(&[0xdb, 0xff, 0xff, 0xff, 0xff, b'x'], usize::MAX).raw_str(),
+            Err(DecodeError::Truncated)
+        );
+        assert!(Reader::new(&[0x01], usize::MAX).raw_str().is_err());
     }
 
     #[test]
