@@ -395,37 +395,45 @@ fn redis_word(resource: &str) -> bool {
 /// share an id, the last one is the parent, as in the crate's map.
 fn compute_top_level(spans: &mut [pb::Span]) {
     const LINEAR: usize = 32;
-    let top: Vec<bool> = if spans.len() <= LINEAR {
-        spans
-            .iter()
-            .map(|s| {
-                s.parent_id == 0
-                    || spans
-                        .iter()
-                        .rev()
-                        .find(|p| p.span_id == s.parent_id)
-                        .is_none_or(|p| p.service != s.service)
-            })
-            .collect()
-    } else {
-        let mut by_id: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
-        by_id.reserve(spans.len());
-        for (i, s) in spans.iter().enumerate() {
-            by_id.insert(s.span_id, i);
-        }
-        spans
-            .iter()
-            .map(|s| {
-                s.parent_id == 0
-                    || by_id
-                        .get(&s.parent_id)
-                        .is_none_or(|&p| spans[p].service != s.service)
-            })
-            .collect()
+    let mark = |span: &mut pb::Span| {
+        span.metrics.insert("_top_level".to_owned(), 1.0);
     };
+    if spans.len() <= LINEAR {
+        // A bit a span, no vector to allocate.
+        let mut top = 0u32;
+        for (i, s) in spans.iter().enumerate() {
+            let is_top = s.parent_id == 0
+                || spans
+                    .iter()
+                    .rev()
+                    .find(|p| p.span_id == s.parent_id)
+                    .is_none_or(|p| p.service != s.service);
+            top |= u32::from(is_top) << i;
+        }
+        for (i, span) in spans.iter_mut().enumerate() {
+            if top & (1 << i) != 0 {
+                mark(span);
+            }
+        }
+        return;
+    }
+    let mut by_id: rustc_hash::FxHashMap<u64, usize> = rustc_hash::FxHashMap::default();
+    by_id.reserve(spans.len());
+    for (i, s) in spans.iter().enumerate() {
+        by_id.insert(s.span_id, i);
+    }
+    let top: Vec<bool> = spans
+        .iter()
+        .map(|s| {
+            s.parent_id == 0
+                || by_id
+                    .get(&s.parent_id)
+                    .is_none_or(|&p| spans[p].service != s.service)
+        })
+        .collect();
     for (span, top) in spans.iter_mut().zip(top) {
         if top {
-            span.metrics.insert("_top_level".to_owned(), 1.0);
+            mark(span);
         }
     }
 }
