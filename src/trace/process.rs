@@ -193,11 +193,11 @@ impl Processor {
         span.r#type = kind;
         if config.enabled {
             if let Some(cmd) = span.meta.get_mut(key) {
-                *cmd = if config.remove_all_args {
-                    remove_all_redis_args(cmd)
-                } else {
-                    obfuscate_redis_string(cmd)
-                };
+                if config.remove_all_args {
+                    *cmd = remove_all_redis_args(cmd);
+                } else if !redis_one_argument(cmd) {
+                    *cmd = obfuscate_redis_string(cmd);
+                }
             }
         }
     }
@@ -402,6 +402,32 @@ fn redis_word(resource: &str) -> bool {
         && resource
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Whether `obfuscate_redis_string(cmd)` is `cmd` itself: one command and
+/// at most one argument, each of printable ASCII without quotes or
+/// backslashes, one space between them, and not `AUTH`, `MIGRATE` or
+/// `HELLO` (whose argument it hides). The obfuscator hides the second
+/// argument and later ones of other commands, so a single key (`GET
+/// item:42`) comes back as it is. A test checks this against it.
+fn redis_one_argument(cmd: &str) -> bool {
+    let plain = |w: &[u8]| {
+        !w.is_empty()
+            && w.iter()
+                .all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+    };
+    let b = cmd.as_bytes();
+    let (word, arg) = match b.iter().position(|&c| c == b' ') {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    plain(word)
+        && arg.is_none_or(|a| {
+            plain(a)
+                && !word.eq_ignore_ascii_case(b"AUTH")
+                && !word.eq_ignore_ascii_case(b"MIGRATE")
+                && !word.eq_ignore_ascii_case(b"HELLO")
+        })
 }
 
 /// `libdd_trace_utils::trace_utils::compute_top_level_span` (the Agent's
@@ -749,7 +775,7 @@ mod tests {
         #[test]
         fn redis_words_are_what_the_quantizer_makes_of_them(
             resource in "[a-zA-Z0-9_ .\n\t\r-]{0,12}|[A-Za-z_]{1,8}|(CLIENT|client|Config|SCRIPT)( [a-z]{1,5})?",
-            raw in "[a-zA-Z0-9 :\n\\\"]{0,30}",
+            raw in "[a-zA-Z0-9 :\n\\\"]{0,30}|(GET|get|AUTH|auth|Hello|MIGRATE|SET|PING|CONFIG|ZADD|MSET|[A-Z]{1,40})( [a-z0-9:\"\\\t\x00]{1,8}){0,2}",
             kind in "(redis|valkey)",
             enabled: bool,
             remove_all_args: bool,
@@ -844,6 +870,42 @@ mod tests {
                 assert_eq!(lookup(&m, &k), m.get(&k), "{n} {k}");
             }
             assert_eq!(lookup(&m, ""), None);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_one_argument_redis_command_comes_back_unchanged(
+            cmd in "(GET|get|AUTH|auth|Hello|MIGRATE|migrate|SET|PING|CONFIG|ZADD|MSET|BITFIELD|[A-Za-z]{1,40})( {1,2}[ -~\t\x00é]{0,8}){0,2}|[ -~\n]{0,20}"
+        ) {
+            if redis_one_argument(&cmd) {
+                proptest::prop_assert_eq!(
+                    libdd_trace_obfuscation::redis::obfuscate_redis_string(&cmd),
+                    cmd
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn redis_one_argument_cases() {
+        for c in ["GET item:42:price", "PING", "get k", "CONFIG GET", "ZADD k"] {
+            assert!(redis_one_argument(c), "{c}");
+        }
+        for c in [
+            "AUTH secret",
+            "hello 3",
+            "migrate h",
+            "SET k v",
+            "GET  k",
+            " GET k",
+            "GET k ",
+            "GET \"k\"",
+            "GET k\\",
+            "",
+            "GET k\nGET j",
+        ] {
+            assert!(!redis_one_argument(c), "{c:?}");
         }
     }
 
