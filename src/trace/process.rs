@@ -77,6 +77,9 @@ impl Chunk {
 /// The processing step, with its obfuscation settings built once.
 pub struct Processor {
     obfuscation: ObfuscationConfig,
+    /// `obfuscation` without the credit card pass, for spans with no value
+    /// it could change (see [`Processor::config_for`]).
+    no_cards: ObfuscationConfig,
     /// SQL obfuscation results (`DD_APM_OBFUSCATION_CACHE_ENABLED`).
     sql_cache: Option<SqlCache>,
     env: Option<String>,
@@ -98,12 +101,35 @@ impl Processor {
     pub fn new(config: &TraceConfig) -> Self {
         Self {
             obfuscation: ObfuscationConfig::default(),
+            no_cards: without_cards(&ObfuscationConfig::default()),
             sql_cache: config
                 .obfuscation_cache
                 .then(|| SqlCache::new(cache::BUDGET)),
             env: config.env.clone(),
             service: config.service.clone(),
             version: config.version.clone(),
+        }
+    }
+
+    /// The obfuscation settings for `span`: without the credit card pass
+    /// when no `meta` value could be a card number (`is_card_number` wants
+    /// 12 characters or more, all digits, spaces or dashes) and there are no
+    /// span events (which the pass also reads), as the pass would change
+    /// nothing; it checks each key against a list first, which costs more
+    /// than this look at the values.
+    fn config_for(&self, span: &pb::Span) -> &ObfuscationConfig {
+        let could_be_card = |v: &String| {
+            v.len() >= 12
+                && v.bytes()
+                    .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-')
+        };
+        if self.obfuscation.credit_cards.enabled
+            && span.span_events.is_empty()
+            && !span.meta.values().any(could_be_card)
+        {
+            &self.no_cards
+        } else {
+            &self.obfuscation
         }
     }
 
@@ -136,10 +162,10 @@ impl Processor {
             // The type selects the URL obfuscator and nothing else; a plain
             // URL is no card number, so the credit card pass leaves it too.
             let kind = std::mem::take(&mut span.r#type);
-            obfuscate_pb_span(span, &self.obfuscation);
+            obfuscate_pb_span(span, self.config_for(span));
             span.r#type = kind;
         } else {
-            obfuscate_pb_span(span, &self.obfuscation);
+            obfuscate_pb_span(span, self.config_for(span));
         }
     }
 
@@ -151,7 +177,7 @@ impl Processor {
     /// DBMS `db.type` names.
     fn obfuscate_sql(&mut self, span: &mut pb::Span) {
         let kind = std::mem::take(&mut span.r#type);
-        obfuscate_pb_span(span, &self.obfuscation);
+        obfuscate_pb_span(span, self.config_for(span));
         span.r#type = kind;
         let dbms: DbmsKind = lookup(&span.meta, "db.type")
             .and_then(|d| DbmsKind::try_from(d.as_str()).ok())
@@ -183,7 +209,7 @@ impl Processor {
     /// then the raw command).
     fn obfuscate_redis_word(&self, span: &mut pb::Span) {
         let kind = std::mem::take(&mut span.r#type);
-        obfuscate_pb_span(span, &self.obfuscation);
+        obfuscate_pb_span(span, self.config_for(span));
         span.resource.make_ascii_uppercase();
         let (config, key) = if kind == "redis" {
             (&self.obfuscation.redis, "redis.raw_command")
@@ -404,6 +430,13 @@ fn redis_word(resource: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// `config` with the credit card pass off.
+fn without_cards(config: &ObfuscationConfig) -> ObfuscationConfig {
+    let mut c = config.clone();
+    c.credit_cards.enabled = false;
+    c
+}
+
 /// Whether `obfuscate_redis_string(cmd)` is `cmd` itself: one command and
 /// at most one argument, each of printable ASCII without quotes or
 /// backslashes, one space between them, and not `AUTH`, `MIGRATE` or
@@ -550,6 +583,7 @@ mod tests {
     fn processor(env: Option<&str>, version: Option<&str>) -> Processor {
         Processor {
             obfuscation: ObfuscationConfig::default(),
+            no_cards: without_cards(&ObfuscationConfig::default()),
             sql_cache: Some(SqlCache::new(cache::BUDGET)),
             env: env.map(str::to_owned),
             service: Some("web".to_owned()),
@@ -779,6 +813,7 @@ mod tests {
             kind in "(redis|valkey)",
             enabled: bool,
             remove_all_args: bool,
+            card: bool,
         ) {
             use libdd_trace_obfuscation::redis::quantize_redis_string;
             if redis_word(&resource) {
@@ -791,11 +826,14 @@ mod tests {
             p.obfuscation.redis.enabled = enabled;
             p.obfuscation.redis.remove_all_args = remove_all_args;
             p.obfuscation.valkey = p.obfuscation.redis.clone();
+            p.no_cards = without_cards(&p.obfuscation);
             let mut s = span(1, 0, "cache");
             s.r#type = kind.clone();
             s.resource = resource;
             s.meta.insert(format!("{kind}.raw_command"), raw);
-            s.meta.insert("card".to_owned(), "4111 1111 1111 1111".to_owned());
+            if card {
+                s.meta.insert("card".to_owned(), "4111 1111 1111 1111".to_owned());
+            }
             let mut theirs = s.clone();
             obfuscate_pb_span(&mut theirs, &p.obfuscation);
             p.obfuscate(&mut s);
@@ -906,6 +944,31 @@ mod tests {
             "GET k\nGET j",
         ] {
             assert!(!redis_one_argument(c), "{c:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Each span comes out of our obfuscation as `obfuscate_pb_span`
+        /// makes it, card numbers or none among its values.
+        #[test]
+        fn obfuscation_is_obfuscate_pb_span(
+            kind in "(web|http|sql|redis|template|memcached|)",
+            resource in "(GET|SELECT 1|SELECT \\* FROM t WHERE a = 4111111111111111|items/show)",
+            values in proptest::collection::vec(
+                ("(http\\.url|card|env|k[0-9]|sql\\.query|db\\.type|redis\\.raw_command|memcached\\.command)",
+                 "4111 1111 1111 1111|4111-1111-1111-1111|378282246310005|[0-9 -]{10,18}|[a-z0-9 ]{0,14}|http://h/p\\?q=1"),
+                0..6,
+            ),
+        ) {
+            let mut p = processor(None, None);
+            let mut s = span(1, 0, "svc");
+            s.r#type = kind;
+            s.resource = resource;
+            s.meta = values.into_iter().collect();
+            let mut theirs = s.clone();
+            obfuscate_pb_span(&mut theirs, &p.obfuscation);
+            p.obfuscate(&mut s);
+            proptest::prop_assert_eq!(s, theirs);
         }
     }
 
