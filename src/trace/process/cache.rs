@@ -24,10 +24,11 @@ use libdd_trace_obfuscation::obfuscation_config::DbmsKind;
 pub const BUDGET: usize = 1 << 20;
 /// Queries longer than this are obfuscated every time, never stored.
 pub const MAX_QUERY: usize = 4096;
-/// What an entry costs beyond its two strings: its slot (48 bytes, with the
-/// slot vector's doubling slack), its index entry, two allocation headers
-/// and rounding.
-pub const ENTRY_OVERHEAD: usize = 128;
+/// What an entry costs beyond its two strings, at worst: its slot (48
+/// bytes, 96 with the slot vector's doubling slack), its index entry (a
+/// `u32` and a control byte, with the table's slack), and two allocation
+/// headers and their rounding.
+pub const ENTRY_OVERHEAD: usize = 160;
 /// Slots of the doorkeeper (the hashes of queries seen once), 32 KiB.
 const DOOR: usize = 4096;
 
