@@ -135,6 +135,7 @@ impl Stats {
 /// The `meta` keys the concentrator asks of every span it reads (its
 /// eligibility, aggregation key, HTTP method and status, gRPC status and
 /// stats obfuscation), each a slot of [`View`]'s table.
+#[inline(always)]
 fn meta_slot(key: &str) -> Option<usize> {
     Some(match key {
         "span.kind" => 0,
@@ -158,6 +159,7 @@ fn meta_slot(key: &str) -> Option<usize> {
 const META_SLOTS: usize = 15;
 
 /// The `metrics` keys it asks, likewise.
+#[inline(always)]
 fn metric_slot(key: &str) -> Option<usize> {
     Some(match key {
         "_dd.measured" => 0,
@@ -207,6 +209,7 @@ impl<'s> View<'s> {
         }
     }
 
+    #[inline]
     fn meta(&self, key: &str) -> Option<&'s str> {
         match meta_slot(key) {
             Some(i) => self.meta[i],
@@ -214,6 +217,7 @@ impl<'s> View<'s> {
         }
     }
 
+    #[inline]
     fn metric(&self, key: &str) -> Option<f64> {
         match metric_slot(key) {
             Some(i) => self.metrics[i],
@@ -267,10 +271,12 @@ impl<'a> StatSpan<'a> for View<'a> {
         self.metrics[2] == Some(1.0) || self.metrics[3] == Some(1.0)
     }
 
+    #[inline]
     fn get_meta(&'a self, key: &str) -> Option<&'a str> {
         self.meta(key)
     }
 
+    #[inline]
     fn get_metrics(&'a self, key: &str) -> Option<f64> {
         self.metric(key)
     }
