@@ -209,7 +209,7 @@ impl<'s> View<'s> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn meta(&self, key: &str) -> Option<&'s str> {
         match meta_slot(key) {
             Some(i) => self.meta[i],
@@ -217,7 +217,7 @@ impl<'s> View<'s> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn metric(&self, key: &str) -> Option<f64> {
         match metric_slot(key) {
             Some(i) => self.metrics[i],
@@ -271,12 +271,12 @@ impl<'a> StatSpan<'a> for View<'a> {
         self.metrics[2] == Some(1.0) || self.metrics[3] == Some(1.0)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_meta(&'a self, key: &str) -> Option<&'a str> {
         self.meta(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_metrics(&'a self, key: &str) -> Option<f64> {
         self.metric(key)
     }
