@@ -245,14 +245,39 @@ impl<'a> Reader<'a> {
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        // Tracers send ids as uint64; some send them as int64 (two's complement).
-        let v = self.int()?;
-        Ok(if v < 0 { v as i64 as u64 } else { v as u64 })
+        // Tracers send ids as uint64; some send them as int64 (two's
+        // complement). Those two directly; anything else through `int`.
+        match self.peek()? {
+            0xcf => {
+                self.pos += 1;
+                Ok(u64::from_be_bytes(self.fixed()?))
+            }
+            0xd3 => {
+                self.pos += 1;
+                Ok(i64::from_be_bytes(self.fixed()?) as u64)
+            }
+            _ => {
+                let v = self.int()?;
+                Ok(if v < 0 { v as i64 as u64 } else { v as u64 })
+            }
+        }
     }
 
     fn i64(&mut self) -> Result<i64, DecodeError> {
-        let v = self.int()?;
-        Ok(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+        match self.peek()? {
+            0xd3 => {
+                self.pos += 1;
+                Ok(i64::from_be_bytes(self.fixed()?))
+            }
+            0xcf => {
+                self.pos += 1;
+                Ok(i64::try_from(u64::from_be_bytes(self.fixed()?)).unwrap_or(i64::MAX))
+            }
+            _ => {
+                let v = self.int()?;
+                Ok(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+            }
+        }
     }
 
     /// Skips one value of any type, iteratively, at most [`MAX_DEPTH`] deep.
@@ -616,12 +641,25 @@ mod tests {
             }
             for b in all {
                 assert_eq!(Reader::new(&b, usize::MAX).int(), Ok(v), "{b:x?}");
+                // Ids: two's complement of negatives; times: clamped.
+                let id = if v < 0 { v as i64 as u64 } else { v as u64 };
+                assert_eq!(Reader::new(&b, usize::MAX).u64(), Ok(id), "{b:x?}");
+                let t = v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                assert_eq!(Reader::new(&b, usize::MAX).i64(), Ok(t), "{b:x?}");
                 assert_eq!(Reader::new(&b, usize::MAX).float(), Ok(v as f64), "{b:x?}");
                 let mut short = b.clone();
                 short.pop();
                 if !short.is_empty() {
                     assert_eq!(
                         Reader::new(&short, usize::MAX).int(),
+                        Err(DecodeError::Truncated)
+                    );
+                    assert_eq!(
+                        Reader::new(&short, usize::MAX).u64(),
+                        Err(DecodeError::Truncated)
+                    );
+                    assert_eq!(
+                        Reader::new(&short, usize::MAX).i64(),
                         Err(DecodeError::Truncated)
                     );
                 }
