@@ -8,16 +8,18 @@
 //!   with an empty `rate_by_service`: the least any receiver must do. What a
 //!   relay costs beyond it is its own work.
 //! - `traceload send --port P --rate SPANS_PER_S --seconds S --server-pid PID
-//!   [--requests-per-s 10] [--settle-ms 2500]`: `PUT /v0.4/traces` bodies
-//!   (msgpack) of web traces of 5 spans each (a web root, SQL, Redis, an HTTP
-//!   client call, a template render, with the tags a Python tracer sets),
+//!   [--requests-per-s 10] [--settle-ms 2500] [--sql-literals 1]`:
+//!   `PUT /v0.4/traces` bodies (msgpack) of web traces of 5 spans each (a web
+//!   root, SQL, Redis, an HTTP client call, a template render, with the tags
+//!   a Python tracer sets; the SQL parameterized, or with `--sql-literals 1`
+//!   a distinct query per trace),
 //!   priority 1, new ids each time, over one keep-alive connection, paced to
 //!   the rate. Prints one JSON line: spans sent, seconds, and the server's
 //!   CPU seconds (utime + stime from `/proc/PID/stat`, from just before the
 //!   first request until `--settle-ms` after the last, so its flushes are
 //!   paid for), `VmHWM` and `VmRSS` in KiB.
 //!
-//! - `traceload dump --out DIR [--requests 20] [--rate 10000]`: writes the
+//! - `traceload dump --out DIR [--requests 20] [--rate 10000] [--sql-literals 1]`: writes the
 //!   bodies `send` would send (`DIR/body-N.msgpack`), for profiling the
 //!   relay's work in-process (`TRACE_PROF_DIR` in src/trace/mod.rs' tests).
 //!
@@ -151,7 +153,19 @@ struct SpanDef {
     meta: Vec<(&'static str, String)>,
 }
 
-fn trace_spans(i: u64) -> Vec<SpanDef> {
+/// The SQL span's query. As tracers record it, a parameterized query keeps
+/// its placeholders (psycopg's `%s`, node-postgres' `$1`): the same text
+/// for every request. `literals` puts the id in the text instead, as an app
+/// that formats its own SQL does: every query distinct, the worst case for
+/// the relay's obfuscation cache.
+fn sql(i: u64, literals: bool) -> String {
+    let id = if literals { i.to_string() } else { "%s".to_owned() };
+    format!(
+        "SELECT items.id, items.name, items.price FROM items JOIN owners ON owners.id = items.owner_id WHERE items.id = {id} AND owners.name = 'alice' LIMIT 1"
+    )
+}
+
+fn trace_spans(i: u64, literals: bool) -> Vec<SpanDef> {
     vec![
         SpanDef {
             service: "shop",
@@ -172,9 +186,7 @@ fn trace_spans(i: u64) -> Vec<SpanDef> {
         SpanDef {
             service: "shop-db",
             name: "postgres.query",
-            resource: format!(
-                "SELECT items.id, items.name, items.price FROM items JOIN owners ON owners.id = items.owner_id WHERE items.id = {i} AND owners.name = 'alice' LIMIT 1"
-            ),
+            resource: sql(i, literals),
             kind: "sql",
             meta: vec![
                 ("db.system", "postgresql".into()),
@@ -217,12 +229,12 @@ fn trace_spans(i: u64) -> Vec<SpanDef> {
     ]
 }
 
-fn body(traces: usize, first_id: u64, now_ns: i64) -> Vec<u8> {
+fn body(traces: usize, first_id: u64, now_ns: i64, literals: bool) -> Vec<u8> {
     let mut m = Mp(Vec::with_capacity(traces * 1500));
     m.arr(traces);
     for t in 0..traces {
         let trace_id = first_id + t as u64;
-        let spans = trace_spans(trace_id);
+        let spans = trace_spans(trace_id, literals);
         m.arr(spans.len());
         for (j, s) in spans.iter().enumerate() {
             m.map(11);
@@ -292,6 +304,7 @@ fn send(args: &[String]) {
     let pid = arg(args, "--server-pid", 0) as u32;
     let per_s = arg(args, "--requests-per-s", 10).max(1);
     let settle = Duration::from_millis(arg(args, "--settle-ms", 2500));
+    let literals = arg(args, "--sql-literals", 0) != 0;
     let traces_per_request = ((rate / 5) / per_s).max(1) as usize;
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
@@ -306,7 +319,7 @@ fn send(args: &[String]) {
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let b = body(traces_per_request, id, now_ns);
+        let b = body(traces_per_request, id, now_ns, literals);
         id += traces_per_request as u64;
         let head = format!(
             "PUT /v0.4/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/msgpack\r\nDatadog-Meta-Lang: python\r\nX-Datadog-Trace-Count: {traces_per_request}\r\nContent-Length: {}\r\n\r\n",
@@ -352,12 +365,13 @@ fn dump(args: &[String]) {
         .expect("--out DIR");
     let requests = arg(args, "--requests", 20);
     let traces = ((arg(args, "--rate", 10_000) / 5) / 10).max(1) as usize;
+    let literals = arg(args, "--sql-literals", 0) != 0;
     std::fs::create_dir_all(out).expect("mkdir");
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
     for n in 0..requests {
-        let b = body(traces, (1u64 << 40) + n * traces as u64, now_ns);
+        let b = body(traces, (1u64 << 40) + n * traces as u64, now_ns, literals);
         std::fs::write(format!("{out}/body-{n}.msgpack"), b).expect("write");
     }
 }
