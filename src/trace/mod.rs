@@ -420,6 +420,8 @@ pub struct Core {
     dogstatsd: DogstatsdHook,
     info: String,
     body_limit: usize,
+    /// The spare buffer for traces bodies.
+    bodies: receive::BodyPool,
     active: AtomicUsize,
     state: Mutex<State>,
 }
@@ -464,6 +466,7 @@ impl Core {
             dogstatsd,
             info: receive::info_json(config),
             body_limit: MAX_BODY_BYTES.min(share),
+            bodies: receive::BodyPool::default(),
             active: AtomicUsize::new(0),
             state: Mutex::new(State {
                 processor: Processor::new(t),
@@ -857,7 +860,10 @@ async fn run(
                     receive::serve_connection(Arc::clone(&core), stream);
                 }
             }
-            _ = traces.tick() => core.flush_traces().await,
+            _ = traces.tick() => {
+                core.flush_traces().await;
+                core.bodies.release_idle(&core.meter);
+            }
             _ = buckets.tick() => core.flush_stats(false).await,
             _ = stop.changed() => break,
         }
