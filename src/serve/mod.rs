@@ -713,21 +713,10 @@ async fn flush_loop(
     // Between flushes, keep only what the idle threads touch resident: trim
     // after each flush, and again on the sender thread once it has delivered
     // the flush (its requests touch code and buffers the first trim freed).
-    // Not on the sender thread while tracers send (a traces request since
-    // its last delivery): the relay takes its pages back within its next
-    // request, so trimming after each of its payloads (every 2 s) only had
-    // them faulted in again (half the relay's page faults under load). The
-    // clock's trim after each flush still runs.
     let trimmer = Arc::new(memory::Trimmer::new());
-    let traces_active = Arc::new(AtomicBool::new(false));
     let idle: crate::forward::IdleHook = {
         let trimmer = Arc::clone(&trimmer);
-        let active = Arc::clone(&traces_active);
-        Arc::new(move || {
-            if !active.swap(false, Ordering::Relaxed) {
-                trimmer.trim();
-            }
-        })
+        Arc::new(move || trimmer.trim())
     };
     let mut forwarder = Forwarder::with_idle_hook(config, Arc::clone(&shared.stats), idle)?;
     let mut sigterm =
@@ -745,7 +734,6 @@ async fn flush_loop(
         shared
             .monitor
             .register("the trace relay", crate::trace::PROGRESS_ALLOWANCE),
-        traces_active,
     ) {
         Ok(r) => r,
         Err(e) => {

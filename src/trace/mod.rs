@@ -32,7 +32,7 @@ pub mod sample;
 pub mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -461,8 +461,6 @@ pub struct Core {
     body_limit: usize,
     /// The spare buffer for traces bodies.
     bodies: receive::BodyPool,
-    /// Set by each traces request; `serve` clears it (see [`Relay::start`]).
-    activity: Arc<AtomicBool>,
     active: AtomicUsize,
     state: Mutex<State>,
 }
@@ -508,7 +506,6 @@ impl Core {
             info: receive::info_json(config),
             body_limit: MAX_BODY_BYTES.min(share),
             bodies: receive::BodyPool::default(),
-            activity: Arc::new(AtomicBool::new(false)),
             active: AtomicUsize::new(0),
             state: Mutex::new(State {
                 processor: Processor::new(t),
@@ -767,15 +764,13 @@ pub struct Relay {
 impl Relay {
     /// Binds the receiver and starts the relay's thread. `Ok(None)` when
     /// `DD_APM_ENABLED=false`. A port that cannot be bound is an error for
-    /// the caller to log: the metrics go on without traces. Each traces
-    /// request sets `activity` (the caller clears it).
+    /// the caller to log: the metrics go on without traces.
     pub fn start(
         config: &Config,
         sink: Option<PayloadSink>,
         stats: Arc<Stats>,
         dogstatsd: DogstatsdHook,
         progress: Progress,
-        activity: Arc<AtomicBool>,
     ) -> anyhow::Result<Option<Self>> {
         let t = &config.trace;
         if !t.enabled {
@@ -828,9 +823,7 @@ impl Relay {
         if tcp.is_none() && unix.is_none() {
             return Ok(None);
         }
-        let mut core = Core::new(config, sink, stats, dogstatsd)?;
-        core.activity = activity;
-        let core = Arc::new(core);
+        let core = Arc::new(Core::new(config, sink, stats, dogstatsd)?);
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = oneshot::channel();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);

@@ -365,7 +365,6 @@ async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
     if req.method() != Method::PUT && req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    core.activity.store(true, Ordering::Relaxed);
     let s = &core.stats;
     let v05 = path == "/v0.5/traces";
     let v03 = path == "/v0.3/traces";
