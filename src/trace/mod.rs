@@ -147,6 +147,8 @@ struct Pending {
     ready: Vec<Payload>,
     /// What `building` and `ready` are charged to the meter.
     charged: usize,
+    /// Encoding buffers, freed at each flush.
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for Pending {
@@ -320,27 +322,74 @@ fn encode_chunk(mut c: pb::TraceChunk, out: &mut Vec<u8>, scratch: &mut Vec<u8>)
     tail.encode_raw(out);
 }
 
-/// The bytes of `AgentPayload { tracer_payloads: [part] }` for each part of
+/// Buffers [`agent_payload_entries`] writes into, kept in [`Pending`]
+/// from one request to the next until the trace flush frees them: fresh
+/// ones of hundreds of kB a request cost a mapping and a page fault per
+/// 4 KiB (glibc maps allocations past 64 KiB on their own, see
+/// `serve::memory`).
+#[derive(Default)]
+struct Scratch {
+    /// A request's chunks, each framed as field 6 of a `TracerPayload`.
+    chunks: Vec<u8>,
+    /// One chunk's body while its length is not yet known.
+    chunk: Vec<u8>,
+    /// One span's body, likewise.
+    span: Vec<u8>,
+}
+
+/// One `tracer_payloads` entry of an `AgentPayload`: `head`, a run of
+/// framed chunks, then `tail`.
+#[derive(Debug, PartialEq)]
+struct Part {
+    /// Where its chunks are in [`Entries::chunks`].
+    range: std::ops::Range<usize>,
+    /// How many chunks.
+    chunks: usize,
+    /// The `TracerPayload` message's length.
+    len: usize,
+}
+
+/// A tracer payload's `tracer_payloads` entries, cut as
+/// [`MAX_PAYLOAD_BYTES`] requires.
+struct Entries<'a> {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    chunks: &'a [u8],
+    parts: Vec<Part>,
+}
+
+impl Entries<'_> {
+    /// What `part`'s entry takes: key, length, message.
+    fn entry_len(part: &Part) -> usize {
+        1 + prost::encoding::encoded_len_varint(part.len as u64) + part.len
+    }
+
+    /// Writes `part`'s entry, in four writes (no copy of the chunks).
+    fn write(&self, part: &Part, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut prefix = Vec::with_capacity(11);
+        prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut prefix);
+        prost::encoding::encode_varint(part.len as u64, &mut prefix);
+        out.write_all(&prefix)?;
+        out.write_all(&self.head)?;
+        out.write_all(&self.chunks[part.range.clone()])?;
+        out.write_all(&self.tail)
+    }
+}
+
+/// The `AgentPayload { tracer_payloads: [part] }` entries for each part of
 /// `tp` cut as [`MAX_PAYLOAD_BYTES`] requires, with the chunks in each
 /// part: byte for byte what encoding each part of
 /// `split_tracer_payload(tp)` that way gives, each chunk encoded once.
-fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
-    // All chunks in one growing buffer, not an allocation each.
-    let mut buf = Vec::new();
-    let mut scratch = Vec::new();
-    let ends: Vec<usize> = std::mem::take(&mut tp.chunks)
+fn agent_payload_entries(mut tp: pb::TracerPayload, s: &mut Scratch) -> Entries<'_> {
+    // All chunks in one buffer, framed, each with its unframed length.
+    s.chunks.clear();
+    let lens: Vec<(usize, usize)> = std::mem::take(&mut tp.chunks)
         .into_iter()
         .map(|c| {
-            encode_chunk(c, &mut buf, &mut scratch);
-            buf.len()
-        })
-        .collect();
-    let chunks: Vec<&[u8]> = ends
-        .iter()
-        .scan(0, |start, &end| {
-            let c = &buf[*start..end];
-            *start = end;
-            Some(c)
+            s.chunk.clear();
+            encode_chunk(c, &mut s.chunk, &mut s.span);
+            put_message(6, &s.chunk, &mut s.chunks);
+            (s.chunks.len(), s.chunk.len())
         })
         .collect();
     // Tags 1 to 5, then 6 (chunks), then 7 to 11.
@@ -354,47 +403,37 @@ fn agent_payload_entries(mut tp: pb::TracerPayload) -> Vec<(Vec<u8>, usize)> {
     }
     .encode_to_vec();
     let head = tp.encode_to_vec();
-    let framed = |b: &&[u8]| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len();
-    let whole = head.len() + tail.len() + chunks.iter().map(framed).sum::<usize>();
-    let mut parts: Vec<Vec<&[u8]>> = Vec::new();
-    if chunks.len() < 2 || whole <= MAX_PAYLOAD_BYTES {
-        parts.push(chunks);
+    let fixed = head.len() + tail.len();
+    let part = |range: std::ops::Range<usize>, chunks: usize| Part {
+        len: fixed + range.len(),
+        range,
+        chunks,
+    };
+    let mut parts = Vec::new();
+    if lens.len() < 2 || fixed + s.chunks.len() <= MAX_PAYLOAD_BYTES {
+        parts.push(part(0..s.chunks.len(), lens.len()));
     } else {
-        let mut cur: Vec<&[u8]> = Vec::new();
-        let mut cur_len = 0;
-        for c in chunks {
+        let (mut start, mut end, mut n, mut cur_len) = (0, 0, 0, 0);
+        for &(framed_end, raw) in &lens {
             // What `split_tracer_payload` counts: the chunk's encoded length
             // and 8 bytes for its framing.
-            let l = c.len() + 8;
-            if cur_len + l > MAX_PAYLOAD_BYTES && !cur.is_empty() {
-                parts.push(std::mem::take(&mut cur));
-                cur_len = 0;
+            let l = raw + 8;
+            if cur_len + l > MAX_PAYLOAD_BYTES && n > 0 {
+                parts.push(part(start..end, n));
+                (start, n, cur_len) = (end, 0, 0);
             }
             cur_len += l;
-            cur.push(c);
+            n += 1;
+            end = framed_end;
         }
-        parts.push(cur);
+        parts.push(part(start..end, n));
     }
-    parts
-        .into_iter()
-        .map(|part| {
-            let len = head.len()
-                + tail.len()
-                + part
-                    .iter()
-                    .map(|c| 1 + prost::encoding::encoded_len_varint(c.len() as u64) + c.len())
-                    .sum::<usize>();
-            let mut entry = Vec::with_capacity(len + 6);
-            prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut entry);
-            prost::encoding::encode_varint(len as u64, &mut entry);
-            entry.extend_from_slice(&head);
-            for c in &part {
-                put_message(6, c, &mut entry);
-            }
-            entry.extend_from_slice(&tail);
-            (entry, part.len())
-        })
-        .collect()
+    Entries {
+        head,
+        tail,
+        chunks: &s.chunks,
+        parts,
+    }
 }
 
 #[derive(Debug)]
@@ -420,6 +459,8 @@ pub struct Core {
     dogstatsd: DogstatsdHook,
     info: String,
     body_limit: usize,
+    /// The spare buffer for traces bodies.
+    bodies: receive::BodyPool,
     active: AtomicUsize,
     state: Mutex<State>,
 }
@@ -464,6 +505,7 @@ impl Core {
             dogstatsd,
             info: receive::info_json(config),
             body_limit: MAX_BODY_BYTES.min(share),
+            bodies: receive::BodyPool::default(),
             active: AtomicUsize::new(0),
             state: Mutex::new(State {
                 processor: Processor::new(t),
@@ -601,11 +643,14 @@ impl Core {
     /// payload's worth: what is kept is never dropped here).
     fn push_kept(&self, pending: &mut Pending, tp: pb::TracerPayload) {
         use std::io::Write as _;
-        for (entry, chunks) in agent_payload_entries(tp) {
+        let mut scratch = std::mem::take(&mut pending.scratch);
+        let entries = agent_payload_entries(tp, &mut scratch);
+        for part in &entries.parts {
+            let len = Entries::entry_len(part);
             if pending
                 .building
                 .as_ref()
-                .is_some_and(|b| b.raw + entry.len() > MAX_PAYLOAD_BYTES)
+                .is_some_and(|b| b.raw + len > MAX_PAYLOAD_BYTES)
             {
                 if let Some(b) = pending.building.take() {
                     pending.ready.push(b.finish());
@@ -625,10 +670,11 @@ impl Core {
                     chunks: 0,
                 }
             });
-            let _ = b.gz.write_all(&entry);
-            b.raw += entry.len();
-            b.chunks += chunks;
+            let _ = entries.write(part, &mut b.gz);
+            b.raw += len;
+            b.chunks += part.chunks;
         }
+        pending.scratch = scratch;
         let now: usize = pending.ready.iter().map(|p| p.body.len()).sum::<usize>()
             + pending
                 .building
@@ -653,6 +699,7 @@ impl Core {
             if let Some(b) = p.building.take() {
                 p.ready.push(b.finish());
             }
+            p.scratch = Scratch::default();
             (std::mem::take(&mut p.ready), std::mem::take(&mut p.charged))
         };
         self.meter.release(charged);
@@ -857,7 +904,10 @@ async fn run(
                     receive::serve_connection(Arc::clone(&core), stream);
                 }
             }
-            _ = traces.tick() => core.flush_traces().await,
+            _ = traces.tick() => {
+                core.flush_traces().await;
+                core.bodies.release_idle(&core.meter);
+            }
             _ = buckets.tick() => core.flush_stats(false).await,
             _ = stop.changed() => break,
         }
@@ -1107,7 +1157,19 @@ mod tests {
                     (bytes, chunks)
                 })
                 .collect();
-            assert_eq!(agent_payload_entries(tp), want, "{n} chunks");
+            let mut scratch = Scratch::default();
+            let entries = agent_payload_entries(tp, &mut scratch);
+            let got: Vec<(Vec<u8>, usize)> = entries
+                .parts
+                .iter()
+                .map(|p| {
+                    let mut bytes = Vec::new();
+                    entries.write(p, &mut bytes).expect("to a Vec");
+                    assert_eq!(bytes.len(), Entries::entry_len(p));
+                    (bytes, p.chunks)
+                })
+                .collect();
+            assert_eq!(got, want, "{n} chunks");
         }
     }
 

@@ -22,8 +22,8 @@
 //! handling, or answer a proxy with the API key in it.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::process::Tracer;
-use super::{Core, Refused};
+use super::{Core, Meter, Refused};
 use crate::config::Config;
 use crate::dogstatsd::stats::Stats;
 
@@ -240,6 +240,127 @@ fn declared_len(req: &Request<Incoming>) -> Option<usize> {
         .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
+/// Appends a body of at most `limit` bytes to `buf`; `Err(answer)` when it
+/// is larger or the connection fails. Each frame is copied and dropped
+/// before the next is read, so hyper reads the next one into the same
+/// buffer instead of a fresh one (frames held until the body is whole
+/// share hyper's buffer, which it must then replace).
+async fn read_body_into(
+    req: Request<Incoming>,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), Answer> {
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(text(StatusCode::BAD_REQUEST, "could not read the body\n"));
+        };
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit.saturating_sub(buf.len()) {
+                return Err(text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n",
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(())
+}
+
+/// Counts a traces body that was not read whole: its traces when it was
+/// too large, else one payload error.
+fn count_unread(core: &Core, a: &Answer, count: u64) {
+    if a.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Stats::add(&core.stats.traces_memory, count);
+    } else {
+        Stats::add(&core.stats.trace_payload_errors, 1);
+    }
+}
+
+/// A traces body: read into a buffer of its declared size, or collected.
+enum Body {
+    Sized(Vec<u8>),
+    Chunked(Bytes),
+}
+
+impl Body {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Sized(b) => b,
+            Body::Chunked(b) => b,
+        }
+    }
+}
+
+/// One request body's buffer kept for the next traces request: a fresh one
+/// of hundreds of kB a request costs a mapping, a page fault per 4 KiB and
+/// an unmap (glibc maps allocations past 64 KiB on their own, see
+/// `serve::memory`). Charged to the meter while it is kept (its capacity),
+/// kept only while the meter is less than half full and the buffer at most
+/// an eighth of the share, and given up at the trace flush when no request
+/// took it since the one before.
+#[derive(Debug, Default)]
+pub struct BodyPool {
+    spare: Mutex<Option<Vec<u8>>>,
+    taken: AtomicBool,
+}
+
+impl BodyPool {
+    fn slot(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The spare buffer (empty), or a new one; the spare's charge, its
+    /// capacity, is the caller's from now on.
+    fn take(&self) -> Vec<u8> {
+        self.taken.store(true, Ordering::Relaxed);
+        self.slot().take().unwrap_or_default()
+    }
+
+    /// Gives back a buffer charged `charged` bytes (at least its capacity):
+    /// kept as the spare, charged its capacity, or freed and released.
+    fn put(&self, meter: &Meter, mut buf: Vec<u8>, charged: usize) {
+        buf.clear();
+        let cap = buf.capacity();
+        let others = meter.used().saturating_sub(charged);
+        let keep = cap > 0
+            && cap <= charged
+            && cap <= meter.limit() / 8
+            && others.saturating_add(cap) <= meter.limit() / 2;
+        let mut slot = self.slot();
+        if keep && slot.is_none() {
+            *slot = Some(buf);
+            drop(slot);
+            meter.release(charged - cap);
+        } else {
+            drop(slot);
+            drop(buf);
+            meter.release(charged);
+        }
+    }
+
+    /// At the trace flush: frees the spare if no request took it since the
+    /// last call.
+    pub fn release_idle(&self, meter: &Meter) {
+        if !self.taken.swap(false, Ordering::Relaxed) {
+            self.free(meter);
+        }
+    }
+
+    /// Frees the spare and releases its charge.
+    pub fn free(&self, meter: &Meter) {
+        let spare = self.slot().take();
+        if let Some(buf) = spare {
+            let cap = buf.capacity();
+            drop(buf);
+            meter.release(cap);
+        }
+    }
+}
+
 async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
     if req.method() != Method::PUT && req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -272,37 +393,72 @@ async fn traces(core: &Core, req: Request<Incoming>, path: &str) -> Answer {
         Stats::add(&s.traces_memory, count);
         return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    let reserve = declared.unwrap_or(0);
-    if !core.meter.try_charge(reserve) {
-        return over_ceiling(core, count, real_status, v03);
-    }
-    let limit = if declared.is_some() {
-        reserve
-    } else {
-        core.body_limit.min(core.meter.available())
-    };
-    let body = match read_body(req, limit).await {
-        Ok(b) => b,
-        Err(a) => {
-            core.meter.release(reserve);
-            if a.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Stats::add(&s.traces_memory, count);
+    let (body, charged) = match declared {
+        Some(declared) => {
+            // Read into one buffer of the declared size (the spare one when
+            // it is free), charged before it is read: what it holds, never
+            // less than its capacity.
+            let mut buf = core.bodies.take();
+            let spare = buf.capacity();
+            // As if the spare were not there: the body must fit beside what
+            // else is charged (kept traces may have forced the meter past
+            // its limit).
+            let fits = core
+                .meter
+                .used()
+                .saturating_sub(spare)
+                .saturating_add(declared)
+                <= core.meter.limit();
+            let charged = if fits && (declared <= spare || core.meter.try_charge(declared - spare))
+            {
+                declared.max(spare)
             } else {
-                Stats::add(&s.trace_payload_errors, 1);
+                drop(buf);
+                core.meter.release(spare);
+                buf = Vec::new();
+                if !core.meter.try_charge(declared) {
+                    return over_ceiling(core, count, real_status, v03);
+                }
+                declared
+            };
+            buf.reserve_exact(declared);
+            if let Err(a) = read_body_into(req, declared, &mut buf).await {
+                core.bodies.put(&core.meter, buf, charged);
+                count_unread(core, &a, count);
+                return a;
             }
-            return a;
+            (Body::Sized(buf), charged)
+        }
+        None => {
+            // Chunked (rare): collected, then charged; the spare is freed
+            // so the limit is what it would be without it.
+            core.bodies.free(&core.meter);
+            if !core.meter.try_charge(0) {
+                return over_ceiling(core, count, real_status, v03);
+            }
+            let limit = core.body_limit.min(core.meter.available());
+            let body = match read_body(req, limit).await {
+                Ok(b) => b,
+                Err(a) => {
+                    count_unread(core, &a, count);
+                    return a;
+                }
+            };
+            if !core.meter.try_charge(body.len()) {
+                return over_ceiling(core, count, real_status, v03);
+            }
+            let charged = body.len();
+            (Body::Chunked(body), charged)
         }
     };
-    let charged = if declared.is_some() {
-        reserve
-    } else if core.meter.try_charge(body.len()) {
-        body.len()
-    } else {
-        return over_ceiling(core, count, real_status, v03);
-    };
-    let result = core.ingest(v05, &body, &tracer);
-    drop(body);
-    core.meter.release(charged);
+    let result = core.ingest(v05, body.as_slice(), &tracer);
+    match body {
+        Body::Sized(buf) => core.bodies.put(&core.meter, buf, charged),
+        Body::Chunked(bytes) => {
+            drop(bytes);
+            core.meter.release(charged);
+        }
+    }
     match result {
         Ok(flush_now) => {
             if flush_now {
@@ -497,6 +653,46 @@ async fn proxy(core: &Core, req: Request<Incoming>, url: String) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spare_body_buffer_is_charged_while_kept_and_freed_when_idle() {
+        let meter = Meter::new(8 * 1024 * 1024);
+        let pool = BodyPool::default();
+        // A request's buffer, charged its declared size, is kept: its
+        // capacity stays charged.
+        assert!(meter.try_charge(300_000));
+        let mut buf = pool.take();
+        buf.reserve_exact(300_000);
+        buf.extend_from_slice(&[1; 1000]);
+        let cap = buf.capacity();
+        assert!(cap >= 300_000);
+        pool.put(&meter, buf, cap.max(300_000));
+        assert_eq!(meter.used(), cap);
+        // Taken again, empty, with the same capacity (the charge is the
+        // taker's now).
+        let buf = pool.take();
+        assert!(buf.is_empty());
+        assert_eq!(buf.capacity(), cap);
+        pool.put(&meter, buf, cap);
+        assert_eq!(meter.used(), cap);
+        // Taken since the last flush: kept; then idle for one: freed.
+        pool.release_idle(&meter);
+        assert_eq!(meter.used(), cap);
+        pool.release_idle(&meter);
+        assert_eq!(meter.used(), 0);
+        assert_eq!(pool.take().capacity(), 0);
+        // Larger than an eighth of the share: freed at once.
+        let big = 2 * 1024 * 1024;
+        assert!(meter.try_charge(big));
+        pool.put(&meter, Vec::with_capacity(big), big);
+        assert_eq!(meter.used(), 0);
+        // With the meter more than half full: freed at once.
+        assert!(meter.try_charge(5 * 1024 * 1024));
+        assert!(meter.try_charge(1000));
+        pool.put(&meter, Vec::with_capacity(1000), 1000);
+        assert_eq!(meter.used(), 5 * 1024 * 1024);
+        assert_eq!(pool.take().capacity(), 0);
+    }
 
     #[test]
     fn info_states_the_body_limit_that_is_enforced() {
