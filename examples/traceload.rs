@@ -159,7 +159,11 @@ struct SpanDef {
 /// that formats its own SQL does: every query distinct, the worst case for
 /// the relay's obfuscation cache.
 fn sql(i: u64, literals: bool) -> String {
-    let id = if literals { i.to_string() } else { "%s".to_owned() };
+    let id = if literals {
+        i.to_string()
+    } else {
+        "%s".to_owned()
+    };
     format!(
         "SELECT items.id, items.name, items.price FROM items JOIN owners ON owners.id = items.owner_id WHERE items.id = {id} AND owners.name = 'alice' LIMIT 1"
     )
@@ -174,7 +178,10 @@ fn trace_spans(i: u64, literals: bool) -> Vec<SpanDef> {
             kind: "web",
             meta: vec![
                 ("http.method", "GET".into()),
-                ("http.url", format!("http://shop.example.com/items/{i}?ref=home&page=2")),
+                (
+                    "http.url",
+                    format!("http://shop.example.com/items/{i}?ref=home&page=2"),
+                ),
                 ("http.status_code", "200".into()),
                 ("component", "flask".into()),
                 ("span.kind", "server".into()),
@@ -213,7 +220,10 @@ fn trace_spans(i: u64, literals: bool) -> Vec<SpanDef> {
             resource: "GET /prices".into(),
             kind: "http",
             meta: vec![
-                ("http.url", format!("https://prices.example.com/prices?item={i}")),
+                (
+                    "http.url",
+                    format!("https://prices.example.com/prices?item={i}"),
+                ),
                 ("http.method", "GET".into()),
                 ("http.status_code", "200".into()),
                 ("span.kind", "client".into()),
