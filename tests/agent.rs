@@ -4,15 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "fixtures/process/harness.rs"]
-mod harness;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::harness::{self, children_of, dynostat, gone, udp_bound, wait, Proc};
 use common::Intake;
-use harness::{children_of, dynostat, gone, udp_bound, wait, Proc};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -8,6 +8,11 @@
 
 pub mod slug;
 
+// The process side's harness owns these; the intake side uses the same.
+#[path = "../fixtures/process/harness.rs"]
+pub mod harness;
+pub use harness::{bin, free_tcp_port, free_udp_port};
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -948,29 +953,6 @@ pub fn clear_of_flush_boundary(interval_s: u64, need: Duration) {
     if left < need {
         std::thread::sleep(left + Duration::from_millis(50));
     }
-}
-
-/// A UDP port that was free a moment ago.
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP port that was free a moment ago.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The path of the real binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dynostat")
 }
 
 /// Builds a `dynostat serve` process with a clean DD_* environment.
