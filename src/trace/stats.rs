@@ -66,33 +66,29 @@ impl Stats {
         let find = |groups: &[(String, String, SpanConcentrator)], env: &str, version: &str| {
             groups.iter().position(|(e, v, _)| e == env && v == version)
         };
-        let mut at = find(&self.groups, env, version);
-        if at.is_none() {
-            let (env, version) = if self.groups.len() >= MAX_GROUPS {
+        // A pair not seen before, past the limit, goes to the empty pair.
+        let (env, version) =
+            if self.groups.len() >= MAX_GROUPS && find(&self.groups, env, version).is_none() {
                 ("", "")
             } else {
                 (env, version)
             };
-            at = find(&self.groups, env, version);
-            if at.is_none() {
-                self.groups.push((
-                    env.to_owned(),
-                    version.to_owned(),
-                    SpanConcentrator::new(
-                        BUCKET,
-                        SystemTime::now(),
-                        self.span_kinds.clone(),
-                        Vec::new(),
-                        None,
-                        Vec::new(),
-                    ),
-                ));
-                at = Some(self.groups.len() - 1);
-            }
-        }
-        let Some(c) = at.and_then(|i| self.groups.get_mut(i)).map(|g| &mut g.2) else {
-            return;
-        };
+        let at = find(&self.groups, env, version).unwrap_or_else(|| {
+            self.groups.push((
+                env.to_owned(),
+                version.to_owned(),
+                SpanConcentrator::new(
+                    BUCKET,
+                    SystemTime::now(),
+                    self.span_kinds.clone(),
+                    Vec::new(),
+                    None,
+                    Vec::new(),
+                ),
+            ));
+            self.groups.len() - 1
+        });
+        let c = &mut self.groups[at].2;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
